@@ -1,0 +1,343 @@
+"""The artifact layer shared by every stage.
+
+A stage's output directory is an *artifact*: a directory that holds ``manifest.json`` next to the
+files the stage produced. The manifest records what produced the artifact (stage, code version,
+resolved config and its hash), what it was produced from (fingerprints of the input files and of
+the upstream artifacts' manifests, the tokenizer identity), what it holds (every file with size
+and sha256) and how long it took.
+
+Three guarantees, used by every stage through :class:`StageRun`:
+
+* **Atomic**: work is written into a temporary sibling directory that is renamed into place only
+  after the manifest (the last file written) is complete. An interrupted run leaves at most a
+  ``.NAME.tmp-*`` sibling, which no stage accepts and the next run of the same stage removes.
+* **Skip if fresh**: a rerun whose freshness key (stage, schema version, config hash, input
+  fingerprints, upstream manifest hashes) matches the existing manifest prints "up to date" and
+  does nothing; ``force=True`` rebuilds.
+* **Refuse bad upstreams**: :func:`load_manifest` raises :class:`ArtifactError` naming the
+  directory when the manifest is missing, unparsable, not marked complete, of another stage, or
+  when a file it lists is missing or has another size.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import glob
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+# Bytes read from the head and from the tail of an input file for its quick fingerprint.
+_FINGERPRINT_EDGE_BYTES = 1 << 20
+
+
+class ArtifactError(RuntimeError):
+    """A missing, incomplete or mismatched artifact. The message names the directory."""
+
+
+# --------------------------------------------------------------------------- hashing helpers
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form every hash in a manifest is taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def hash_object(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_file(path: str | os.PathLike) -> dict:
+    """Cheap, content-based fingerprint of an input file: size + sha256 of its head and tail.
+
+    Reading the whole of a 40 GB corpus on every rerun would defeat "up to date in seconds";
+    size plus the first and last MiB changes for any realistic edit (appends, truncations,
+    re-downloads, regenerated files). Files up to 2 MiB are hashed whole.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size <= 2 * _FINGERPRINT_EDGE_BYTES:
+            digest.update(fh.read())
+        else:
+            digest.update(fh.read(_FINGERPRINT_EDGE_BYTES))
+            fh.seek(size - _FINGERPRINT_EDGE_BYTES)
+            digest.update(fh.read(_FINGERPRINT_EDGE_BYTES))
+    return {"path": str(path.resolve()), "size": size, "edge_sha256": digest.hexdigest()}
+
+
+def tokenizer_identity(vocab: Mapping[str, int]) -> str:
+    """Identity of a tokenizer: sha256 of its vocabulary (token -> id), order independent."""
+    return "vocab-sha256:" + hash_object(sorted(vocab.items(), key=lambda kv: kv[1]))
+
+
+def code_version() -> dict:
+    """Package version plus, when run from a git checkout, the commit and whether it is dirty."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("semdlm")
+    except metadata.PackageNotFoundError:  # running from a source tree without install
+        version = "unknown"
+    info: dict[str, Any] = {"package": "semdlm", "version": version}
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=10).stdout
+        info.update(git_commit=commit, git_dirty=bool(dirty.strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------- reading artifacts
+def load_manifest(directory: str | os.PathLike, stage: str | None = None,
+                  check_files: bool = True) -> dict:
+    """Return the manifest of a complete artifact, or raise :class:`ArtifactError`.
+
+    ``stage`` (when given) must match the manifest's stage. With ``check_files`` every listed
+    output must exist with its recorded size (a cheap check; :func:`verify_artifact` also
+    re-hashes the contents).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ArtifactError(f"artifact directory {str(directory)!r} does not exist")
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ArtifactError(
+            f"{str(directory)!r} has no {MANIFEST_NAME}: it is not a complete artifact "
+            "(was the stage that writes it interrupted, or is this the wrong directory?)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{str(manifest_path)!r} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
+        raise ArtifactError(f"{str(directory)!r}: manifest is not marked complete")
+    if stage is not None and manifest.get("stage") != stage:
+        raise ArtifactError(f"{str(directory)!r} holds a {manifest.get('stage')!r} artifact, "
+                            f"expected a {stage!r} artifact")
+    if check_files:
+        for rel, meta in manifest.get("outputs", {}).items():
+            path = directory / rel
+            if not path.is_file():
+                raise ArtifactError(f"{str(directory)!r} is incomplete: {rel!r} is missing")
+            if path.stat().st_size != meta["size"]:
+                raise ArtifactError(f"{str(directory)!r} is incomplete: {rel!r} has size "
+                                    f"{path.stat().st_size}, manifest says {meta['size']}")
+    return manifest
+
+
+def verify_artifact(directory: str | os.PathLike) -> list[str]:
+    """Re-hash every output of an artifact; return the relative paths whose sha256 differs."""
+    manifest = load_manifest(directory)
+    return [rel for rel, meta in manifest["outputs"].items()
+            if sha256_file(Path(directory) / rel) != meta["sha256"]]
+
+
+def manifest_hash(directory: str | os.PathLike) -> str:
+    """sha256 of an artifact's manifest file: how a downstream stage pins its upstream."""
+    return sha256_file(Path(directory) / MANIFEST_NAME)
+
+
+# --------------------------------------------------------------------------- writing artifacts
+def expand_inputs(patterns: Iterable[str], suffixes: tuple[str, ...] | None = None) -> list[Path]:
+    """Expand files, folders (recursively) and globs into a sorted, de-duplicated file list.
+
+    A pattern that matches nothing raises :class:`FileNotFoundError` naming it.
+    """
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise FileNotFoundError(f"input {pattern!r} does not exist")
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+                if suffixes:
+                    found = [p for p in found if _has_suffix(p, suffixes)]
+                if not found:
+                    raise FileNotFoundError(f"input folder {str(path)!r} holds no input files")
+                files.extend(found)
+            else:
+                files.append(path)
+    seen, unique = set(), []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return name.endswith(suffixes)
+
+
+@dataclass
+class StageRun:
+    """One run of a stage that produces the artifact ``out_dir``.
+
+    Usage::
+
+        run = StageRun("preprocess", out, config=cfg, inputs=files, force=args.force)
+        if run.is_up_to_date():
+            print(f"{out}: up to date"); return 0
+        with run as tmp:                 # tmp: an empty temporary sibling directory
+            ... write files into tmp ...
+            run.extra["stats"] = {...}   # anything else for the manifest
+        # here out_dir is complete and holds manifest.json
+    """
+
+    stage: str
+    out_dir: Path
+    config: Mapping[str, Any]
+    inputs: list[Path] = field(default_factory=list)
+    upstream: Mapping[str, Path] = field(default_factory=dict)
+    tokenizer: Mapping[str, Any] | None = None
+    schema_version: int = 1
+    force: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.config_hash = hash_object(dict(self.config))
+        self._input_fingerprints: list[dict] | None = None
+        self._upstream_hashes = {name: {"path": str(Path(d).resolve()), "manifest_sha256": manifest_hash(d)}
+                                 for name, d in self.upstream.items()}
+        self._tmp: Path | None = None
+        self._start = 0.0
+
+    # The key whose equality means "nothing to do".
+    def freshness_key(self) -> dict:
+        if self._input_fingerprints is None:
+            self._input_fingerprints = [fingerprint_file(p) for p in self.inputs]
+        return {"stage": self.stage, "schema_version": self.schema_version,
+                "config_hash": self.config_hash, "inputs": self._input_fingerprints,
+                "upstream": self._upstream_hashes,
+                "tokenizer_identity": (self.tokenizer or {}).get("identity")}
+
+    def is_up_to_date(self) -> bool:
+        if self.force:
+            return False
+        try:
+            existing = load_manifest(self.out_dir, stage=self.stage)
+        except ArtifactError:
+            return False
+        return existing.get("freshness_key") == canonical_json(self.freshness_key())
+
+    def __enter__(self) -> Path:
+        self._start = time.time()
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_siblings()
+        self._tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._tmp.mkdir()
+        return self._tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self._tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return False
+        try:
+            self._write_manifest(self._tmp)
+            self._swap_into_place(self._tmp)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+        return False
+
+    def _remove_stale_siblings(self) -> None:
+        # Leftovers of runs that were killed: never accepted by load_manifest, safe to delete
+        # once their owner is gone.
+        name = glob.escape(self.out_dir.name)
+        for kind in ("tmp", "old"):
+            for stale in self.out_dir.parent.glob(f".{name}.{kind}-*"):
+                pid = stale.name.rsplit("-", 2)[-2]
+                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                    continue  # another live run is writing it
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _write_manifest(self, tmp: Path) -> None:
+        outputs = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = path.relative_to(tmp).as_posix()
+            outputs[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        now = time.time()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "stage": self.stage,
+            "schema_version": self.schema_version,
+            "complete": True,
+            "code_version": code_version(),
+            "config": dict(self.config),
+            "config_hash": self.config_hash,
+            "inputs": self.freshness_key()["inputs"],
+            "upstream": self._upstream_hashes,
+            "tokenizer": dict(self.tokenizer) if self.tokenizer else None,
+            "outputs": outputs,
+            "timings": {"started": _iso(self._start), "finished": _iso(now),
+                        "seconds": round(now - self._start, 3)},
+            "host": socket.gethostname(),
+            "command": sys.argv,
+            **self.extra,
+            "freshness_key": canonical_json(self.freshness_key()),
+        }
+        # Written last, through its own temp file: its presence marks the directory complete.
+        part = tmp / (MANIFEST_NAME + ".part")
+        part.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(part, tmp / MANIFEST_NAME)
+
+    def _swap_into_place(self, tmp: Path) -> None:
+        old = None
+        if self.out_dir.exists():
+            old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.out_dir, old)
+        os.rename(tmp, self.out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def stage_errors(prog: str):
+    """Turn expected errors into one clear line on stderr and exit status 2 (CLI helper)."""
+    try:
+        yield
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
