@@ -54,3 +54,20 @@ def tokenizer_info(tok, name_or_path: str | None = None) -> dict[str, Any]:
                 for name in ("pad", "cls", "sep", "mask", "unk", "bos", "eos")}
     return {"name_or_path": resolve_name(name_or_path), "identity": tokenizer_identity(vocab),
             "vocab_size": len(vocab), "special_ids": {k: v for k, v in specials.items() if v is not None}}
+
+
+def quick_tokenizer_identity(name_or_path: str | None = None) -> str | None:
+    """The tokenizer identity read straight from a local ``tokenizer.json``, or None.
+
+    Equal to ``tokenizer_info(load_tokenizer(x))["identity"]`` (a test checks it) but ~50x faster,
+    because it needs neither ``transformers`` nor ``torch``: it is what lets a stage answer
+    "up to date" in well under a second.
+    """
+    from .artifacts import tokenizer_identity
+
+    path = Path(resolve_name(name_or_path)) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return tokenizer_identity(Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True))

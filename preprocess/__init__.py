@@ -1,0 +1,1 @@
+"""Preprocess stage: corpus -> mosaicml-streaming MDS shards + unigram counts."""

