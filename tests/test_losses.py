@@ -1,0 +1,98 @@
+"""Eq 120 (change-aware loss), the ELBO reduction hook and the AR loss, against hand computations."""
+import math
+
+import pytest
+import torch
+
+from pipeline.losses import (LossConfig, ar_loss, change_aware_loss, change_aware_loss_terms,
+                             change_aware_weights, elbo_weighted_loss, per_token_cross_entropy)
+
+
+def _case():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g)
+    x0 = torch.tensor([[1, 4, 0], [2, 2, 3]])
+    changed = torch.tensor([[True, False, True], [False, False, True]])
+    pad = torch.tensor([[False, False, False], [False, False, True]])  # last token of row 2 is padding
+    return logits, x0, changed, pad
+
+
+def _hand_ce(logits, x0):
+    """-log softmax computed element by element, independent of F.cross_entropy."""
+    out = torch.empty(x0.shape)
+    for b in range(x0.shape[0]):
+        for i in range(x0.shape[1]):
+            row = logits[b, i].tolist()
+            out[b, i] = math.log(sum(math.exp(v) for v in row)) - row[x0[b, i]]
+    return out
+
+
+def test_per_token_cross_entropy_matches_hand_computation():
+    logits, x0, _, _ = _case()
+    assert torch.allclose(per_token_cross_entropy(logits, x0), _hand_ce(logits, x0), atol=1e-5)
+
+
+def test_eq120_against_hand_computation_with_padding_excluded():
+    logits, x0, changed, pad = _case()
+    ce = _hand_ce(logits, x0)
+    lam_chg, lam_same = 5.0, 0.5
+    # real positions: (0,0) chg, (0,1) same, (0,2) chg, (1,0) same, (1,1) same; (1,2) is padding
+    num = lam_chg * (ce[0, 0] + ce[0, 2]) + lam_same * (ce[0, 1] + ce[1, 0] + ce[1, 1])
+    den = 2 * lam_chg + 3 * lam_same
+    got = change_aware_loss(logits, x0, changed, pad, lam_chg, lam_same)
+    assert torch.allclose(got, num / den, atol=1e-5)
+    # the padded position would have carried weight lam_chg: it really was dropped
+    assert not torch.allclose(change_aware_loss(logits, x0, changed, None, lam_chg, lam_same), got, atol=1e-4)
+    w = change_aware_weights(changed, pad, LossConfig(lam_chg, lam_same))
+    assert w.tolist() == [[5.0, 0.5, 5.0], [0.5, 0.5, 0.0]]
+    n, d = change_aware_loss_terms(logits, x0, changed, pad, LossConfig(lam_chg, lam_same))
+    assert torch.allclose(n, num, atol=1e-5) and d.item() == den
+
+
+def test_eq120_equal_weights_is_plain_mean_and_padding_logits_cannot_leak():
+    logits, x0, changed, pad = _case()
+    plain = _hand_ce(logits, x0)[~pad].mean()
+    assert torch.allclose(change_aware_loss(logits, x0, changed, pad, 1.0, 1.0), plain, atol=1e-5)
+    poisoned = logits.clone()
+    poisoned[1, 2] = float("inf")      # garbage at a padded position must not produce NaN
+    loss = change_aware_loss(poisoned, x0, changed, pad, 1.0, 1.0)
+    assert torch.isfinite(loss)
+
+
+def test_eq120_gradient_flows_only_through_real_positions():
+    logits, x0, changed, pad = _case()
+    logits.requires_grad_(True)
+    change_aware_loss(logits, x0, changed, pad, 3.0, 1.0).backward()
+    assert logits.grad[1, 2].abs().sum() == 0
+    assert (logits.grad[~pad].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("chg,same", [(0.1, 1.0), (1.0, -0.1), (0.0, 0.0)])
+def test_lambda_validation(chg, same):
+    with pytest.raises(ValueError, match="lambda"):
+        LossConfig(chg, same)
+    logits, x0, changed, pad = _case()
+    with pytest.raises(ValueError, match="lambda"):
+        change_aware_loss(logits, x0, changed, pad, chg, same)
+
+
+def test_elbo_weighted_loss_per_position_and_per_sequence_weights():
+    logits, x0, changed, pad = _case()
+    ce = _hand_ce(logits, x0)
+    w = changed.float() * torch.tensor([[2.0], [4.0]])          # e.g. MDLM: weight on masked positions
+    expected = (2.0 * (ce[0, 0] + ce[0, 2])) / 5                 # (1,2) is padding; 5 real tokens
+    assert torch.allclose(elbo_weighted_loss(ce, w, pad), expected, atol=1e-5)
+    per_seq = torch.tensor([1.0, 3.0])
+    expected = (ce[0].sum() + 3.0 * (ce[1, 0] + ce[1, 1])) / 5
+    assert torch.allclose(elbo_weighted_loss(ce, per_seq, pad), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="weights shape"):
+        elbo_weighted_loss(ce, torch.ones(2, 4), pad)
+
+
+def test_ar_loss_shifts_targets_and_skips_padded_targets():
+    logits, x0, _, pad = _case()
+    ce = _hand_ce(logits[:, :-1], x0[:, 1:])
+    # targets x0[:, 1:]; row 2's second target (position 2) is padding
+    expected = (ce[0, 0] + ce[0, 1] + ce[1, 0]) / 3
+    assert torch.allclose(ar_loss(logits, x0, pad), expected, atol=1e-5)
+    assert torch.allclose(ar_loss(logits, x0), ce.mean(), atol=1e-5)
