@@ -1,0 +1,400 @@
+"""Forward transition kernels q_t(x_t | x_0) of the diffusion core (paper Sec 2, Sec 4.2, App C, E.1).
+
+Every kernel is one instance of the *branch form*
+
+    q_t(j | v) = alpha_t delta(j, v) + lam_t s_t(rank_v(j) | v) 1[j in N(v)] + beta_t nu(j),
+
+with a self branch (retention alpha_t), a local branch over the stored neighbour table N(v)
+(a distribution s_t over the ranks of v's row) and a global branch (weight beta_t, fixed
+distribution nu), lam_t = 1 - alpha_t - beta_t:
+
+========================  ============  ==========================  =====================================
+kernel                    alpha_t       local branch                global branch
+========================  ============  ==========================  =====================================
+``mask`` (Eq 5)           schedule      none                        beta = 1 - alpha, nu = delta([MASK])
+``uniform`` (Eq 6)        schedule      none                        beta = 1 - alpha, nu = U(V)
+``semdlm`` (Eq 7/103)     schedule      U(top-k_t), k_t of Eq 118   none
+``semdlm_softmax`` (Eq 8) schedule      softmax(sim / tau_t), top   none
+                                        k_max of the table
+``semdlm_plus`` (Eq 117)  Eq 118        U(top-k_t), self excluded   beta_t of Eq 118 (+ mass beyond the
+                                                                    table), nu = U(valid) or unigram
+========================  ============  ==========================  =====================================
+
+The samplers and the likelihood bound (pipeline/likelihood.py) only use this form, so a new kernel
+is a new row here, not new code elsewhere. Fractional k_t: see schedules.fractional_knn_probs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
+
+import torch
+
+from . import schedules as sch
+
+KERNEL_NAMES = ("mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus")
+GLOBAL_BRANCHES = ("uniform", "unigram")
+_VALIDATION_GRID = 10_001  # points of the dense t grid the schedule checks run on
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Kernel choice and schedule parameters (names follow Eq 118; see PRESETS)."""
+
+    name: str = "semdlm_plus"
+    alpha_schedule: str = "power"  # loglinear | cosine | power (Eq 118)
+    alpha_eps: float = 0.0  # loglinear/cosine: alpha_1 = eps
+    alpha_min: float = 0.0  # power: alpha_min of Eq 118
+    alpha_power: float = 1.0  # power: the exponent "beta" of Eq 118's alpha_t
+    beta_max: float = 1.0  # semdlm_plus: beta_t = beta_max t^eta
+    beta_power: float = 2.0  # eta
+    k_max: int = 64  # neighbourhood size at t = 1 (k_t = 1 + (k_max - 1) t^gamma)
+    k_power: float = 1.0  # gamma
+    global_branch: str = "uniform"  # semdlm_plus: uniform over valid tokens | unigram prior (Eq 119)
+    tau_min: float = 0.1  # semdlm_softmax: tau_t = tau_min (1 - t)^(-tau_power)
+    tau_power: float = 1.0
+    prior_floor: float = 1e-4  # weight of U(V) mixed into a reference distribution that depends on x0
+
+    def __post_init__(self):
+        if self.name not in KERNEL_NAMES:
+            raise ValueError(f"kernel name must be one of {KERNEL_NAMES}, got {self.name!r}")
+        if self.alpha_schedule not in sch.ALPHA_SCHEDULES:
+            raise ValueError(f"alpha_schedule must be one of {sch.ALPHA_SCHEDULES}, got {self.alpha_schedule!r}")
+        if self.global_branch not in GLOBAL_BRANCHES:
+            raise ValueError(f"global_branch must be one of {GLOBAL_BRANCHES}, got {self.global_branch!r}")
+        if not 0.0 <= self.alpha_eps < 1.0:
+            raise ValueError(f"alpha_eps must be in [0, 1), got {self.alpha_eps}")
+        if not 0.0 <= self.alpha_min < 1.0:
+            raise ValueError(f"alpha_min must be in [0, 1), got {self.alpha_min}")
+        for field in ("alpha_power", "beta_power", "k_power", "tau_min", "tau_power"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
+        if not 0.0 <= self.beta_max <= 1.0:
+            raise ValueError(f"beta_max must be in [0, 1], got {self.beta_max}")
+        if int(self.k_max) != self.k_max or self.k_max < 1:
+            raise ValueError(f"k_max must be a positive integer, got {self.k_max}")
+        if not 0.0 <= self.prior_floor < 1.0:
+            raise ValueError(f"prior_floor must be in [0, 1), got {self.prior_floor}")
+        self._check_schedules()
+
+    def _check_schedules(self) -> None:
+        """alpha_0 = 1, alpha non-increasing, beta non-decreasing, alpha + beta <= 1 on a dense grid."""
+        t = torch.linspace(0.0, 1.0, _VALIDATION_GRID, dtype=torch.float64)
+        alpha, beta = alpha_of(self, t), beta_of(self, t)
+        tol = 1e-9
+        if abs(alpha[0].item() - 1.0) > tol:
+            raise ValueError(f"{self.name}: alpha_0 must be 1 (t -> 0 returns x0), got {alpha[0].item()}")
+        if (alpha[1:] > alpha[:-1] + tol).any():
+            raise ValueError(f"{self.name}: alpha_t must be non-increasing in t")
+        if (beta[1:] < beta[:-1] - tol).any():
+            raise ValueError(f"{self.name}: beta_t must be non-decreasing in t")
+        total = alpha + beta
+        if (total > 1.0 + tol).any():
+            i = int(total.argmax())
+            raise ValueError(f"{self.name}: alpha_t + beta_t must be <= 1 for all t; at t={t[i].item():.4f} "
+                             f"alpha={alpha[i].item():.4f} beta={beta[i].item():.4f} "
+                             f"(lower beta_max or alpha_min)")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "KernelConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown kernel preset {name!r}; choose from {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def alpha_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
+    """Self-retention alpha_t of the configured schedule (Eq 5/6/7 and Eq 118)."""
+    if cfg.alpha_schedule == "loglinear":
+        return sch.alpha_loglinear(t, cfg.alpha_eps)
+    if cfg.alpha_schedule == "cosine":
+        return sch.alpha_cosine(t, cfg.alpha_eps)
+    return sch.alpha_power(t, cfg.alpha_min, cfg.alpha_power)
+
+
+def beta_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
+    """Weight of the global branch: 1 - alpha_t for mask/uniform, Eq 118 for semdlm_plus, else 0."""
+    if cfg.name in ("mask", "uniform"):
+        return 1.0 - alpha_of(cfg, t)
+    if cfg.name == "semdlm_plus":
+        return sch.beta_power(t, cfg.beta_max, cfg.beta_power)
+    return torch.zeros_like(t)
+
+
+PRESETS: dict[str, KernelConfig] = {
+    "mask": KernelConfig(name="mask", alpha_schedule="loglinear"),
+    "uniform": KernelConfig(name="uniform", alpha_schedule="loglinear"),
+    "semdlm": KernelConfig(name="semdlm", alpha_schedule="loglinear", k_max=64, k_power=1.0),
+    "semdlm_softmax": KernelConfig(name="semdlm_softmax", alpha_schedule="loglinear", k_max=64),
+    # Sec 4.2 main text: alpha_t = 1 - t, beta_t = t^2, k_t = 1 + (k_max - 1) t^gamma.
+    "semdlm_plus": KernelConfig(name="semdlm_plus", alpha_schedule="power", alpha_min=0.0, alpha_power=1.0,
+                                beta_max=1.0, beta_power=2.0, k_max=64, k_power=1.0),
+    # Appendix E.1 Eq 118 with alpha_min > 0 (self-retention never fully vanishes).
+    "semdlm_plus_eq118": KernelConfig(name="semdlm_plus", alpha_schedule="power", alpha_min=0.02,
+                                      alpha_power=1.0, beta_max=0.9, beta_power=2.0, k_max=64, k_power=1.0),
+}
+
+
+class SparseMarginal(NamedTuple):
+    """q_t(j|x0) = self_prob delta(j, x0) + sum_k probs_k delta(j, ids_k) + global_weight global_dist(j)."""
+
+    self_prob: torch.Tensor  # [...]
+    ids: torch.Tensor  # [..., K] (K = 0 for kernels without a local branch)
+    probs: torch.Tensor  # [..., K]
+    global_weight: torch.Tensor  # [...]
+    global_dist: torch.Tensor  # [V]
+
+
+class Kernel:
+    """A configured kernel with its tables on one device; build it with :func:`build_kernel`."""
+
+    def __init__(self, cfg: KernelConfig, vocab_size: int, global_dist: torch.Tensor,
+                 neighbors: torch.Tensor, similarities: torch.Tensor | None,
+                 data_prior: torch.Tensor, table_ranks: int):
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.global_dist = global_dist  # [V] float64, sums to 1 (nu)
+        self.neighbors = neighbors  # [V, K] long, K ranks used by the local branch (K = 0: none)
+        self.similarities = similarities  # [V, K] (softmax kernel only)
+        self.data_prior = data_prior  # [V] weights of x0 used to form the reference distribution
+        self.table_ranks = table_ranks  # ranks actually stored (< k_max: the rest goes global)
+        self.device = global_dist.device
+        self._global_cdf = torch.cumsum(global_dist, 0)
+        self._prior: torch.Tensor | None = None
+        self._build_inverse_table()
+
+    # ------------------------------------------------------------------ schedules
+    @property
+    def num_ranks(self) -> int:
+        return self.neighbors.shape[1]
+
+    def alpha(self, t) -> torch.Tensor:
+        """Self-retention probability alpha_t."""
+        return alpha_of(self.cfg, torch.as_tensor(t, dtype=torch.float64, device=self.device))
+
+    def branch_weights(self, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(alpha_t, beta_t, lam_t) of the branch form, with mass beyond the stored table in beta_t."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
+        alpha, beta = alpha_of(self.cfg, t), beta_of(self.cfg, t)
+        lam = (1.0 - alpha - beta).clamp_min(0.0)
+        if self.num_ranks == 0:
+            return alpha, beta, torch.zeros_like(lam)
+        beyond = self._mass_beyond_table(t)
+        return alpha, beta + lam * beyond, lam * (1.0 - beyond)
+
+    def _mass_beyond_table(self, t: torch.Tensor) -> torch.Tensor:
+        """Share of U(top-k_t) on ranks past the stored table (SemDLM+ only; App E.1)."""
+        if self.cfg.name != "semdlm_plus" or self.table_ranks >= self.cfg.k_max:
+            return torch.zeros_like(t)
+        k_t = sch.neighborhood_size(t, self.cfg.k_max, self.cfg.k_power)
+        return 1.0 - sch.fractional_knn_probs(k_t, self.table_ranks).sum(-1)
+
+    def rank_probs(self, t, v: torch.Tensor | None = None) -> torch.Tensor:
+        """s_t over the K ranks of the local branch, [..., K], normalised within the stored table.
+
+        For the kNN kernels it depends on t only (``v`` is ignored, the result broadcasts over v);
+        for ``semdlm_softmax`` it is Eq 8 restricted to the table row of ``v``.
+        """
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
+        if self.cfg.name == "semdlm_softmax":
+            if v is None:
+                v = torch.arange(self.vocab_size, device=self.device)
+            return semantic_softmax(self.similarities[v], sch.inverse_temperature(
+                t, self.cfg.tau_min, self.cfg.tau_power).unsqueeze(-1))
+        k_t = sch.neighborhood_size(t, self.cfg.k_max, self.cfg.k_power)
+        probs = sch.fractional_knn_probs(k_t, self.num_ranks)
+        return probs / probs.sum(-1, keepdim=True)
+
+    def _broadcast_t(self, t, shape) -> torch.Tensor:
+        """t as float64 of ``shape``: a scalar, a tensor of that shape, or one value per batch row."""
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
+        if t.dim() == 1 and len(shape) > 1 and t.shape[0] == shape[0]:
+            t = t.reshape(-1, *([1] * (len(shape) - 1)))
+        return t.expand(shape)
+
+    # ------------------------------------------------------------------ marginals
+    def marginal_sparse(self, x0: torch.Tensor, t) -> SparseMarginal:
+        """q_t(. | x0) in sparse form (Eq 5/6/103/8/117 depending on the kernel)."""
+        t = self._broadcast_t(t, x0.shape)
+        alpha, beta, lam = self.branch_weights(t)
+        ids = self.neighbors[x0]
+        probs = lam.unsqueeze(-1) * self.rank_probs(t, x0).expand(*x0.shape, self.num_ranks)
+        return SparseMarginal(alpha, ids, probs, beta, self.global_dist)
+
+    def marginal_rows(self, x0_ids: torch.Tensor, t) -> torch.Tensor:
+        """Dense q_t(. | x0) rows, [N, V] (tests and diagnostics: small V or chunks)."""
+        m = self.marginal_sparse(x0_ids, t)
+        rows = m.global_weight.unsqueeze(-1) * self.global_dist
+        rows = rows.scatter_add(-1, m.ids, m.probs)
+        return rows.scatter_add(-1, x0_ids.unsqueeze(-1), m.self_prob.unsqueeze(-1))
+
+    def likelihood_of(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """q_t(xt | x0 = v) for every candidate clean token v: [..., V]."""
+        shape = xt.shape
+        z = xt.reshape(-1)
+        t = self._broadcast_t(t, shape).reshape(-1)
+        alpha, beta, lam = self.branch_weights(t)
+        out = (beta * self.global_dist[z]).unsqueeze(-1).repeat(1, self.vocab_size)
+        out.scatter_add_(1, z.unsqueeze(-1), alpha.unsqueeze(-1))
+        if self.num_ranks:
+            n, v, a = self.inverse_entries(z)
+            s = self.rank_probs(t[n], v).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+            out.index_put_((n, v), lam[n] * s, accumulate=True)
+        return out.reshape(*shape, self.vocab_size)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_xt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t ~ q_t(. | x0) for x0 [B, L] and t [B]; returns (xt, changed = xt != x0)."""
+        t = self._broadcast_t(t, x0.shape)
+        alpha, beta, _ = self.branch_weights(t)
+        u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+        clean, to_global = u < alpha, u >= 1.0 - beta
+        xt = x0.clone()
+        if self.num_ranks:
+            local = ~clean & ~to_global
+            cdf = torch.cumsum(self.rank_probs(t[local], x0[local]).expand(int(local.sum()), self.num_ranks), -1)
+            u_rank = torch.rand(cdf.shape[:-1], generator=generator, device=x0.device, dtype=torch.float64)
+            rank = (cdf <= u_rank.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_max(self.num_ranks - 1)
+            xt[local] = self.neighbors[x0[local], rank]
+        xt[to_global] = self._sample_global(int(to_global.sum()), generator)
+        return xt, xt != x0
+
+    def _sample_global(self, n: int, generator) -> torch.Tensor:
+        u = torch.rand(n, generator=generator, device=self.device, dtype=torch.float64)
+        idx = torch.searchsorted(self._global_cdf, u * self._global_cdf[-1], right=True)
+        return idx.clamp_max(self.vocab_size - 1)
+
+    # ------------------------------------------------------------------ reference distribution
+    def prior_probs(self) -> torch.Tensor:
+        """Reference distribution pi at t = 1, [V] float64.
+
+        When q_1(. | x0) does not depend on x0 (mask, uniform, SemDLM+ main preset) pi is exactly
+        that distribution. Otherwise (semdlm, or alpha_min > 0) pi = sum_v d(v) q_1(. | v) with d the
+        unigram prior (else uniform over valid tokens), mixed with prior_floor U(V) so that the
+        prior KL of the likelihood bound stays finite for every x0.
+        """
+        if self._prior is None:
+            self._prior = self._compute_prior()
+        return self._prior
+
+    def _compute_prior(self) -> torch.Tensor:
+        alpha, beta, lam = self.branch_weights(1.0)
+        if alpha.item() == 0.0 and lam.item() == 0.0:
+            return self.global_dist.clone()
+        prior = alpha * self.data_prior + beta * self.global_dist
+        if self.num_ranks:
+            local = lam * self.data_prior.unsqueeze(-1) * self.rank_probs(1.0).expand(self.vocab_size, -1)
+            prior = prior.scatter_add(0, self.neighbors.reshape(-1), local.reshape(-1))
+        floor = self.cfg.prior_floor
+        return (1.0 - floor) * prior / prior.sum() + floor / self.vocab_size
+
+    def sample_prior(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draws from prior_probs() of the given shape (long)."""
+        shape = tuple(shape)
+        cdf = torch.cumsum(self.prior_probs(), 0)
+        n = 1
+        for s in shape:
+            n *= s
+        u = torch.rand(n, generator=generator, device=self.device, dtype=torch.float64)
+        return torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_max(self.vocab_size - 1).reshape(shape)
+
+    # ------------------------------------------------------------------ inverse neighbour table
+    def _build_inverse_table(self) -> None:
+        """CSR of the transposed table: for each token z, the (v, rank) with neighbors[v, rank] = z."""
+        V, K = self.neighbors.shape
+        flat = self.neighbors.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        self._inv_src = (order // max(K, 1)).to(torch.long)
+        self._inv_rank = (order % max(K, 1)).to(torch.long)
+        counts = torch.bincount(flat, minlength=V)
+        self._inv_ptr = torch.zeros(V + 1, dtype=torch.long, device=self.device)
+        self._inv_ptr[1:] = torch.cumsum(counts, 0)
+
+    def inverse_entries(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All (n, v, rank) with neighbors[v, rank] == z[n] for a flat z [N] (vectorised CSR gather)."""
+        start, end = self._inv_ptr[z], self._inv_ptr[z + 1]
+        counts = end - start
+        n = torch.repeat_interleave(torch.arange(z.numel(), device=z.device), counts)
+        first = torch.cumsum(counts, 0) - counts
+        e = start[n] + torch.arange(n.numel(), device=z.device) - first[n]
+        return n, self._inv_src[e], self._inv_rank[e]
+
+
+def semantic_softmax(similarities: torch.Tensor, inv_tau: torch.Tensor) -> torch.Tensor:
+    """Eq 8: s_t(j | i) = exp(sim(i, j) / tau_t) / sum_k exp(sim(i, k) / tau_t), over the table row."""
+    return torch.softmax(similarities.to(torch.float64) * inv_tau, dim=-1)
+
+
+def build_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None = None,
+                 neighbors: torch.Tensor | None = None, valid_vocab: torch.Tensor | None = None,
+                 unigram_prior: torch.Tensor | None = None, similarities: torch.Tensor | None = None,
+                 device: torch.device | str | None = None) -> Kernel:
+    """Validate the inputs a kernel needs and build it on ``device`` (default: the tables' device)."""
+    if device is None:
+        device = neighbors.device if isinstance(neighbors, torch.Tensor) else "cpu"
+    as_t = (lambda x, dt: None if x is None else torch.as_tensor(x).to(device=device, dtype=dt))
+    neighbors, valid_vocab = as_t(neighbors, torch.long), as_t(valid_vocab, torch.bool)
+    unigram_prior, similarities = as_t(unigram_prior, torch.float64), as_t(similarities, torch.float64)
+    V = int(vocab_size)
+    for name, x in (("valid_vocab", valid_vocab), ("unigram_prior", unigram_prior)):
+        if x is not None and x.shape != (V,):
+            raise ValueError(f"{name} must have shape [{V}], got {tuple(x.shape)}")
+    valid = valid_vocab if valid_vocab is not None else torch.ones(V, dtype=torch.bool, device=device)
+    if not valid.any():
+        raise ValueError("valid_vocab marks no token as valid")
+    uniform_valid = valid.to(torch.float64) / valid.sum()
+    data_prior = unigram_prior / unigram_prior.sum() if unigram_prior is not None else uniform_valid
+
+    if cfg.name == "mask":
+        if mask_id is None or not 0 <= mask_id < V:
+            raise ValueError(f"the mask kernel needs mask_id in [0, {V}), got {mask_id}")
+        global_dist = torch.zeros(V, dtype=torch.float64, device=device)
+        global_dist[mask_id] = 1.0
+    elif cfg.name == "uniform":
+        global_dist = torch.full((V,), 1.0 / V, dtype=torch.float64, device=device)  # Eq 6: over all of V
+    elif cfg.global_branch == "unigram":
+        if unigram_prior is None:
+            raise ValueError("global_branch='unigram' needs unigram_prior (Eq 119)")
+        if (unigram_prior < 0).any() or unigram_prior.sum() <= 0:
+            raise ValueError("unigram_prior must be non-negative with positive total")
+        global_dist = unigram_prior / unigram_prior.sum()
+    else:
+        global_dist = uniform_valid
+
+    table = torch.zeros(V, 0, dtype=torch.long, device=device)
+    sims, stored = None, 0
+    if cfg.name in ("semdlm", "semdlm_softmax", "semdlm_plus"):
+        if neighbors is None:
+            raise ValueError(f"kernel {cfg.name!r} needs the neighbour table (neighbors.npy)")
+        if neighbors.dim() != 2 or neighbors.shape[0] != V:
+            raise ValueError(f"neighbors must be [V={V}, k], got {tuple(neighbors.shape)}")
+        if (neighbors < 0).any() or (neighbors >= V).any():
+            raise ValueError("neighbors holds ids outside [0, V): every row must be full")
+        if (neighbors == torch.arange(V, device=device).unsqueeze(1)).any():
+            raise ValueError("neighbors lists a token as its own neighbour; self must be excluded")
+        stored = neighbors.shape[1]
+        if cfg.k_max > stored and cfg.name != "semdlm_plus":
+            raise ValueError(f"k_max={cfg.k_max} exceeds the stored table width {stored}; only "
+                             "semdlm_plus can absorb the missing mass into its global branch")
+        stored = min(stored, cfg.k_max)
+        table = neighbors[:, :stored].contiguous()
+        if cfg.name == "semdlm_softmax":
+            if similarities is None or similarities.shape[0] != V:
+                raise ValueError("semdlm_softmax needs similarities [V, k] (similarities.npy)")
+            sims = similarities[:, :stored].contiguous()
+    kernel = Kernel(cfg, V, global_dist, table, sims, data_prior, stored)
+    if stored and cfg.k_max > stored:
+        _check_folded_schedule(kernel)
+    return kernel
+
+
+def _check_folded_schedule(kernel: Kernel) -> None:
+    """Folding the mass beyond the table into beta_t must keep beta_t non-decreasing (the bound's coupling)."""
+    t = torch.linspace(0.0, 1.0, _VALIDATION_GRID, dtype=torch.float64, device=kernel.device)
+    _, beta, _ = kernel.branch_weights(t)
+    if (beta[1:] < beta[:-1] - 1e-9).any():
+        raise ValueError(f"k_max={kernel.cfg.k_max} with a stored table of {kernel.table_ranks} ranks makes the "
+                         "effective global weight decrease in t; store more neighbours or lower k_max")
