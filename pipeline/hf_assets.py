@@ -6,7 +6,9 @@ entries, the paper's tokenizer). Any Hugging Face path or hub id is accepted for
 """
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +58,63 @@ def tokenizer_info(tok, name_or_path: str | None = None) -> dict[str, Any]:
             "vocab_size": len(vocab), "special_ids": {k: v for k, v in specials.items() if v is not None}}
 
 
-def quick_tokenizer_identity(name_or_path: str | None = None) -> str | None:
-    """The tokenizer identity read straight from a local ``tokenizer.json``, or None.
+_SPECIAL_NAMES = ("pad", "cls", "sep", "mask", "unk", "bos", "eos")
 
-    Equal to ``tokenizer_info(load_tokenizer(x))["identity"]`` (a test checks it) but ~50x faster,
-    because it needs neither ``transformers`` nor ``torch``: it is what lets a stage answer
-    "up to date" in well under a second.
+
+@dataclass
+class TokenizerSpec:
+    """What the data stages need of a tokenizer, loadable without ``transformers``/``torch``.
+
+    ``backend_json`` is the Rust tokenizer's serialisation (truncation/padding as shipped; users
+    switch them off), ``vocab`` token -> id including added tokens, ``special_ids`` the ids of the
+    named special tokens the tokenizer defines.
     """
-    from .artifacts import tokenizer_identity
 
-    path = Path(resolve_name(name_or_path)) / "tokenizer.json"
-    if not path.is_file():
+    name_or_path: str
+    backend_json: str
+    vocab: dict
+    special_ids: dict
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def info(self) -> dict[str, Any]:
+        from .artifacts import tokenizer_identity
+
+        return {"name_or_path": self.name_or_path, "identity": tokenizer_identity(self.vocab),
+                "vocab_size": self.vocab_size, "special_ids": dict(self.special_ids)}
+
+
+def load_tokenizer_spec(name_or_path: str | None = None) -> TokenizerSpec:
+    """A :class:`TokenizerSpec`: read straight from ``tokenizer.json`` + its config for a local
+    directory (~0.1 s), through ``transformers`` otherwise (hub ids, slow-only formats)."""
+    name = resolve_name(name_or_path)
+    local = Path(name)
+    if (local / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(local / "tokenizer.json"))
+        vocab = backend.get_vocab(with_added_tokens=True)
+        declared: dict[str, Any] = {}
+        for cfg_name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (local / cfg_name).is_file():
+                declared.update(json.loads((local / cfg_name).read_text()))
+        special = {}
+        for key in _SPECIAL_NAMES:
+            token = declared.get(f"{key}_token")
+            if isinstance(token, dict):
+                token = token.get("content")
+            if isinstance(token, str) and token in vocab:
+                special[key] = vocab[token]
+        return TokenizerSpec(name, backend.to_str(), vocab, special)
+    tok = load_tokenizer(name)
+    info = tokenizer_info(tok, name)
+    return TokenizerSpec(name, tok.backend_tokenizer.to_str(), tok.get_vocab(), info["special_ids"])
+
+
+def quick_tokenizer_identity(name_or_path: str | None = None) -> str | None:
+    """The tokenizer identity when it can be read cheaply from a local directory, else None."""
+    if not (Path(resolve_name(name_or_path)) / "tokenizer.json").is_file():
         return None
-    from tokenizers import Tokenizer
-
-    return tokenizer_identity(Tokenizer.from_file(str(path)).get_vocab(with_added_tokens=True))
+    return load_tokenizer_spec(name_or_path).info()["identity"]

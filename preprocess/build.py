@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import StageRun
-from pipeline.hf_assets import load_tokenizer, quick_tokenizer_identity, tokenizer_info
+from pipeline.hf_assets import load_tokenizer_spec, quick_tokenizer_identity
 
 from .config import PreprocessConfig
 from .packing import PadTruncatePacker, WrapPacker
@@ -102,7 +102,7 @@ def _batches(docs, batch_chars: int):
         splits.append(split)
         texts.append(text)
         size += len(text)
-        if size >= batch_chars or len(texts) >= 4096:
+        if size >= batch_chars or len(texts) >= 2048:
             yield splits, texts
             splits, texts, size = [], [], 0
     if texts:
@@ -117,20 +117,22 @@ def _make_packer(cfg: PreprocessConfig, special: dict, pad_id: int, dtype):
     return WrapPacker(cfg.seq_len, pad_id, dtype, prefix_id=None, suffix_id=special["separator"])
 
 
-def _special_ids(tok, cfg: PreprocessConfig) -> dict:
-    cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
-    sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+def _special_ids(spec, cfg: PreprocessConfig) -> dict:
+    ids = spec.special_ids
+    cls_id = ids.get("cls", ids.get("bos"))
+    sep_id = ids.get("sep", ids.get("eos"))
     if cfg.separator is not None:
-        separator = tok.convert_tokens_to_ids(cfg.separator)
-        if separator is None or separator == tok.unk_token_id and cfg.separator != tok.unk_token:
+        if cfg.separator not in spec.vocab:
             raise ValueError(f"--separator {cfg.separator!r} is not a token of the tokenizer")
+        separator = spec.vocab[cfg.separator]
     else:
         separator = sep_id
-    pad_id = tok.pad_token_id
-    missing = [n for n, v in (("cls/bos", cls_id), ("sep/eos", sep_id), ("pad", pad_id)) if v is None]
-    if missing and (cfg.mode == "lm1b" or separator is None):
+    needed = {"lm1b": (("cls/bos", cls_id), ("sep/eos", sep_id)), "owt": (("separator (sep/eos)", separator),)}
+    missing = [name for name, value in needed[cfg.mode] if value is None]
+    if missing:
         raise ValueError(f"tokenizer {cfg.tokenizer!r} lacks special tokens {missing} needed by --mode {cfg.mode}")
-    return {"cls": cls_id, "sep": sep_id, "separator": separator, "pad": pad_id if pad_id is not None else 0}
+    # Without a pad token, id 0 pads; pad positions are excluded from counts either way.
+    return {"cls": cls_id, "sep": sep_id, "separator": separator, "pad": ids.get("pad", 0)}
 
 
 def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, log=print) -> Path:
@@ -146,17 +148,17 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
     if run.tokenizer["identity"] is not None and run.is_up_to_date():
         log(f"{target}: up to date (use --force to rebuild)")
         return target
-    tok = load_tokenizer(cfg.tokenizer)
-    run.tokenizer = tokenizer_info(tok, cfg.tokenizer)
+    spec = load_tokenizer_spec(cfg.tokenizer)
+    run.tokenizer = spec.info()
     if run.is_up_to_date():  # a hub tokenizer: identity known only now
         log(f"{target}: up to date (use --force to rebuild)")
         return target
 
-    vocab_size = len(tok)
-    special = _special_ids(tok, cfg)
+    vocab_size = spec.vocab_size
+    special = _special_ids(spec, cfg)
     dtype = token_dtype(vocab_size)
     read_stats = {split: ReadStats() for split in ("train", "validation", "test")}
-    tokenizer_json = tok.backend_tokenizer.to_str()
+    tokenizer_json = spec.backend_json
     total_bytes = sum(input_size(s) for s in sources.values())
     with run as tmp:
         progress = _Progress(cfg.progress, total_bytes)

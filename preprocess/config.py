@@ -28,7 +28,7 @@ class PreprocessConfig:
     shard_size_limit: int = 1 << 26     # bytes of uncompressed samples per MDS shard
     compression: str | None = "zstd"
     max_doc_chars: int = 1 << 20        # longer documents are tokenised in whitespace-cut pieces
-    batch_chars: int = 1 << 22          # characters per tokenisation task
+    batch_chars: int = 1 << 20          # characters per tokenisation task (load balance)
     shard_index: int = 0                # multi-node: this group's index ...
     num_shards: int = 1                 # ... out of this many groups
     workers: int = 1

@@ -56,15 +56,19 @@ def cut_long_text(text: str, max_chars: int) -> list[str]:
 
 def encode_texts(backend, texts: list[str], max_chars: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of ``texts`` (no special tokens) as (flat int32 ids, int64 lengths)."""
-    pieces, owner = [], []
-    for i, text in enumerate(texts):
-        for piece in cut_long_text(text, max_chars):
-            pieces.append(piece)
-            owner.append(i)
+    if max(map(len, texts), default=0) <= max_chars:  # the common case: one piece per text
+        pieces, owner = texts, np.arange(len(texts))
+    else:
+        pieces, owner_list = [], []
+        for i, text in enumerate(texts):
+            for piece in cut_long_text(text, max_chars):
+                pieces.append(piece)
+                owner_list.append(i)
+        owner = np.asarray(owner_list, dtype=np.int64)
     encodings = backend.encode_batch_fast(pieces, add_special_tokens=False)
     piece_ids = [e.ids for e in encodings]
-    lengths = np.zeros(len(texts), dtype=np.int64)
-    np.add.at(lengths, np.asarray(owner, dtype=np.int64), [len(ids) for ids in piece_ids])
+    piece_len = np.fromiter(map(len, piece_ids), dtype=np.int64, count=len(piece_ids))
+    lengths = np.bincount(owner, weights=piece_len, minlength=len(texts)).astype(np.int64)
     flat = (np.concatenate([np.asarray(ids, dtype=np.int32) for ids in piece_ids])
             if piece_ids else np.zeros(0, np.int32))
     return flat, lengths

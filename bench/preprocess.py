@@ -1,0 +1,123 @@
+"""Preprocess throughput vs a raw ``tokenizers`` batch encode, and peak memory vs corpus size.
+
+    python bench/preprocess.py [--workers 2] [--repeat 10]
+
+For each shared corpus (LM1B sentences, web documents) it measures, in the same run:
+  * raw: ``Tokenizer.encode_batch_fast`` of every text (truncation/padding off, Rust threads on),
+    texts already in memory — the speed of light for tokenisation alone;
+  * stage: ``python -m preprocess`` end to end (read, split, tokenise, pack, write zstd MDS shards,
+    checksums, manifest) as a subprocess, wall time;
+and prints tokens/s of both and their ratio (target >= 0.7 with --workers 2). Then it runs the
+stage on the web corpus repeated ``--repeat`` times and reports peak RSS of the 1x and Nx runs
+(max RSS of the largest process of the stage's tree, from ``getrusage(RUSAGE_CHILDREN)``
+in a fresh runner process).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO.parent / "shared" / "corpora"
+sys.path.insert(0, str(REPO))
+
+
+def _texts(path: Path) -> list[str]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line)["text"] for line in path.open(encoding="utf-8") if line.strip()]
+    return [line.rstrip("\n") for line in path.open(encoding="utf-8") if line.strip()]
+
+
+def raw_tokens_per_s(texts: list[str]) -> tuple[float, int]:
+    from preprocess.tokenize import make_backend
+    from pipeline.hf_assets import load_tokenizer
+
+    backend = make_backend(load_tokenizer().backend_tokenizer.to_str())
+    start = time.perf_counter()
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+    ntok = sum(len(e.ids) for e in encodings)
+    return ntok / (time.perf_counter() - start), ntok
+
+
+_RUNNER = """
+import json, resource, sys, time
+from pathlib import Path
+import streaming  # warm the heavy imports (torch, transformers) outside the timed region
+from preprocess.build import run_preprocess
+from preprocess.config import PreprocessConfig
+inputs, out, mode, workers = json.loads(sys.argv[1])
+cfg = PreprocessConfig(mode=mode, workers=workers, progress=False, inputs={"train": inputs})
+t = time.perf_counter()
+run_preprocess(cfg, out, force=True, log=lambda *_: None)
+seconds = time.perf_counter() - t
+rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+print(json.dumps({"seconds": seconds, "rss_kib": rss}))
+"""
+
+
+def stage_run(inputs: list[Path], out: Path, mode: str, workers: int) -> dict:
+    """One stage run in a fresh process: stage seconds (imports warm), CLI-like wall seconds
+    (interpreter start + imports + stage), document tokens written, peak RSS MiB (largest process)."""
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps([list(map(str, inputs)), str(out), mode, workers])],
+                         check=True, capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    wall = time.perf_counter() - start
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    stats = json.loads((out / "manifest.json").read_text())["stats"]["train"]
+    # Count what the raw encode counts: document tokens, not the added [CLS]/[SEP]/separators.
+    added = stats["documents"] * (2 if mode == "lm1b" else 1)
+    return {"seconds": result["seconds"], "wall": wall, "doc_tokens": stats["tokens"] - added,
+            "rss_mib": result["rss_kib"] / 1024}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=10)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
+    try:
+        print(f"| corpus | raw tokenizers tok/s | stage tok/s (--workers {args.workers}) | ratio | "
+              "CLI wall s (incl. ~3 s of imports) | CLI ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, path, mode in (("lm1b_sample/train.txt", CORPORA / "lm1b_sample" / "train.txt", "lm1b"),
+                                 ("web_sample/train.jsonl", CORPORA / "web_sample" / "train.jsonl", "owt")):
+            raw, ntok = raw_tokens_per_s(_texts(path))
+            run = stage_run([path], work / mode, mode, args.workers)
+            if mode == "owt":
+                assert run["doc_tokens"] == ntok, (run["doc_tokens"], ntok)  # same tokens as the raw encode
+            stage = ntok / run["seconds"]  # lm1b truncates long sentences: rate on the tokens encoded
+            print(f"| {name} | {raw:,.0f} | {stage:,.0f} | {stage / raw:.2f} | {run['wall']:.1f} | "
+                  f"{ntok / run['wall'] / raw:.2f} |")
+        web = CORPORA / "web_sample" / "train.jsonl"
+        big = work / "web_x.jsonl"
+        with big.open("wb") as fh:
+            for _ in range(args.repeat):
+                fh.write(web.read_bytes())
+        one = stage_run([web], work / "x1", "owt", args.workers)
+        many = stage_run([big], work / "xn", "owt", args.workers)
+        raw_big, ntok_big = raw_tokens_per_s(_texts(big))
+        size1, sizen = web.stat().st_size / 2**20, big.stat().st_size / 2**20
+        print(f"\n{args.repeat}x web corpus: stage {ntok_big / many['seconds']:,.0f} tok/s vs raw "
+              f"{raw_big:,.0f} tok/s: ratio {ntok_big / many['seconds'] / raw_big:.2f}; "
+              f"CLI wall {many['wall']:.1f} s: ratio {ntok_big / many['wall'] / raw_big:.2f}")
+        print(f"\npeak RSS (largest process of the stage), owt mode, --workers {args.workers}:")
+        print(f"  1x corpus ({size1:.0f} MiB): {one['rss_mib']:.0f} MiB in {one['seconds']:.1f} s")
+        print(f"  {args.repeat}x corpus ({sizen:.0f} MiB): {many['rss_mib']:.0f} MiB in {many['seconds']:.1f} s")
+        print(f"  ratio {many['rss_mib'] / one['rss_mib']:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
