@@ -152,8 +152,9 @@ class Kernel:
 
     def __init__(self, cfg: KernelConfig, vocab_size: int, global_dist: torch.Tensor,
                  neighbors: torch.Tensor, similarities: torch.Tensor | None,
-                 data_prior: torch.Tensor, table_ranks: int):
+                 data_prior: torch.Tensor, table_ranks: int, mask_id: int | None = None):
         self.cfg = cfg
+        self.mask_id = mask_id  # [MASK] id (mask kernel; informational for the others)
         self.vocab_size = vocab_size
         self.global_dist = global_dist  # [V] float64, sums to 1 (nu)
         self.neighbors = neighbors  # [V, K] long, K ranks used by the local branch (K = 0: none)
@@ -385,7 +386,7 @@ def build_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None = None,
             if similarities is None or similarities.shape[0] != V:
                 raise ValueError("semdlm_softmax needs similarities [V, k] (similarities.npy)")
             sims = similarities[:, :stored].contiguous()
-    kernel = Kernel(cfg, V, global_dist, table, sims, data_prior, stored)
+    kernel = Kernel(cfg, V, global_dist, table, sims, data_prior, stored, mask_id)
     if stored and cfg.k_max > stored:
         _check_folded_schedule(kernel)
     return kernel

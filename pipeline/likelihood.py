@@ -1,0 +1,227 @@
+"""Likelihood bounds of the diffusion models (derivation: docs/likelihood.md).
+
+* :func:`mdlm_nelbo` - MDLM's continuous-time NELBO for the ``mask`` kernel.
+* :func:`udlm_nelbo` - the closed-form continuous-time ELBO of uniform diffusion (UDLM).
+* :func:`discrete_nelbo` - a T-step variational upper bound on -log p(x0) valid for *every* kernel
+  of pipeline.kernels (the one to report for ``semdlm``, ``semdlm_softmax`` and ``semdlm_plus``).
+  It is an ELBO of exactly the generative process of :func:`reverse_step`.
+
+The denoiser is any callable ``model(xt: Long[B, L], t: Float[B]) -> logits Float[B, L, V]``.
+All bounds are returned in nats per sequence; :func:`bits_per_token` / :func:`perplexity` convert.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .kernels import Kernel, alpha_of
+
+
+# --------------------------------------------------------------------------- reporting helpers
+def bits_per_token(nats: torch.Tensor | float, num_tokens: torch.Tensor | int) -> float:
+    """Total nats over total tokens, in bits."""
+    return float(torch.as_tensor(nats, dtype=torch.float64).sum()) / float(num_tokens) / math.log(2.0)
+
+
+def perplexity(nats: torch.Tensor | float, num_tokens: torch.Tensor | int) -> float:
+    """exp(total nats / total tokens)."""
+    return math.exp(float(torch.as_tensor(nats, dtype=torch.float64).sum()) / float(num_tokens))
+
+
+def _alpha_and_derivative(kernel: Kernel, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha_t and d alpha_t / dt by autograd through the configured schedule."""
+    with torch.enable_grad():
+        t = t.detach().to(torch.float64).requires_grad_(True)
+        alpha = alpha_of(kernel.cfg, t)
+        (dalpha,) = torch.autograd.grad(alpha.sum(), t)
+    return alpha.detach(), dalpha
+
+
+def _positions(x0: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return torch.ones_like(x0, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+
+
+# --------------------------------------------------------------------------- continuous-time bounds
+def mdlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One-sample estimate of MDLM's continuous-time NELBO per sequence, [B] nats:
+
+        int_0^1 -alpha'_t / (1 - alpha_t) sum_{l: x_t^l = [MASK]} -log p_theta(x0^l | x_t) dt,
+
+    with t ~ U(0, 1) given by the caller (one per sequence) and the SUBS parameterisation
+    (p_theta([MASK]) = 0; unmasked positions are carried over and cost nothing).
+    """
+    if kernel.cfg.name != "mask":
+        raise ValueError(f"mdlm_nelbo is the bound of the mask kernel, not {kernel.cfg.name!r}")
+    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    logits = model(xt, t).to(torch.float64)
+    logits[..., kernel.mask_id] = -math.inf
+    nll = -torch.log_softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    alpha, dalpha = _alpha_and_derivative(kernel, t)
+    weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1)
+    counted = (xt == kernel.mask_id) & _positions(x0, mask)
+    return (weight * nll * counted).sum(-1)
+
+
+def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
+                   dalpha: torch.Tensor) -> torch.Tensor:
+    """UDLM's continuous-time ELBO integrand per position (Schiff et al. 2025, uniform kernel Eq 6):
+
+        alpha'_t / (V alpha_t) [ V / xbar_z - V / xbar^theta_z
+                                 - sum_j xbar_j / xbar_z log(xbar^theta_z xbar_j / (xbar^theta_j xbar_z)) ],
+
+    with xbar = V alpha_t onehot(x0) + 1 - alpha_t, xbar^theta = V alpha_t p_theta + 1 - alpha_t, z = x_t.
+    """
+    V = log_probs.shape[-1]
+    a = alpha.reshape(-1, *([1] * (log_probs.dim() - 1)))
+    da = dalpha.reshape(-1, *([1] * (log_probs.dim() - 2)))
+    x_bar = V * a * torch.nn.functional.one_hot(x0, V).to(log_probs.dtype) + 1.0 - a
+    x_bar_theta = V * a * log_probs.exp() + 1.0 - a
+    xb_z = x_bar.gather(-1, xt.unsqueeze(-1))
+    xbt_z = x_bar_theta.gather(-1, xt.unsqueeze(-1))
+    term1 = (V / xb_z - V / xbt_z).squeeze(-1)
+    term2 = (x_bar / xb_z * (xbt_z.log() - x_bar_theta.log() + x_bar.log() - xb_z.log())).sum(-1)
+    return da / (V * a.squeeze(-1)) * (term1 - term2)
+
+
+def udlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """One-sample estimate (t given, one per sequence) of the uniform kernel's continuous ELBO, [B] nats."""
+    if kernel.cfg.name != "uniform":
+        raise ValueError(f"udlm_nelbo is the bound of the uniform kernel, not {kernel.cfg.name!r}")
+    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    log_probs = torch.log_softmax(model(xt, t).to(torch.float64), -1)
+    alpha, dalpha = _alpha_and_derivative(kernel, t)
+    return (udlm_integrand(log_probs, x0, xt, alpha, dalpha) * _positions(x0, mask)).sum(-1)
+
+
+# --------------------------------------------------------------------------- the generic T-step bound
+def _pair_branch_probs(kernel: Kernel, s: float, t: float) -> dict[str, float]:
+    """Joint law of the branches (C clean, L local, G global) at s < t under the monotone coupling.
+
+    One uniform U per position: C if U < alpha, G if U >= 1 - beta, else L. Because alpha_t is
+    non-increasing and beta_t non-decreasing, a position only moves C -> L -> G as t grows.
+    """
+    a_s, b_s, _ = (float(x) for x in kernel.branch_weights(s))
+    a_t, b_t, _ = (float(x) for x in kernel.branch_weights(t))
+    pos = lambda x: max(x, 0.0)  # noqa: E731 - rounding guard
+    return {"CC": a_t, "CL": pos(min(a_s, 1.0 - b_t) - a_t), "CG": pos(a_s - (1.0 - b_t)),
+            "LL": pos(1.0 - b_t - a_s), "LG": pos((1.0 - b_s) - max(a_s, 1.0 - b_t)), "GG": b_s}
+
+
+def reverse_step_probs(kernel: Kernel, z: torch.Tensor, weights: torch.Tensor, s: float, t: float,
+                       lik: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_v weights[n, v] q(x_s = . | x_t = z_n, x0 = v), [N, V] (float64).
+
+    q(x_s | x_t, x0) = J(x_s, x_t | x0) / q_t(x_t | x0) where J is the pairwise joint of the branch
+    coupling (docs/likelihood.md): branches move C -> L -> G monotonically, a global draw is kept,
+    the local rank follows the maximal coupling of s_s and s_t, and entering a branch draws afresh.
+    ``weights`` must vanish where q_t(z | v) = 0. Cost O(N V K); no loop over tokens.
+    """
+    P = _pair_branch_probs(kernel, s, t)
+    z = z.reshape(-1)
+    N, V = z.numel(), kernel.vocab_size
+    lik = kernel.likelihood_of(z, t) if lik is None else lik
+    w = weights.to(torch.float64)
+    omega = torch.where(lik > 0, w / lik.clamp_min(1e-300), torch.zeros_like(w))
+    nu_z = kernel.global_dist[z]
+    rows = torch.arange(N, device=z.device)
+    diag = P["CC"] * omega[rows, z] + P["GG"] * nu_z * omega.sum(-1)
+    out = omega * (P["CG"] * nu_z).unsqueeze(-1)
+    K = kernel.num_ranks
+    if K and (P["CL"] or P["LL"] or P["LG"]):
+        s_s = kernel.rank_probs(s).expand(V, K)  # [V, K]
+        s_t = kernel.rank_probs(t).expand(V, K)
+        drop = (s_s - s_t).clamp_min(0.0)  # ranks that lose mass from s to t
+        tv = drop.sum(-1)  # [V]
+        n, v, a = kernel.inverse_entries(z)  # z_n = N(v)[a]
+        st_z, ss_z = s_t[v, a], s_s[v, a]
+        gain = torch.where(tv[v] > 0, (st_z - ss_z).clamp_min(0.0) / tv[v].clamp_min(1e-300), torch.zeros_like(st_z))
+        om = omega[n, v]
+        out.index_put_((n, v), om * P["CL"] * st_z, accumulate=True)
+        diag = diag.index_add(0, n, om * P["LL"] * torch.minimum(ss_z, st_z))
+        c1 = torch.zeros_like(omega).index_put_((n, v), om * P["LL"] * gain)  # [N, V]
+        c2 = omega * (P["LG"] * nu_z).unsqueeze(-1)
+        for rank in torch.nonzero(s_s.amax(0) > 0).flatten().tolist():  # loop over ranks, not tokens
+            src = c1 * drop[:, rank] + c2 * s_s[:, rank]
+            out.scatter_add_(1, kernel.neighbors[:, rank].expand(N, V), src)
+    out[rows, z] += diag
+    return out
+
+
+def clean_token_probs(kernel: Kernel, logits: torch.Tensor, xt: torch.Tensor, t: float,
+                      lik: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's p_theta(x0 | x_t) restricted to clean tokens v with q_t(x_t | v) > 0, [..., V].
+
+    The restriction is what makes the generative process well defined (and gives MDLM's carry-over
+    for the mask kernel); the mask kernel also never predicts [MASK] as a clean token (SUBS).
+    """
+    V = logits.shape[-1]
+    probs = torch.softmax(logits.to(torch.float64).reshape(-1, V), -1)
+    lik = kernel.likelihood_of(xt.reshape(-1), t) if lik is None else lik
+    probs = probs * (lik > 0)
+    if kernel.cfg.name == "mask":
+        probs[:, kernel.mask_id] = 0.0
+    total = probs.sum(-1, keepdim=True)
+    # All mass on impossible tokens (a degenerate model): fall back to q_t(x_t | v) as weights.
+    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), lik / lik.sum(-1, keepdim=True))
+    return probs.reshape(logits.shape)
+
+
+def reverse_step(kernel: Kernel, logits: torch.Tensor, xt: torch.Tensor, s: float, t: float) -> torch.Tensor:
+    """The generative step p(x_s | x_t) = sum_v q(x_s | x_t, v) p_theta(v | x_t), per position [B, L, V]."""
+    lik = kernel.likelihood_of(xt.reshape(-1), t)
+    probs = clean_token_probs(kernel, logits, xt, t, lik).reshape(-1, kernel.vocab_size)
+    return reverse_step_probs(kernel, xt.reshape(-1), probs, s, t, lik).reshape(*xt.shape, kernel.vocab_size)
+
+
+def step_kl(kernel: Kernel, model, x0: torch.Tensor, xt: torch.Tensor, s: float, t: float,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over counted positions of KL(q(x_s | x_t, x0) || p(x_s | x_t)), [B] nats (s = 0: -log p)."""
+    B, L = x0.shape
+    t_vec = torch.full((B,), float(t), dtype=torch.float32, device=x0.device)
+    logits = model(xt, t_vec)
+    z = xt.reshape(-1)
+    lik = kernel.likelihood_of(z, t)
+    probs = clean_token_probs(kernel, logits, xt, t, lik).reshape(-1, kernel.vocab_size)
+    p = reverse_step_probs(kernel, z, probs, s, t, lik)
+    onehot = torch.nn.functional.one_hot(x0.reshape(-1), kernel.vocab_size).to(torch.float64)
+    q = reverse_step_probs(kernel, z, onehot, s, t, lik)
+    kl = torch.where(q > 0, q * (q.clamp_min(1e-300).log() - p.clamp_min(1e-300).log()), torch.zeros_like(q))
+    return (kl.sum(-1).reshape(B, L) * _positions(x0, mask)).sum(-1)
+
+
+def prior_kl(kernel: Kernel, x0: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over counted positions of KL(q_1(. | x0) || pi), [B] nats, pi = kernel.prior_probs()."""
+    q1 = kernel.marginal_rows(x0.reshape(-1), 1.0)
+    log_pi = kernel.prior_probs().clamp_min(1e-300).log()
+    kl = torch.where(q1 > 0, q1 * (q1.clamp_min(1e-300).log() - log_pi), torch.zeros_like(q1)).sum(-1)
+    return (kl.reshape(x0.shape) * _positions(x0, mask)).sum(-1)
+
+
+@torch.no_grad()
+def discrete_nelbo(kernel: Kernel, model, x0: torch.Tensor, num_steps: int = 1000, mask: torch.Tensor | None = None,
+                   mc_steps: int | None = 8, generator: torch.Generator | None = None) -> dict:
+    """T-step variational bound -log p(x0) <= KL(q_1 || pi) + sum_{i=1..T} E KL(q(x_{i-1}|x_i, x0) || p), per sequence.
+
+    Times t_i = i / T. ``mc_steps=None`` sums all T steps (one x_t sample per step and sequence);
+    an integer draws that many stratified step indices shared by the batch and rescales by T, an
+    unbiased estimate. Returns {"nelbo": [B] nats, "prior": [B], "num_tokens": [B]}.
+    """
+    B = x0.shape[0]
+    counted = _positions(x0, mask)
+    if mc_steps is None:
+        steps = torch.arange(1, num_steps + 1)
+        scale = 1.0
+    else:
+        u = torch.rand(mc_steps, generator=generator, device=x0.device).cpu()
+        steps = ((torch.arange(mc_steps) + u) / mc_steps * num_steps).floor().long().clamp(0, num_steps - 1) + 1
+        scale = num_steps / mc_steps
+    total = torch.zeros(B, dtype=torch.float64, device=x0.device)
+    for i in steps.tolist():  # loop over diffusion steps (each a full batched model call)
+        s, t = (i - 1) / num_steps, i / num_steps
+        xt, _ = kernel.sample_xt(x0, torch.full((B,), t, device=x0.device), generator=generator)
+        total += step_kl(kernel, model, x0, xt, s, t, counted)
+    prior = prior_kl(kernel, x0, counted)
+    return {"nelbo": prior + scale * total, "prior": prior, "num_tokens": counted.sum(-1)}
