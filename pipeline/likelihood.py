@@ -43,25 +43,30 @@ def _positions(x0: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- continuous-time bounds
+def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MDLM's continuous-time NELBO integrand per sequence, [B] nats (Sahoo et al. 2024, Eq 10):
+
+        -alpha'_t / (1 - alpha_t) sum_{l: x_t^l = [MASK]} -log p_theta(x0^l | x_t),
+
+    with the SUBS parameterisation (p_theta([MASK]) = 0; unmasked positions are carried over).
+    """
+    logits = logits.to(torch.float64).clone()
+    logits[..., kernel.mask_id] = -math.inf
+    nll = -torch.log_softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    alpha, dalpha = _alpha_and_derivative(kernel, torch.as_tensor(t, device=x0.device).expand(x0.shape[0]))
+    weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1)
+    counted = (xt == kernel.mask_id) & _positions(x0, mask)
+    return torch.where(counted, weight * nll, torch.zeros_like(nll)).sum(-1)
+
+
 def mdlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-sample estimate of MDLM's continuous-time NELBO per sequence, [B] nats:
-
-        int_0^1 -alpha'_t / (1 - alpha_t) sum_{l: x_t^l = [MASK]} -log p_theta(x0^l | x_t) dt,
-
-    with t ~ U(0, 1) given by the caller (one per sequence) and the SUBS parameterisation
-    (p_theta([MASK]) = 0; unmasked positions are carried over and cost nothing).
-    """
+    """One-sample estimate of MDLM's NELBO per sequence, [B] nats, at the caller's t ~ U(0, 1) [B]."""
     if kernel.cfg.name != "mask":
         raise ValueError(f"mdlm_nelbo is the bound of the mask kernel, not {kernel.cfg.name!r}")
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
-    logits = model(xt, t).to(torch.float64)
-    logits[..., kernel.mask_id] = -math.inf
-    nll = -torch.log_softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    alpha, dalpha = _alpha_and_derivative(kernel, t)
-    weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1)
-    counted = (xt == kernel.mask_id) & _positions(x0, mask)
-    return (weight * nll * counted).sum(-1)
+    return mdlm_integrand(kernel, model(xt, t), x0, xt, t, mask)
 
 
 def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
@@ -117,7 +122,8 @@ def reverse_step_probs(kernel: Kernel, z: torch.Tensor, weights: torch.Tensor, s
     q(x_s | x_t, x0) = J(x_s, x_t | x0) / q_t(x_t | x0) where J is the pairwise joint of the branch
     coupling (docs/likelihood.md): branches move C -> L -> G monotonically, a global draw is kept,
     the local rank follows the maximal coupling of s_s and s_t, and entering a branch draws afresh.
-    ``weights`` must vanish where q_t(z | v) = 0. Cost O(N V K); no loop over tokens.
+    ``weights`` must vanish where q_t(z | v) = 0 (rows whose weights all vanish stay at z).
+    Cost O(N V K); no loop over tokens.
     """
     P = _pair_branch_probs(kernel, s, t)
     z = z.reshape(-1)
@@ -147,6 +153,9 @@ def reverse_step_probs(kernel: Kernel, z: torch.Tensor, weights: torch.Tensor, s
             src = c1 * drop[:, rank] + c2 * s_s[:, rank]
             out.scatter_add_(1, kernel.neighbors[:, rank].expand(N, V), src)
     out[rows, z] += diag
+    # x_t that no weighted clean token can produce is a probability-0 state: define the step to stay put.
+    impossible = omega.sum(-1) == 0
+    out[rows[impossible], z[impossible]] = 1.0
     return out
 
 
@@ -164,8 +173,10 @@ def clean_token_probs(kernel: Kernel, logits: torch.Tensor, xt: torch.Tensor, t:
     if kernel.cfg.name == "mask":
         probs[:, kernel.mask_id] = 0.0
     total = probs.sum(-1, keepdim=True)
-    # All mass on impossible tokens (a degenerate model): fall back to q_t(x_t | v) as weights.
-    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), lik / lik.sum(-1, keepdim=True))
+    # All mass on impossible tokens (a degenerate model): fall back to q_t(x_t | v) as weights; an x_t
+    # no clean token can produce (probability 0 under q_t) keeps all-zero weights (see reverse_step_probs).
+    fallback = lik / lik.sum(-1, keepdim=True).clamp_min(1e-300)
+    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), fallback)
     return probs.reshape(logits.shape)
 
 
