@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline import schedules as sch
+from pipeline import inspect_kernel
 from pipeline.artifacts import ArtifactError, StageRun
 from pipeline.kernels import KernelConfig, build_kernel
 from pipeline.neighbors import load_neighbor_tables
@@ -167,3 +168,15 @@ def test_load_neighbor_tables_round_trip_and_refusals(tmp_path):
     write_artifact(tmp_path / "bad", bad)
     with pytest.raises(ArtifactError, match="own neighbour"):
         load_neighbor_tables(tmp_path / "bad")
+
+
+def test_inspect_kernel_cli(tmp_path, capsys):
+    write_artifact(tmp_path / "nb", random_tables())
+    args = ["--neighbors", str(tmp_path / "nb"), "--vocab-size", str(V), "--mask-id", str(MASK), "--t", "0.6"]
+    assert inspect_kernel.main(["--kernel", "semdlm_plus", "--token", "3", "--samples", "20000", *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("tv=") and float(lines[-1][3:]) < 0.03
+    assert len(lines) == 3 + 10 + 1  # header, 10 entries, tv
+    with pytest.raises(SystemExit) as exc:  # a bad token is one clear error line and exit status 2
+        inspect_kernel.main(["--kernel", "semdlm", "--token", "not-an-id", *args])
+    assert exc.value.code == 2 and "integer id" in capsys.readouterr().err
