@@ -182,3 +182,11 @@ def test_flops_per_token_formula():
     assert flops_per_token(cfg, 32) == 6 * n + 12 * cfg.n_layer * cfg.d_model * 32
     tied = _tiny(tie_embeddings=True)
     assert flops_per_token(tied, 32) == 6 * parameter_count_formula(tied)["total"] + 12 * 2 * 64 * 32
+
+
+def test_parameter_table_cli(capsys):
+    from pipeline.model import main
+    assert main(["--preset", "small"]) == 0
+    out = capsys.readouterr().out
+    tied = parameter_count_formula(ModelConfig.preset("small", tie_embeddings=True))["total"]
+    assert f"{tied:,}" in out and len(out.strip().splitlines()) == 5
