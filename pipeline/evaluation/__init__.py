@@ -1,0 +1,1 @@
+"""Evaluation of exported models and their samples: NELBO, Gen-PPL, diversity, reports."""

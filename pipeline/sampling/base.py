@@ -1,0 +1,154 @@
+"""Sampler configuration, the denoiser wrapper shared by every sampler, and the semi-AR block loop.
+
+Semi-autoregressive generation (paper Sec 5.1 "Generation Setup"): the sequence of ``seq_len``
+tokens is produced in ``strides`` consecutive blocks; block b is initialised from the kernel's
+reference distribution at t = 1 (the global transition prior; all-[MASK] for the mask kernel) and
+denoised with ``steps / strides`` model calls while the earlier blocks stay fixed as clean context.
+``--steps`` is the total number of denoising steps over all blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .penalty import PenaltyConfig, SemanticAssociation, apply_semantic_frequency_penalty
+
+METHODS = ("blockwise", "tau_leaping", "mdlm")
+MDLM_SCHEDULES = ("ancestral", "fixed", "tc", "dtc")
+REMASK = ("none", "remdm_cap")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Everything that decides a sample besides the model, the kernel and the seed."""
+
+    method: str = "blockwise"
+    steps: int = 128  # total denoising steps over all blocks
+    seq_len: int = 128
+    strides: int = 2  # number of semi-autoregressive blocks (paper: 2)
+    top_k: int | None = None  # truncation of the clean proposal
+    top_p: float | None = None
+    rho: float = 1.0  # exponent of Eq 121
+    freeze_threshold: float | None = None  # blockwise: keep a token for good once p(x_t^i) >= this
+    schedule: str = "ancestral"  # mdlm: ancestral (MDLM) | fixed | tc | dtc (pipeline/unmasking.py)
+    remask: str = "none"  # mdlm ancestral: none | remdm_cap (ReMDM, Wang et al. 2025)
+    remask_eta: float = 0.02  # ReMDM-cap: sigma_t = min(eta, (1 - alpha_s) / alpha_t)
+    corrector_steps: int = 1  # tau_leaping: corrector moves after each predictor step
+    corrector_frac: float = 0.1  # tau_leaping: share of positions a corrector move re-draws
+    cache: bool = True  # mdlm: reuse logits of rows where nothing changed (t-independent models)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+
+    def __post_init__(self):
+        def fail(msg):
+            raise ValueError(f"invalid sampler config: {msg}")
+        if self.method not in METHODS:
+            fail(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.strides < 1 or self.seq_len < 1:
+            fail(f"strides and seq_len must be >= 1, got {self.strides}, {self.seq_len}")
+        if self.seq_len % self.strides:
+            fail(f"seq_len={self.seq_len} must be divisible by strides={self.strides}")
+        if self.steps < self.strides or self.steps % self.strides:
+            fail(f"steps={self.steps} must be a positive multiple of strides={self.strides} "
+                 "(steps are split evenly over the blocks)")
+        if self.schedule not in MDLM_SCHEDULES:
+            fail(f"schedule must be one of {MDLM_SCHEDULES}, got {self.schedule!r}")
+        if self.schedule != "ancestral" and self.steps_per_block > self.block_len:
+            fail(f"the {self.schedule!r} unmasking schedule reveals >= 1 token per step: steps per block "
+                 f"({self.steps_per_block}) must be <= block length ({self.block_len})")
+        if self.remask not in REMASK:
+            fail(f"remask must be one of {REMASK}, got {self.remask!r}")
+        if self.top_k is not None and self.top_k < 1:
+            fail(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            fail(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.rho < 0:
+            fail(f"rho must be >= 0, got {self.rho}")
+        if self.freeze_threshold is not None and not 0 < self.freeze_threshold <= 1:
+            fail(f"freeze_threshold must be in (0, 1], got {self.freeze_threshold}")
+        if not 0 <= self.remask_eta <= 1 or not 0 <= self.corrector_frac <= 1 or self.corrector_steps < 0:
+            fail("remask_eta and corrector_frac must lie in [0, 1], corrector_steps >= 0")
+
+    @property
+    def block_len(self) -> int:
+        return self.seq_len // self.strides
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.strides
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Denoiser:
+    """p_theta(x0 | x_t) for the positions of the current block, with Eq 23 applied, in float64.
+
+    Counts network calls (``calls``) and positions evaluated, which the tests and the benchmark use.
+    """
+
+    def __init__(self, model, kernel, cfg: SamplerConfig, association: SemanticAssociation | None = None):
+        self.model, self.kernel, self.cfg, self.association = model, kernel, cfg, association
+        self.is_mask = kernel.cfg.name == "mask"
+        self.calls = 0
+
+    @property
+    def time_conditioned(self) -> bool:
+        model_cfg = getattr(self.model, "cfg", None)
+        return bool(getattr(model_cfg, "conditioned", True))
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, t: float | torch.Tensor, start: int) -> torch.Tensor:
+        """Penalised logits [B, L - start, V] (float32) of positions start.. of x [B, L] at time t (float or [B])."""
+        self.calls += 1
+        t_vec = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0]).contiguous()
+        logits = self.model(x, t_vec)[:, start:]
+        return apply_semantic_frequency_penalty(logits, x, self.cfg.penalty, self.association, start,
+                                                ignore_id=self.kernel.mask_id if self.is_mask else None)
+
+    def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax in float64; [MASK] is never a clean token (the data holds none; SUBS for ``mask``)."""
+        logits = logits.to(torch.float64)
+        if self.kernel.mask_id is not None:
+            logits = logits.clone()
+            logits[..., self.kernel.mask_id] = -torch.inf
+        return torch.softmax(logits, -1)
+
+    def probs(self, x: torch.Tensor, t: float | torch.Tensor, start: int) -> torch.Tensor:
+        return self.probs_from_logits(self.logits(x, t, start))
+
+
+def time_grid(steps: int) -> list[tuple[float, float]]:
+    """(t, s) pairs from t = 1 down to s = 0 in ``steps`` equal steps."""
+    return [(1.0 - j / steps, 1.0 - (j + 1) / steps) for j in range(steps)]
+
+
+def noise_level(kernel, t: float) -> float:
+    """p_t = 1 - alpha_t: the probability that a position no longer holds its clean token."""
+    return 1.0 - float(kernel.alpha(t))
+
+
+def initial_block(kernel, batch: int, length: int, device, generator) -> torch.Tensor:
+    """A block at t = 1: draws from the kernel's reference distribution (all [MASK] for ``mask``)."""
+    return kernel.sample_prior((batch, length), generator=generator).to(device)
+
+
+@torch.no_grad()
+def generate(model, kernel, cfg: SamplerConfig, batch_size: int, generator: torch.Generator | None = None,
+             association: SemanticAssociation | None = None, device=None) -> tuple[torch.Tensor, Denoiser]:
+    """Sample ``batch_size`` sequences of ``cfg.seq_len`` tokens; returns (ids Long[B, L], denoiser)."""
+    from .blockwise import denoise_block_eq121
+    from .mdlm import denoise_block_mdlm
+    from .tau_leaping import denoise_block_tau_leaping
+
+    block_fn = {"blockwise": denoise_block_eq121, "tau_leaping": denoise_block_tau_leaping,
+                "mdlm": denoise_block_mdlm}[cfg.method]
+    if cfg.method == "mdlm" and kernel.cfg.name != "mask":
+        raise ValueError(f"the mdlm sampler needs the mask kernel, the model uses {kernel.cfg.name!r}")
+    device = device or kernel.device
+    den = Denoiser(model, kernel, cfg, association)
+    x = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
+    for _ in range(cfg.strides):  # earlier blocks are clean context for the next one
+        block = block_fn(den, x, cfg.block_len, cfg.steps_per_block, generator)
+        x = torch.cat([x, block], dim=1)
+    return x, den

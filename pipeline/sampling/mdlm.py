@@ -1,0 +1,93 @@
+"""Samplers of the mask kernel: MDLM ancestral (with logit caching and ReMDM remasking) and the
+fixed / randomized unmasking-size schedules of pipeline/unmasking.py.
+
+Ancestral (Sahoo et al. 2024): from t to s each [MASK] is revealed with probability
+(alpha_s - alpha_t) / (1 - alpha_t), its value drawn from p_theta(x0 | x_t); revealed tokens are
+carried over. When a row revealed nothing in the previous step its input is unchanged, so its
+logits are reused instead of calling the network ("caching"; only for models that ignore t,
+otherwise the logits do change with t).
+
+ReMDM-cap (Wang et al. 2025): revealed tokens are re-masked with probability
+sigma_t = min(eta, (1 - alpha_s) / alpha_t), and masked ones revealed with
+(alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t), which keeps the marginal at s.
+
+Schedules ``fixed`` / ``tc`` / ``dtc``: K iterations reveal sizes[k] uniformly chosen masked
+positions each (sizes from :func:`pipeline.unmasking.schedule_sizes`, a fresh draw per sequence for
+the randomized ones); the model sees t = the share of the block still masked (= the time of the
+log-linear schedule at that masking level).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..unmasking import schedule_sizes, select_positions
+from .base import Denoiser, initial_block, time_grid
+from .draws import categorical, truncate
+
+
+def ancestral_reveal_probability(alpha_t: float, alpha_s: float) -> float:
+    """MDLM: Pr(a [MASK] at t is revealed at s) = (alpha_s - alpha_t) / (1 - alpha_t)."""
+    return 1.0 if alpha_t >= 1.0 else min(max((alpha_s - alpha_t) / (1.0 - alpha_t), 0.0), 1.0)
+
+
+def remdm_cap_probabilities(alpha_t: float, alpha_s: float, eta: float) -> tuple[float, float]:
+    """ReMDM-cap: (sigma_t = remask probability of a revealed token, reveal probability of a [MASK])."""
+    sigma = min(eta, (1.0 - alpha_s) / alpha_t) if alpha_t > 0 else 0.0
+    reveal = 1.0 if alpha_t >= 1.0 else (alpha_s - (1.0 - sigma) * alpha_t) / (1.0 - alpha_t)
+    return sigma, min(max(reveal, 0.0), 1.0)
+
+
+@torch.no_grad()
+def denoise_block_mdlm(den: Denoiser, prefix: torch.Tensor, block_len: int, steps: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    if den.cfg.schedule == "ancestral":
+        return _ancestral(den, prefix, block_len, steps, generator)
+    return _scheduled(den, prefix, block_len, steps, generator)
+
+
+def _draw_clean(den: Denoiser, probs: torch.Tensor, generator) -> torch.Tensor:
+    return categorical(truncate(probs, den.cfg.top_k, den.cfg.top_p), generator)
+
+
+def _ancestral(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tensor:
+    kernel, cfg, mask_id = den.kernel, den.cfg, den.kernel.mask_id
+    B, P = prefix.shape
+    block = initial_block(kernel, B, block_len, prefix.device, generator)
+    probs, stale = None, torch.ones(B, dtype=torch.bool, device=prefix.device)
+    may_cache = cfg.cache and not den.time_conditioned
+    for t, s in time_grid(steps):
+        if probs is None or not may_cache:
+            probs = den.probs(torch.cat([prefix, block], 1), t, start=P)
+        elif stale.any():  # only rows whose input changed go through the network
+            idx = stale.nonzero().squeeze(-1)
+            probs[idx] = den.probs(torch.cat([prefix[idx], block[idx]], 1), t, start=P)
+        a_t, a_s = float(kernel.alpha(t)), float(kernel.alpha(s))
+        masked = block == mask_id
+        u = torch.rand(block.shape, generator=generator, device=block.device, dtype=torch.float64)
+        if cfg.remask == "remdm_cap":
+            sigma, reveal_p = remdm_cap_probabilities(a_t, a_s, cfg.remask_eta)
+            remask = ~masked & (u < sigma)
+        else:
+            reveal_p, remask = ancestral_reveal_probability(a_t, a_s), torch.zeros_like(masked)
+        reveal = masked & (u < reveal_p)
+        new = torch.where(reveal, _draw_clean(den, probs, generator), block)
+        new = torch.where(remask, torch.full_like(block, mask_id), new)
+        stale = (new != block).any(-1)
+        block = new
+    return block
+
+
+def _scheduled(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tensor:
+    kernel, cfg, mask_id = den.kernel, den.cfg, den.kernel.mask_id
+    B, P = prefix.shape
+    block = initial_block(kernel, B, block_len, prefix.device, generator)
+    sizes = torch.tensor([schedule_sizes(cfg.schedule, block_len, steps, generator) for _ in range(B)],
+                         dtype=torch.long, device=prefix.device)  # [B, K]; one loop over sequences
+    den.last_schedule_sizes = sizes.clone()
+    for k in range(steps):
+        masked = block == mask_id
+        t = masked.double().mean(1)  # per row share still masked
+        probs = den.probs(torch.cat([prefix, block], 1), t, start=P)
+        reveal = select_positions(masked, sizes[:, k], generator)
+        block = torch.where(reveal, _draw_clean(den, probs, generator), block)
+    return block
