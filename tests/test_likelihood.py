@@ -200,6 +200,6 @@ def test_udlm_closed_form_matches_the_discrete_markov_bound():
 
 
 def test_bits_per_token_and_perplexity():
-    nats = torch.tensor([3 * math.log(2) * 10, 3 * math.log(2) * 30])
+    nats = torch.tensor([3 * math.log(2) * 10, 3 * math.log(2) * 30], dtype=torch.float64)
     assert math.isclose(bits_per_token(nats, 40), 3.0)
     assert math.isclose(perplexity(nats, 40), 8.0)
