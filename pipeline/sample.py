@@ -35,12 +35,19 @@ def default_method(kernel_name: str) -> str:
     return "mdlm" if kernel_name == "mask" else "blockwise"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="export directory (python -m pipeline.export)")
-    p.add_argument("--out", required=True, help="output directory (samples.jsonl + manifest.json)")
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in str(text).split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """Sampler options; with ``grid`` --steps/--lambda-freq/--lambda-sem take comma lists (sweeps)."""
     p.add_argument("--method", choices=METHODS, default=None, help="default: mdlm for mask, else blockwise")
-    p.add_argument("--steps", type=int, default=128, help="total denoising steps over all blocks")
+    p.add_argument("--steps", type=_ints if grid else int, default=[128] if grid else 128,
+                   help="total denoising steps over all blocks" + (" (comma list)" if grid else ""))
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=None, help="default: the preprocessed sequence length, else 128")
@@ -56,24 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrector-steps", type=int, default=1, help="tau_leaping corrector moves per step")
     p.add_argument("--corrector-frac", type=float, default=0.1)
     p.add_argument("--no-cache", action="store_true", help="mdlm: never reuse logits")
-    p.add_argument("--lambda-freq", type=float, default=0.0, help="Eq 23 frequency penalty")
-    p.add_argument("--lambda-sem", type=float, default=0.0, help="Eq 23 semantic penalty (needs neighbour tables)")
+    p.add_argument("--lambda-freq", type=_floats if grid else float, default=[0.0] if grid else 0.0,
+                   help="Eq 23 frequency penalty" + (" (comma list)" if grid else ""))
+    p.add_argument("--lambda-sem", type=_floats if grid else float, default=[0.0] if grid else 0.0,
+                   help="Eq 23 semantic penalty, needs neighbour tables" + (" (comma list)" if grid else ""))
     p.add_argument("--window", type=int, default=16, help="Eq 23 window radius W")
     p.add_argument("--tokenizer", default=None, help="tokenizer for decoding (default: the export's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="export directory (python -m pipeline.export)")
+    p.add_argument("--out", required=True, help="output directory (samples.jsonl + manifest.json)")
+    add_sampler_args(p)
     return p
 
 
-def sampler_config(args, kernel_name: str, default_seq_len: int) -> SamplerConfig:
+def sampler_config(args, kernel_name: str, default_seq_len: int, steps: int | None = None,
+                   lambda_freq: float | None = None, lambda_sem: float | None = None) -> SamplerConfig:
+    """SamplerConfig from parsed options (the explicit values override them: sweep points)."""
     return SamplerConfig(
-        method=args.method or default_method(kernel_name), steps=args.steps,
+        method=args.method or default_method(kernel_name), steps=args.steps if steps is None else steps,
         seq_len=args.seq_len or default_seq_len, strides=args.strides, top_k=args.top_k, top_p=args.top_p,
         rho=args.rho, freeze_threshold=args.freeze_threshold, schedule=args.schedule, remask=args.remask,
         remask_eta=args.remask_eta, corrector_steps=args.corrector_steps, corrector_frac=args.corrector_frac,
         cache=not args.no_cache,
-        penalty=PenaltyConfig(lambda_freq=args.lambda_freq, lambda_sem=args.lambda_sem, window=args.window))
+        penalty=PenaltyConfig(lambda_freq=args.lambda_freq if lambda_freq is None else lambda_freq,
+                              lambda_sem=args.lambda_sem if lambda_sem is None else lambda_sem,
+                              window=args.window))
 
 
 def load_association(export_config: dict, device):

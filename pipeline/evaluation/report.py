@@ -1,0 +1,114 @@
+"""results.json, report.md, sweep CSV and PNG plots (matplotlib, Agg backend) of an evaluation."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+SWEEP_COLUMNS = ("steps", "lambda_freq", "lambda_sem", "gen_ppl", "entropy_mean", "low_entropy_share",
+                 "distinct_1", "distinct_2", "distinct_3", "repetition_rate", "semantic_basin_rate",
+                 "num_samples", "seconds")
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def write_sweep_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k) for k in SWEEP_COLUMNS})
+
+
+def plot_sweep(rows: list[dict], path: Path) -> None:
+    """Gen-PPL (log scale) and mean entropy against steps, one line per (lambda_freq, lambda_sem)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ppl, ax_ent) = plt.subplots(1, 2, figsize=(10, 4))
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["lambda_freq"], row["lambda_sem"]), []).append(row)
+    for (lf, ls), group in sorted(groups.items()):
+        group = sorted(group, key=lambda r: r["steps"])
+        label = f"lambda_freq={lf:g}, lambda_sem={ls:g}"
+        steps = [r["steps"] for r in group]
+        if any(r.get("gen_ppl") is not None for r in group):
+            ax_ppl.plot(steps, [r.get("gen_ppl") or math.nan for r in group], marker="o", label=label)
+        ax_ent.plot(steps, [r["entropy_mean"] for r in group], marker="o", label=label)
+    for ax, title in ((ax_ppl, "Gen-PPL"), (ax_ent, "unigram entropy (nats)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sampling steps")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_ppl.set_yscale("log")
+    ax_ent.axhline(4.8, color="grey", linestyle="--", linewidth=1, label="threshold 4.8")
+    ax_ent.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_entropy_histogram(entropies: list[float], path: Path, threshold: float = 4.8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(entropies, bins=min(30, max(5, len(entropies) // 2)))
+    ax.axvline(threshold, color="red", linestyle="--", label=f"threshold {threshold}")
+    ax.set_xlabel("per-sample unigram entropy (nats)")
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: dict) -> None:
+    """results.json + report.md (+ the plots named in results['plots'], written by the caller)."""
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    lines = ["# Evaluation report", "", f"- model: `{results.get('model')}`",
+             f"- kernel: `{results.get('kernel')}`, kind: `{results.get('kind')}`"]
+    if results.get("judge"):
+        lines.append(f"- Gen-PPL judge: `{results['judge']}` (protocol: docs/sampling.md)")
+    nelbo = results.get("nelbo")
+    if nelbo:
+        lines += ["", "## Test likelihood", "",
+                  "| bound | sequences | tokens | nats/token | bits/token | PPL (upper bound) |",
+                  "|---|---|---|---|---|---|",
+                  f"| {nelbo['bound']} | {nelbo['sequences']} | {nelbo['tokens']} | {_fmt(nelbo['nats_per_token'])} "
+                  f"| {_fmt(nelbo['bits_per_token'])} | {_fmt(nelbo['perplexity'], 2)} |"]
+    rows = results.get("sweep", [])
+    if rows:
+        lines += ["", "## Samples", "",
+                  "| steps | λ_freq | λ_sem | Gen-PPL | entropy | <4.8 | distinct-1/2/3 | repetition | basin |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(
+                f"| {r['steps']} | {r['lambda_freq']:g} | {r['lambda_sem']:g} | {_fmt(r.get('gen_ppl'), 2)} "
+                f"| {_fmt(r['entropy_mean'])} | {_fmt(r['low_entropy_share'], 2)} "
+                f"| {_fmt(r['distinct_1'], 2)}/{_fmt(r['distinct_2'], 2)}/{_fmt(r['distinct_3'], 2)} "
+                f"| {_fmt(r['repetition_rate'])} | {_fmt(r.get('semantic_basin_rate'))} |")
+        lines += ["", "Entropy: per-sample unigram entropy in nats, mean over samples; `<4.8`: share of samples "
+                  "below the paper's 4.8 threshold (collapsed / semantic-basin regime). Distinct-n: mean per "
+                  "sample. Repetition: share of tokens repeating one of the W (--window) tokens before. Basin: share of nearby "
+                  "pairs of different tokens that are table neighbours."]
+    examples = results.get("examples") or []
+    if examples:
+        lines += ["", "## Example samples", ""]
+        lines += [f"{i + 1}. {text[:300]!r}" for i, text in enumerate(examples)]
+    plots = results.get("plots") or []
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
