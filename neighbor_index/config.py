@@ -67,6 +67,8 @@ class NeighborIndexConfig:
         cfg = asdict(self)
         for runtime_only in ("batch_size", "threads", "device", "progress"):
             cfg.pop(runtime_only)
+        if self.index == "flat":
+            cfg.pop("recall_sample")
         if self.index != "ivf":
             cfg.pop("ivf_nlist"), cfg.pop("ivf_nprobe")
         if self.index != "hnsw":

@@ -257,3 +257,13 @@ def test_real_minilm_king_neighbours():
     king_neighbors = [vocab.tokens[sample[j]] for j in tables.neighbors[row]]
     assert {"queen", "kings"} & set(king_neighbors), king_neighbors
     assert "king" not in king_neighbors and "[MASK]" not in king_neighbors
+
+
+@pytest.mark.parametrize("bad, message", [(["--tau", "0"], "--tau must be in (0, 1]"),
+                                          (["--k-max", "0"], "--k-max must be a positive integer"),
+                                          (["--assoc-k", "99"], "--assoc-k must be in [0, --k-max=64]"),
+                                          (["--embedding-key", "x"], "--embedding-key only applies")])
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, bad, message):
+    assert _run("--preprocessed", tmp_path, "--out", tmp_path / "o", *bad) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
