@@ -104,7 +104,8 @@ class Denoiser:
         t_vec = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0]).contiguous()
         logits = self.model(x, t_vec)[:, start:]
         return apply_semantic_frequency_penalty(logits, x, self.cfg.penalty, self.association, start,
-                                                ignore_id=self.kernel.mask_id if self.is_mask else None)
+                                                ignore_id=self.kernel.mask_id if self.is_mask else None,
+                                                inplace=True)  # fresh logits of this call
 
     def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """softmax in float64; [MASK] is never a clean token (the data holds none; SUBS for ``mask``)."""

@@ -86,29 +86,42 @@ def window_tokens(x: torch.Tensor, window: int, start: int = 0, length: int | No
     return ids, counted
 
 
+_scratch: dict[tuple, torch.Tensor] = {}
+
+
+def _zero_scratch(like: torch.Tensor) -> torch.Tensor:
+    """A zero buffer shaped like ``like``, kept between calls (callers restore the zeros they touch)."""
+    key = (tuple(like.shape), like.dtype, like.device)
+    buf = _scratch.get(key)
+    if buf is None:
+        _scratch.clear()  # one buffer at a time: shapes change only between runs
+        buf = _scratch[key] = torch.zeros_like(like)
+    return buf
+
+
 def subtract_psi_of_sparse_counts(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
                                   lam: float) -> torch.Tensor:
     """logits[n, k] -= lam * psi(u_n(k)) with u_n(k) = sum_m weights[n, m] 1[ids[n, m] = k] (in place).
 
-    Duplicate ids are summed first (sort + segment sum), so psi sees the aggregated count.
+    u is accumulated by a scatter-add into a zero scratch buffer and read back at the listed ids;
+    the corrected logits are written with a plain scatter: duplicate ids write the same value, so
+    every distinct k is corrected exactly once. Only the touched entries of the buffer are reset,
+    so a call costs O(entries), not O(vocabulary): no sort, no dense pass over [N, V].
     """
-    N, V = logits.shape
-    ids_s, order = ids.sort(dim=-1)
-    w_s = weights.to(torch.float64).gather(-1, order)
-    first = torch.ones_like(ids_s, dtype=torch.bool)
-    first[:, 1:] = ids_s[:, 1:] != ids_s[:, :-1]
-    segment = first.long().cumsum(-1) - 1
-    totals = torch.zeros_like(w_s).scatter_add_(-1, segment, w_s).gather(-1, segment)
-    delta = torch.where(first & (totals > 0), -lam * psi(totals), torch.zeros_like(totals))
-    return logits.scatter_add_(-1, ids_s, delta.to(logits.dtype))
+    u = _zero_scratch(logits)
+    u.scatter_add_(-1, ids, weights.to(logits.dtype))
+    counts = u.gather(-1, ids)
+    u.scatter_(-1, ids, 0.0)
+    corrected = logits.gather(-1, ids) - lam * psi(counts)
+    return logits.scatter_(-1, ids, corrected)
 
 
 def apply_semantic_frequency_penalty(logits: torch.Tensor, x: torch.Tensor, cfg: PenaltyConfig,
                                      association: SemanticAssociation | None = None, start: int = 0,
-                                     ignore_id: int | None = None) -> torch.Tensor:
+                                     ignore_id: int | None = None, inplace: bool = False) -> torch.Tensor:
     """Eq 23 / Eq 115 on logits [B, P, V] of positions start..start+P-1 of the current state x [B, L].
 
-    Returns corrected logits (a new float tensor; the input is not modified).
+    Returns corrected float logits; the input is left untouched unless ``inplace`` (float32 input).
     """
     if not cfg.enabled:
         return logits
@@ -116,7 +129,10 @@ def apply_semantic_frequency_penalty(logits: torch.Tensor, x: torch.Tensor, cfg:
         raise ValueError("lambda_sem > 0 needs the semantic association S+ (the neighbour tables)")
     B, P, V = logits.shape
     ids, counted = window_tokens(x, cfg.window, start, P, ignore_id)
-    out = logits.float().reshape(B * P, V).clone()
+    out = logits.float()
+    if not inplace and out.data_ptr() == logits.data_ptr():
+        out = out.clone()  # .float() of a float32 tensor is the tensor itself
+    out = out.reshape(B * P, V)
     flat_ids, flat_w = ids.reshape(B * P, -1), counted.reshape(B * P, -1).float()
     if cfg.lambda_freq > 0:  # n_i(k)
         subtract_psi_of_sparse_counts(out, flat_ids, flat_w, cfg.lambda_freq)
