@@ -191,6 +191,9 @@ def test_stage_end_to_end_from_model_embeddings(tmp_path, preprocessed, capsys):
     assert tables["semantic_assoc_indices"].shape == (V, 5)
     assert manifest["stats"]["vocab_check"] == "identity" and manifest["upstream"]["preprocessed"]
     assert "## Sample neighbours" in (out / "report.md").read_text()
+    from pipeline.neighbors import load_neighbor_tables as kernel_reader  # the consumers' reader accepts it
+
+    assert kernel_reader(out).neighbors.shape == (V, k)
 
     # rerun: a no-op that leaves the artifact untouched; --force rebuilds
     stat = (out / "manifest.json").stat()
