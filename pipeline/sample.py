@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -124,9 +125,16 @@ def decode_all(records: list[dict], tokenizer_name: str | None) -> None:
         rec["text"] = tok.decode(rec["ids"], skip_special_tokens=True)
 
 
+def resolve_device(device: str) -> str:
+    """``cuda`` under torchrun means this rank's GPU, cuda:LOCAL_RANK."""
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local}" if device == "cuda" and local is not None else device
+
+
 def run(args) -> Path:
     from pipeline.export import load_export
 
+    args.device = resolve_device(args.device)
     exported = load_export(args.model, device=args.device)
     if exported.kind != "diffusion":
         raise ValueError(f"{args.model}: kind {exported.kind!r} cannot be sampled by this stage (needs 'diffusion')")

@@ -45,6 +45,14 @@ def denoise_block_mdlm(den: Denoiser, prefix: torch.Tensor, block_len: int, step
     return _scheduled(den, prefix, block_len, steps, generator)
 
 
+def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """The schedule draws its shift on the CPU: derive a CPU generator from a (possibly CUDA) one."""
+    if generator is None or generator.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator().manual_seed(seed)
+
+
 def _draw_clean(den: Denoiser, probs: torch.Tensor, generator) -> torch.Tensor:
     return categorical(truncate(probs, den.cfg.top_k, den.cfg.top_p), generator)
 
@@ -81,7 +89,7 @@ def _scheduled(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tens
     kernel, cfg, mask_id = den.kernel, den.cfg, den.kernel.mask_id
     B, P = prefix.shape
     block = initial_block(kernel, B, block_len, prefix.device, generator)
-    sizes = torch.tensor([schedule_sizes(cfg.schedule, block_len, steps, generator) for _ in range(B)],
+    sizes = torch.tensor([schedule_sizes(cfg.schedule, block_len, steps, _cpu_generator(generator)) for _ in range(B)],
                          dtype=torch.long, device=prefix.device)  # [B, K]; one loop over sequences
     den.last_schedule_sizes = sizes.clone()
     for k in range(steps):
