@@ -104,15 +104,13 @@ class RSCode:
         x = values.gather(1, support)                                   # [B, k]
         target = (self.points[None, :, None] - p[:, None, :]) % q      # [B, n, k]: a_j - p_l
         pair = (p[:, :, None] - p[:, None, :]) % q                      # [B, k, k]: p_m - p_l
-        eye = torch.eye(k, dtype=torch.bool)
-        pair = pair.masked_fill(eye, 1)
-        denominators = self.inverse[self._prod_mod(pair, dim=2)]        # [B, k]
-        numer = torch.ones(target.shape[:2] + (k,), dtype=torch.long)   # [B, n, m]
-        for l in range(k):
-            factor = target[:, :, l:l + 1].expand(-1, -1, k).clone()
-            factor[:, :, l] = 1                                         # skip l == m
-            numer = (numer * factor) % q
-        weights = (numer * denominators[:, None, :]) % q
+        pair = pair.masked_fill(torch.eye(k, dtype=torch.bool), 1)
+        denominators = self._prod_mod(pair, dim=2)                      # [B, k]: prod_{l != m}(p_m - p_l)
+        full = self._prod_mod(target, dim=2)                            # [B, n]: prod_l (a_j - p_l)
+        # prod_{l != m}(a_j - p_l) = full / (a_j - p_m); at a_j = p_m it is the denominator itself.
+        at_point = target == 0
+        numer = torch.where(at_point, denominators[:, None, :], (full[:, :, None] * self.inverse[target]) % q)
+        weights = (numer * self.inverse[denominators][:, None, :]) % q
         return ((weights * x[:, None, :]) % q).sum(-1) % q
 
 

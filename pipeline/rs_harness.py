@@ -149,7 +149,9 @@ def run_sampler(oracle, n: int, q: int, sizes: torch.Tensor,
     for j in range(sizes.shape[1]):
         probs = oracle.conditionals(values, revealed)
         reveal = select_positions(~revealed, sizes[:, j], generator=generator)
-        draw = torch.multinomial(probs.reshape(-1, q), 1, generator=generator).reshape(batch, n)
+        # Inverse-CDF draw of every position from its marginal (only revealed ones are kept).
+        u = torch.rand((batch, n, 1), generator=generator, dtype=probs.dtype)
+        draw = (probs.cumsum(-1) < u * probs.sum(-1, keepdim=True)).sum(-1).clamp_max(q - 1)
         values = torch.where(reveal, draw, values)
         revealed |= reveal
     return values
