@@ -24,7 +24,7 @@ import torch
 
 from pipeline.artifacts import StageRun, stage_errors
 from pipeline.sampling.base import METHODS, MDLM_SCHEDULES, REMASK, SamplerConfig
-from pipeline.sampling.penalty import PenaltyConfig, semantic_association
+from pipeline.sampling.penalty import PenaltyConfig, load_association as load_association_dir
 from pipeline.sampling.runner import dist_info, draw_samples, gather_parts, write_part
 
 PROG = "python -m pipeline.sample"
@@ -98,14 +98,12 @@ def sampler_config(args, kernel_name: str, default_seq_len: int, steps: int | No
 
 
 def load_association(export_config: dict, device):
-    """S+ from the export's neighbour artifact, or None when the export names none."""
+    """S+ from the export's neighbour artifact (its semantic_assoc_*.npy), or None when it names none."""
     path = (export_config.get("artifacts") or {}).get("neighbors")
     if not path:
         return None
-    from pipeline.neighbors import load_neighbor_tables
-
-    tables = load_neighbor_tables(path)
-    return semantic_association(tables.neighbors.to(device), tables.similarities.to(device))
+    assoc = load_association_dir(path)
+    return type(assoc)(*(t.to(device) for t in assoc))
 
 
 def preprocessed_seq_len(export_config: dict) -> int | None:

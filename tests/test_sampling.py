@@ -6,7 +6,7 @@ import torch
 
 from pipeline.kernels import KernelConfig, build_kernel
 from pipeline.model import DiffusionTransformer, ModelConfig
-from pipeline.sampling import PenaltyConfig, SamplerConfig, generate, semantic_association
+from pipeline.sampling import PenaltyConfig, SamplerConfig, association_from_neighbors, generate, semantic_association
 from pipeline.sampling.blockwise import replacement_probability
 from pipeline.sampling.draws import categorical, truncate
 from pipeline.sampling.penalty import apply_semantic_frequency_penalty
@@ -69,10 +69,13 @@ def test_truncate_top_k_and_top_p():
 # --------------------------------------------------------------------------- penalty (Eq 23 / 114 / 115)
 def test_penalty_matches_dense_definition():
     nb, vals, _ = tables(k=4)
-    assoc = semantic_association(nb, vals)
-    S = torch.zeros(V, V)  # dense S+(k, l) = max(cos, 0) for k in the table row of l
-    for l in range(V):
-        S[nb[l], l] = vals[l].clamp_min(0)
+    # row form as the neighbour artifact stores it: S+(k, idx[k, j]) = w[k, j] (diagonal first)
+    idx = torch.cat([torch.arange(V)[:, None], nb], 1)
+    w = torch.cat([torch.ones(V, 1), vals.clamp_min(0)], 1)
+    assoc = semantic_association(idx, w)
+    S = torch.zeros(V, V)  # dense S+(k, l)
+    for k in range(V):
+        S[k, idx[k]] = w[k]
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 6, (2, 12), generator=g)  # few distinct tokens: many repeats in a window
     x[0, 3] = MASK
@@ -97,7 +100,7 @@ def test_penalty_matches_dense_definition():
 def test_penalty_reduces_repeated_tokens():
     model, kernel = tiny_model(bias_tokens=[1, 2, 3]), semantic_kernel()
     nb, vals, _ = tables()
-    assoc = semantic_association(nb, vals)
+    assoc = association_from_neighbors(nb, vals)
     rates = {}
     for lam in (0.0, 3.0):
         cfg = SamplerConfig(method="blockwise", steps=8, seq_len=32, strides=2,
@@ -198,3 +201,21 @@ def test_config_validation_messages():
         generate(tiny_model(), semantic_kernel(), SamplerConfig(method="mdlm", steps=2, seq_len=4), 1)
     with pytest.raises(ValueError, match=">= 0"):
         PenaltyConfig(lambda_freq=-1.0)
+
+
+def test_load_association_reads_the_artifact_files(tmp_path):
+    import numpy as np
+
+    from pipeline.artifacts import StageRun
+    from pipeline.sampling import load_association
+
+    nb, vals, valid = tables(k=4)
+    idx = np.concatenate([np.arange(V)[:, None], nb.numpy()[:, :2]], 1).astype(np.int32)
+    w = np.concatenate([np.ones((V, 1)), vals.clamp_min(0).numpy()[:, :2]], 1).astype(np.float32)
+    with StageRun("neighbor_index", tmp_path / "nbr", config={}) as tmp:
+        np.save(tmp / "semantic_assoc_indices.npy", idx)
+        np.save(tmp / "semantic_assoc_weights.npy", w)
+    got = load_association(tmp_path / "nbr")
+    want = semantic_association(torch.from_numpy(idx), torch.from_numpy(w))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert int(got.ptr[-1]) == int((w > 0).sum())  # the two-neighbour S+ of the files, not the 4-wide table

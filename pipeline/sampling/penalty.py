@@ -6,8 +6,12 @@ For a position i and a candidate token k the corrected logit is
 
 where n_i(k) counts k among the window tokens of i and m_i(k) = sum_l S+(k, l) n_i(l) spreads those
 counts over the semantic association S+. Both are sparse: n_i has at most 2W non-zeros and m_i at
-most 2W * K (K = neighbours per token), so the correction is a scatter into the logits, never a
-dense [B, L, V] intermediate.
+most sum of the S+ column sizes of the window tokens, so the correction is a scatter into the
+logits, never a dense [B, L, V] intermediate.
+
+S+ is the neighbour artifact's (``semantic_assoc_indices.npy`` / ``semantic_assoc_weights.npy``:
+diagonal 1 plus max(cos, 0) over each token's nearest neighbours), see :func:`load_association`;
+with the diagonal, m_i(k) >= n_i(k), and S+ = I reduces Eq 114 to the frequency count (App D.3).
 
 Window (our reading of "a window W of recent tokens" for a non-autoregressive sampler): the
 positions r with 1 <= |r - i| <= W of the current state, i.e. W tokens on each side, clipped to the
@@ -42,24 +46,77 @@ class PenaltyConfig:
 
 
 class SemanticAssociation(NamedTuple):
-    """Sparse S+: for a window token l, the tokens ``ids[l]`` it pushes mass to, with ``weights[l]`` >= 0."""
+    """S+ by columns (CSR): window token l spreads weight ``weights[e]`` = S+(k, l) to k = ``targets[e]``
+    for e in ptr[l] .. ptr[l + 1] - 1 (only positive entries are stored)."""
 
-    ids: torch.Tensor  # Long[V, K]
-    weights: torch.Tensor  # Float[V, K]
+    ptr: torch.Tensor  # Long[V + 1]
+    targets: torch.Tensor  # Long[E]
+    weights: torch.Tensor  # Float[E]
 
 
-def semantic_association(neighbors: torch.Tensor, similarities: torch.Tensor) -> SemanticAssociation:
-    """S+(k, l) = max(cos(k, l), 0) for k among the top-k_max neighbours of l (Eq 114's surrogate).
+def semantic_association(indices: torch.Tensor, weights: torch.Tensor) -> SemanticAssociation:
+    """S+ of Eq 114 from the neighbour artifact's row form: S+(k, indices[k, j]) = weights[k, j].
 
-    Cosine is symmetric, so reading the table row of the window token l gives S+(k, l) for its
-    k_max most similar tokens; pairs outside the table count as 0. The diagonal is left out (the
-    table never lists a token as its own neighbour): exact repeats are the frequency term's job.
-    This is the one place to switch to an S+ stored by the neighbour artifact.
+    The artifact stores ``semantic_assoc_indices.npy`` / ``semantic_assoc_weights.npy`` [V, 1 + assoc_k]
+    (column 0 the diagonal with weight 1, then max(cos, 0) over k's nearest neighbours); the penalty
+    needs S+ by columns (which k does a window token l push mass to), so the rows are transposed once.
     """
-    if neighbors.shape != similarities.shape or neighbors.dim() != 2:
-        raise ValueError(f"neighbors {tuple(neighbors.shape)} and similarities {tuple(similarities.shape)} "
-                         "must be the same [V, K] shape")
-    return SemanticAssociation(neighbors.long(), similarities.float().clamp_min(0.0))
+    indices, weights = torch.as_tensor(indices).long(), torch.as_tensor(weights).float()
+    if indices.shape != weights.shape or indices.dim() != 2:
+        raise ValueError(f"S+ indices {tuple(indices.shape)} and weights {tuple(weights.shape)} must be the "
+                         "same [V, J] shape")
+    V, J = indices.shape
+    if (weights < 0).any():
+        raise ValueError("S+ weights must be >= 0 (a positive association)")
+    rows = torch.arange(V, device=indices.device).repeat_interleave(J)
+    cols, w = indices.reshape(-1), weights.reshape(-1)
+    keep = w > 0
+    rows, cols, w = rows[keep], cols[keep], w[keep]
+    order = torch.argsort(cols, stable=True)
+    ptr = torch.zeros(V + 1, dtype=torch.long, device=indices.device)
+    ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=V), 0)
+    return SemanticAssociation(ptr, rows[order], w[order])
+
+
+def association_from_neighbors(neighbors: torch.Tensor, similarities: torch.Tensor,
+                               assoc_k: int | None = None) -> SemanticAssociation:
+    """S+ built like the neighbour artifact does (diagonal 1, then max(cos, 0) over the first
+    ``assoc_k`` table neighbours), for artifacts without ``semantic_assoc_*.npy``."""
+    neighbors, similarities = torch.as_tensor(neighbors).long(), torch.as_tensor(similarities).float()
+    k = neighbors.shape[1] if assoc_k is None else assoc_k
+    V = neighbors.shape[0]
+    idx = torch.cat([torch.arange(V, device=neighbors.device)[:, None], neighbors[:, :k]], 1)
+    w = torch.cat([torch.ones(V, 1, device=neighbors.device), similarities[:, :k].clamp_min(0.0)], 1)
+    return semantic_association(idx, w)
+
+
+def load_association(directory) -> SemanticAssociation:
+    """S+ of a neighbour artifact directory: its semantic_assoc_*.npy when present, else the table."""
+    from pathlib import Path
+
+    import numpy as np
+
+    directory = Path(directory)
+    idx_path, w_path = directory / "semantic_assoc_indices.npy", directory / "semantic_assoc_weights.npy"
+    if idx_path.is_file() and w_path.is_file():
+        return semantic_association(torch.from_numpy(np.load(idx_path, allow_pickle=False).astype(np.int64)),
+                                    torch.from_numpy(np.load(w_path, allow_pickle=False).astype(np.float32)))
+    from pipeline.neighbors import load_neighbor_tables
+
+    tables = load_neighbor_tables(directory)
+    return association_from_neighbors(tables.neighbors, tables.similarities)
+
+
+def expand_association(assoc: SemanticAssociation, tokens: torch.Tensor, counts: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For flat window tokens [M] with counts [M]: (owner [E] in 0..M-1, target k [E], weight S+(k, l) n [E])."""
+    active = counts > 0
+    start = assoc.ptr[tokens]
+    sizes = (assoc.ptr[tokens + 1] - start) * active
+    owner = torch.repeat_interleave(torch.arange(tokens.numel(), device=tokens.device), sizes)
+    first = torch.cumsum(sizes, 0) - sizes
+    entry = start[owner] + torch.arange(owner.numel(), device=tokens.device) - first[owner]
+    return owner, assoc.targets[entry], assoc.weights[entry] * counts[owner]
 
 
 def psi(u: torch.Tensor) -> torch.Tensor:
@@ -99,21 +156,21 @@ def _zero_scratch(like: torch.Tensor) -> torch.Tensor:
     return buf
 
 
-def subtract_psi_of_sparse_counts(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+def subtract_psi_of_sparse_counts(logits_flat: torch.Tensor, index: torch.Tensor, weights: torch.Tensor,
                                   lam: float) -> torch.Tensor:
-    """logits[n, k] -= lam * psi(u_n(k)) with u_n(k) = sum_m weights[n, m] 1[ids[n, m] = k] (in place).
+    """logits_flat[j] -= lam * psi(u_j) with u_j = sum of ``weights`` over the entries with index j (in place).
 
-    u is accumulated by a scatter-add into a zero scratch buffer and read back at the listed ids;
-    the corrected logits are written with a plain scatter: duplicate ids write the same value, so
-    every distinct k is corrected exactly once. Only the touched entries of the buffer are reset,
-    so a call costs O(entries), not O(vocabulary): no sort, no dense pass over [N, V].
+    ``logits_flat`` is [N * V] (position n, token k at n * V + k). u is accumulated into a zero
+    scratch buffer and read back at the listed entries; the corrected logits are written with a plain
+    index_put: duplicate entries write the same value, so every (n, k) is corrected exactly once. Only
+    the touched entries of the buffer are reset: a call costs O(entries), never O(N V).
     """
-    u = _zero_scratch(logits)
-    u.scatter_add_(-1, ids, weights.to(logits.dtype))
-    counts = u.gather(-1, ids)
-    u.scatter_(-1, ids, 0.0)
-    corrected = logits.gather(-1, ids) - lam * psi(counts)
-    return logits.scatter_(-1, ids, corrected)
+    u = _zero_scratch(logits_flat)
+    u.index_add_(0, index, weights.to(logits_flat.dtype))
+    totals = u[index]
+    u[index] = 0.0
+    logits_flat[index] = logits_flat[index] - lam * psi(totals)
+    return logits_flat
 
 
 def apply_semantic_frequency_penalty(logits: torch.Tensor, x: torch.Tensor, cfg: PenaltyConfig,
@@ -132,12 +189,13 @@ def apply_semantic_frequency_penalty(logits: torch.Tensor, x: torch.Tensor, cfg:
     out = logits.float()
     if not inplace and out.data_ptr() == logits.data_ptr():
         out = out.clone()  # .float() of a float32 tensor is the tensor itself
-    out = out.reshape(B * P, V)
-    flat_ids, flat_w = ids.reshape(B * P, -1), counted.reshape(B * P, -1).float()
+    out = out.reshape(B * P, V).contiguous()
+    flat_ids, flat_w = ids.reshape(-1), counted.reshape(-1).float()  # [B P 2W]
+    position = torch.arange(B * P, device=x.device).repeat_interleave(ids.shape[-1])
+    logits_flat = out.view(-1)
     if cfg.lambda_freq > 0:  # n_i(k)
-        subtract_psi_of_sparse_counts(out, flat_ids, flat_w, cfg.lambda_freq)
+        subtract_psi_of_sparse_counts(logits_flat, position * V + flat_ids, flat_w, cfg.lambda_freq)
     if cfg.lambda_sem > 0:  # m_i(k) = sum_l S+(k, l) n_i(l), Eq 114
-        sem_ids = association.ids[flat_ids].reshape(B * P, -1)
-        sem_w = (association.weights[flat_ids] * flat_w.unsqueeze(-1)).reshape(B * P, -1)
-        subtract_psi_of_sparse_counts(out, sem_ids, sem_w, cfg.lambda_sem)
+        owner, target, weight = expand_association(association, flat_ids, flat_w)
+        subtract_psi_of_sparse_counts(logits_flat, position[owner] * V + target, weight, cfg.lambda_sem)
     return out.reshape(B, P, V)
