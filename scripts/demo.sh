@@ -17,6 +17,9 @@ step "1/4 preprocess: LM1B-style sentences -> MDS shards (seq_len 128) + unigram
 if [ -f neighbor_index/__main__.py ]; then
     step "2/4 neighbor_index: MiniLM vocabulary embeddings -> top-k neighbour tables + unigram prior"
     "$PY" -m neighbor_index --preprocessed "$OUT/lm1b" --out "$OUT/neighbors" --k-max 64
+    step "kernel diagnostics (paper Sec 3.2, App B.4/B.6) on the real neighbour tables"
+    "$PY" -m pipeline.diagnose --neighbors "$OUT/neighbors" --kernels mask,uniform,semdlm,semdlm_plus \
+        --out "$OUT/diagnose"
 fi
 
 printf '\nDemo artifacts are under %s/ (each with a manifest.json).\n' "$OUT"
