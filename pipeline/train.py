@@ -1,0 +1,159 @@
+"""Train a diffusion language model with DeepSpeed.
+
+    deepspeed pipeline/train.py --ds_config ds_configs/zero2.json --config configs/lm1b_small.yaml \\
+        --run-dir runs/lm1b --preprocessed data/lm1b --neighbors data/lm1b_nn [--kernel semdlm_plus] \\
+        [--max-steps N] [key=value ...]
+    python pipeline/train.py ...            # one process, same flags
+
+A run directory that holds a checkpoint resumes automatically (a changed model/kernel config is
+refused). ``--universal`` resumes from a universal checkpoint on another world size (docs/training.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (deepspeed pipeline/train.py): make `pipeline` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipeline.artifacts import ArtifactError, canonical_json, stage_errors  # noqa: E402
+
+PROG = "pipeline/train.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Train a (semantic) diffusion LM with DeepSpeed.")
+    p.add_argument("--ds_config", "--ds-config", dest="ds_config", default="ds_configs/zero2.json",
+                   help="DeepSpeed JSON (ZeRO stage etc.); batch, clipping, precision come from --config")
+    p.add_argument("--config", default=None, help="TrainConfig YAML (configs/*.yaml)")
+    p.add_argument("--run-dir", default=None, help="run directory: checkpoints, TensorBoard, metrics")
+    p.add_argument("--preprocessed", default=None, help="preprocess artifact directory")
+    p.add_argument("--neighbors", default=None, help="neighbor_index artifact directory (semdlm kernels)")
+    p.add_argument("--kernel", default=None, help="kernel preset (mask, uniform, semdlm, semdlm_softmax, semdlm_plus)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train to")
+    p.add_argument("--universal", action="store_true",
+                   help="resume from RUN_DIR/checkpoints/latest_universal (another world size)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides (yaml values)")
+    return p
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(local_rank_arg: int | None):
+    """torch.distributed through DeepSpeed; a single process without a launcher gets a world of one."""
+    import deepspeed
+
+    from pipeline.training.data import set_streaming_env
+    from pipeline.training.loop import Dist
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", local_rank_arg or 0))
+    # The deepspeed launcher exports LOCAL_SIZE; torchrun exports LOCAL_WORLD_SIZE.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world)))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    set_streaming_env(rank, world, local_rank, local_world)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Dist(rank, world, local_rank, local_world, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with stage_errors(PROG):
+        return run(args)
+
+
+def run(args) -> int:
+    import deepspeed
+
+    from pipeline.kernels import KernelConfig
+    from pipeline.model import build_model, count_parameters, flops_per_token
+    from pipeline.training import checkpoint as ckpt
+    from pipeline.training import data
+    from pipeline.training.components import load_upstream, make_kernel
+    from pipeline.training.config import load_config
+    from pipeline.training.ds_config import load_ds_config, patch_ds_config
+    from pipeline.training.loop import Trainer, lr_multiplier
+
+    cfg = load_config(args.config, args.overrides, run_dir=args.run_dir, preprocessed=args.preprocessed,
+                      neighbors=args.neighbors, kernel=args.kernel, max_steps=args.max_steps)
+    for name in ("run_dir", "preprocessed"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"{name} is required (--{name.replace('_', '-')} or {name}= in the config)")
+    kernel_cfg: KernelConfig = cfg.kernel_config()
+    upstream = load_upstream(cfg.preprocessed, cfg.neighbors, kernel_cfg)
+    if cfg.seq_len is not None and cfg.seq_len != upstream.seq_len:
+        raise ValueError(f"config expects seq_len {cfg.seq_len}, {cfg.preprocessed} holds {upstream.seq_len}-token "
+                         "sequences (set seq_len=null to accept any)")
+    model_cfg = cfg.model_config(upstream.vocab_size, upstream.seq_len)
+    if model_cfg.causal:
+        raise ValueError("this trainer trains diffusion models; the AR baseline has its own entry point")
+    ds_config = load_ds_config(args.ds_config)
+    identity = cfg.identity(upstream.vocab_size, upstream.seq_len, upstream.tokenizer["identity"])
+    existing = ckpt.latest_tag(Path(cfg.run_dir))
+    if existing is not None and not args.universal:  # refuse before any expensive setup
+        ckpt.check_identity(ckpt.read_marker(Path(cfg.run_dir), existing)["identity"], identity, cfg.run_dir)
+
+    env = init_distributed(args.local_rank)
+    run_dir = Path(cfg.run_dir)
+    if env.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    data.clean_stale_shared_memory()
+
+    ds_config = patch_ds_config(ds_config, cfg, env.world_size, env.device.type == "cuda")
+    if args.universal:
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(model_cfg)
+    optimizer = None
+    if "optimizer" not in ds_config:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                                      weight_decay=cfg.weight_decay, fused=env.device.type == "cuda")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=model.parameters() if optimizer is None else None,
+        config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg)))
+    kernel = make_kernel(kernel_cfg, upstream.vocab_size, upstream.mask_id, upstream.tables, env.device)
+
+    _, loader = data.build_train_loader(upstream.preprocessed / "train", cfg.micro_batch, cfg.shuffle_seed,
+                                        cfg.num_canonical_nodes, cfg.num_workers)
+    val_set = (data.ValidationSet(upstream.preprocessed / "validation", env.rank, env.world_size, cfg.micro_batch,
+                                  cfg.val_batches) if cfg.val_every else None)
+    marker = {"identity": identity, "identity_hash": cfg.identity_hash(upstream.vocab_size, upstream.seq_len,
+                                                                       upstream.tokenizer["identity"]),
+              "tokenizer": upstream.tokenizer, "artifacts": upstream.references()}
+    if env.rank == 0:
+        (run_dir / "train_config.json").write_text(canonical_json({"config": cfg.to_dict(), "ds_config": ds_config,
+                                                                   "world_size": env.world_size}) + "\n")
+        n = count_parameters(model)
+        print(f"model {cfg.model}: {n['total']:,} parameters ({n['non_embedding']:,} non-embedding); kernel "
+              f"{kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
+              f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {ds_config['bf16']['enabled'] and 'bf16' or 'fp32'}",
+              flush=True)
+    trainer = Trainer(cfg, engine, kernel, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
+                      flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
+                      universal=args.universal)
+    return trainer.run()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ArtifactError as exc:  # raised after stage_errors for late failures
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,185 @@
+"""Checkpoints of a training run: DeepSpeed's engine state plus everything needed for an exact resume.
+
+Layout under ``RUN_DIR/checkpoints/``::
+
+    global_step{N}/                 DeepSpeed's files (model, ZeRO-partitioned optimizer states)
+    global_step{N}/rank_state_{r}.pt per-rank RNG states (python, numpy, torch, cuda) and EMA
+    global_step{N}/semdlm_checkpoint.json   written last, after every rank saved: marks it complete
+    latest                          DeepSpeed's pointer (we resume from the newest *complete* tag)
+
+``client_state`` (saved once by DeepSpeed, returned on every rank) holds the step, tokens seen, the
+dataloader state, rank 0's RNG states, the EMA, the config identity + hash and
+``universal_checkpoint_info`` (what ``ds_to_universal`` needs to re-shard onto another world size).
+``save_checkpoint`` / ``load_checkpoint`` are collective: call them on every rank.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import canonical_json
+from pipeline.kernels import KernelConfig
+from pipeline.model import ModelConfig
+
+MARKER = "semdlm_checkpoint.json"
+TAG_RE = re.compile(r"^global_step(\d+)$")
+UNIVERSAL_LATEST = "latest_universal"
+
+
+def tag_for(step: int) -> str:
+    return f"global_step{step}"
+
+
+# --------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """All RNG states as tensors/ints only, so the file loads with torch.load(weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_tags(run_dir: Path) -> list[str]:
+    """Tags that hold our completion marker, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p.name) for p in root.iterdir()
+             if (m := TAG_RE.match(p.name)) and (p / MARKER).is_file()]
+    return [name for _, name in sorted(found)]
+
+
+def latest_tag(run_dir: Path, universal: bool = False) -> str | None:
+    if universal:
+        pointer = checkpoint_dir(run_dir) / UNIVERSAL_LATEST
+        return pointer.read_text().strip() if pointer.is_file() else None
+    tags = complete_tags(run_dir)
+    return tags[-1] if tags else None
+
+
+def read_marker(run_dir: Path, tag: str) -> dict:
+    path = checkpoint_dir(run_dir) / tag / MARKER
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a complete checkpoint (no {MARKER})")
+    return json.loads(path.read_text())
+
+
+def check_identity(saved: dict, current: dict, where: str) -> None:
+    """Refuse to resume a run whose model / kernel / objective / data format changed."""
+    if canonical_json(saved) == canonical_json(current):
+        return
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    raise ValueError(f"refusing to resume {where}: the checkpoint was trained with a different configuration "
+                     f"({'; '.join(diffs)}). Use a new --run-dir, or restore the original settings.")
+
+
+# --------------------------------------------------------------------------- save / load
+def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, marker: dict, rank: int,
+                    keep_last: int, barrier) -> str:
+    """Collective save of tag global_step{step}; rank 0 then marks it complete and prunes old tags."""
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+    tag = tag_for(step)
+    root = checkpoint_dir(run_dir)
+    client_state = dict(client_state)
+    client_state[UNIVERSAL_CHECKPOINT_INFO] = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+    torch.save({"rng": rng_state(), "ema": client_state.get("ema")}, root / tag / f"rank_state_{rank}.pt")
+    barrier()
+    if rank == 0:
+        part = root / tag / (MARKER + ".part")
+        part.write_text(json.dumps({**marker, "tag": tag, "step": step}, indent=2, sort_keys=True) + "\n")
+        part.replace(root / tag / MARKER)
+        for old in complete_tags(run_dir)[:-keep_last]:
+            shutil.rmtree(root / old, ignore_errors=True)
+    barrier()
+    return tag
+
+
+def load_checkpoint(engine, run_dir: Path, tag: str, rank: int, world_size: int, universal: bool) -> dict:
+    """Collective load; returns client_state with this rank's RNG state under "rng"."""
+    path, client_state = engine.load_checkpoint(str(checkpoint_dir(run_dir)), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise FileNotFoundError(f"DeepSpeed could not load checkpoint {tag} from {checkpoint_dir(run_dir)}")
+    own = checkpoint_dir(run_dir) / tag / f"rank_state_{rank}.pt"
+    same_world = client_state.get("world_size") == world_size
+    if own.is_file() and same_world and not universal:
+        state = torch.load(own, map_location="cpu", weights_only=True)
+        client_state["rng"] = state["rng"]
+        if state.get("ema") is not None:
+            client_state["ema"] = state["ema"]
+    # else: another world size; rank 0's RNG state is the best we have (the run's randomness is
+    # a pure function of (seed, step, rank) anyway, see train.py).
+    return client_state
+
+
+# --------------------------------------------------------------------------- export support
+@dataclass
+class CheckpointForExport:
+    model_cfg: ModelConfig
+    kernel_cfg: KernelConfig | None
+    kind: str
+    tokenizer_info: dict
+    artifacts: dict
+    training: dict
+    weights: dict
+
+
+def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: bool = True) -> CheckpointForExport:
+    """Weights + configs of a checkpoint read from its files alone (no DeepSpeed engine, one process)."""
+    run_dir = Path(run_dir)
+    tag = tag or latest_tag(run_dir)
+    if tag is None:
+        raise FileNotFoundError(f"{run_dir} holds no complete checkpoint (looked in {checkpoint_dir(run_dir)})")
+    marker = read_marker(run_dir, tag)
+    states_file = checkpoint_dir(run_dir) / tag / "mp_rank_00_model_states.pt"
+    if not states_file.is_file():
+        raise FileNotFoundError(f"{states_file} is missing (ZeRO-3 checkpoints: run zero_to_fp32.py first)")
+    states = torch.load(states_file, map_location="cpu", weights_only=False)  # DeepSpeed pickles its config
+    if use_ema:
+        if not states.get("ema"):
+            raise ValueError(f"{tag} holds no EMA weights; pass --raw-weights")
+        weights = states["ema"]["weights"]
+    else:
+        weights = states["module"]
+    identity = marker["identity"]
+    model_cfg = ModelConfig(**identity["model"])
+    kind = "ar" if model_cfg.causal else "diffusion"
+    kernel_cfg = KernelConfig(**identity["kernel"]) if kind == "diffusion" else None
+    training = {"step": marker["step"], "tokens_seen": marker.get("tokens_seen"), "run_dir": str(run_dir.resolve()),
+                "tag": tag, "weights": "ema" if use_ema else "raw"}
+    return CheckpointForExport(model_cfg, kernel_cfg, kind, marker["tokenizer"], marker["artifacts"], training,
+                               weights)

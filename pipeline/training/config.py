@@ -1,0 +1,216 @@
+"""TrainConfig: every knob of a training run, loaded from YAML with ``key=value`` overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["lr=1e-3", "model_args.n_layer=4"])
+
+Values of overrides are parsed with ``yaml.safe_load`` (so ``1e-3``, ``true``, ``[0.9, 0.95]`` work);
+dotted keys reach into the dict-valued fields (``model_args``, ``kernel_args``). Unknown keys and
+inconsistent values raise ValueError with the offending key named.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from pipeline.artifacts import hash_object
+from pipeline.kernels import KernelConfig
+from pipeline.losses import LossConfig
+from pipeline.model import ModelConfig
+
+LOSSES = ("change_aware", "elbo")
+LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    # -- model, kernel, objective (these define the run: changing them on resume is refused)
+    model: str = "tiny"                       # ModelConfig preset
+    model_args: dict = field(default_factory=dict)   # overrides of the preset
+    kernel: str = "mask"                      # KernelConfig preset
+    kernel_args: dict = field(default_factory=dict)
+    loss: str = "change_aware"                # change_aware (Eq 120) | elbo (NELBO-weighted CE)
+    lambda_chg: float = 1.0
+    lambda_same: float = 0.1
+    t_min: float = 1e-3
+    antithetic_t: bool = True                 # global-batch stratified t (pipeline.time_sampling)
+    # -- artifacts and run directory
+    preprocessed: str | None = None
+    neighbors: str | None = None
+    run_dir: str | None = None
+    seq_len: int | None = None                # expected sequence length of the data (checked, None = any)
+    # -- batch and optimisation
+    global_batch: int = 16                    # sequences per optimizer step, all ranks
+    micro_batch: int = 8                      # sequences per rank per forward
+    max_steps: int = 100
+    lr: float = 3e-4
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    warmup_steps: int = 10
+    lr_schedule: str = "constant"             # after warmup: constant | cosine
+    min_lr_ratio: float = 0.1                 # cosine floor as a fraction of lr
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    precision: str = "auto"                   # auto: bf16 on GPU, fp32 on CPU
+    seed: int = 0
+    # -- data
+    shuffle_seed: int = 9176
+    num_canonical_nodes: int = 1              # fixed, so resuming on another world size keeps the order
+    num_workers: int = 0
+    # -- validation, logging, checkpoints
+    val_every: int = 50
+    val_batches: int = 4
+    log_every: int = 10
+    ckpt_every: int = 50
+    keep_last: int = 3
+    max_bad_steps: int = 5                    # NaN/Inf guard: abort (with a checkpoint) after this many in a row
+    probe_every: int = 0                      # gradient-variance probe per t-bucket (0 = off)
+    probe_buckets: int = 4
+    probe_samples: int = 4                    # micro-batches per bucket
+    peak_flops: float = 989e12                # per device, for MFU (H100 bf16 dense)
+    log_sample_ids: bool = False              # write the sample ids of every step to sample_ids.jsonl
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        problems = []
+        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "ckpt_every",
+                    "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
+        for name in positive:
+            if int(getattr(self, name)) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.global_batch % max(self.micro_batch, 1):
+            problems.append(f"global_batch={self.global_batch} is not a multiple of micro_batch={self.micro_batch}")
+        if not self.lr > 0 or self.warmup_steps < 0 or self.val_every < 0 or self.probe_every < 0:
+            problems.append("lr must be > 0; warmup_steps, val_every, probe_every must be >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or self.grad_clip <= 0:
+            problems.append("min_lr_ratio must be in [0, 1] and grad_clip > 0")
+        if len(self.betas) != 2:
+            problems.append(f"betas must be two numbers, got {self.betas}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+        # Build the sub-configs now so a bad preset or field fails at load time, not mid-run.
+        self.model_config()
+        self.kernel_config()
+        self.loss_config()
+
+    # -- derived configs
+    def model_config(self, vocab_size: int | None = None, seq_len: int | None = None) -> ModelConfig:
+        args = dict(self.model_args)
+        if vocab_size is not None:
+            args["vocab_size"] = vocab_size
+        cfg = ModelConfig.preset(self.model, **args)
+        if seq_len is not None and seq_len > cfg.max_seq_len:
+            raise ValueError(f"data seq_len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+        return cfg
+
+    def kernel_config(self) -> KernelConfig:
+        unknown = set(self.kernel_args) - {f.name for f in fields(KernelConfig)}
+        if unknown:
+            raise ValueError(f"unknown kernel_args {sorted(unknown)}")
+        return KernelConfig.preset(self.kernel, **self.kernel_args)
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(self.lambda_chg, self.lambda_same)
+
+    def accum_steps(self, world_size: int) -> int:
+        per_step = self.micro_batch * world_size
+        if self.global_batch % per_step:
+            raise ValueError(f"global_batch={self.global_batch} is not divisible by micro_batch * world_size = "
+                             f"{self.micro_batch} * {world_size}")
+        return self.global_batch // per_step
+
+    def identity(self, vocab_size: int, seq_len: int, tokenizer_identity: str) -> dict:
+        """What a checkpoint must agree on to be resumed: the model, kernel, objective and data format."""
+        return {"model": self.model_config(vocab_size).to_dict(), "kernel": self.kernel_config().to_dict(),
+                "loss": self.loss, "loss_config": asdict(self.loss_config()), "t_min": self.t_min,
+                "seq_len": seq_len, "tokenizer_identity": tokenizer_identity}
+
+    def identity_hash(self, vocab_size: int, seq_len: int, tokenizer_identity: str) -> str:
+        return hash_object(self.identity(vocab_size, seq_len, tokenizer_identity))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["a=1", "model_args.n_layer=4"] -> {"a": 1, "model_args": {"n_layer": 4}} (values via yaml.safe_load)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a mapping")
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _coerce(name: str, declared: str, value):
+    """Check a value against the field's declared type; accept "3e-4" for floats (YAML 1.1 reads it as str)."""
+    if value is None and "None" in declared:
+        return None
+    base = declared.split("|")[0].strip()
+    try:
+        if base == "float" and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        pass
+    expected = {"bool": bool, "str": str, "dict": dict, "tuple": (list, tuple)}.get(base)
+    if expected is not None and isinstance(value, expected):
+        return value
+    raise ValueError(f"{name} must be of type {declared}, got {value!r}")
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    declared = {f.name: str(f.type) for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(declared)}")
+    return TrainConfig(**{k: _coerce(k, declared[k], v) for k, v in values.items()})
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, **explicit) -> TrainConfig:
+    """YAML file (optional) <- key=value overrides <- explicit keyword values (CLI flags that are not None)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of TrainConfig keys")
+        values = loaded
+    values = _merge(values, parse_overrides(overrides or []))
+    values = _merge(values, {k: v for k, v in explicit.items() if v is not None})
+    return config_from_dict(values)
+
+
+def replace(cfg: TrainConfig, **changes) -> TrainConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,73 @@
+"""Load a DeepSpeed JSON config and make it agree with the TrainConfig and the hardware.
+
+The JSON files in ``ds_configs/`` choose the ZeRO stage, offloading and communication settings;
+the batch geometry, optimizer hyper-parameters, clipping and precision always come from the
+TrainConfig, so the two can never disagree:
+
+* ``train_batch_size`` = global batch, ``train_micro_batch_size_per_gpu`` = micro batch,
+  ``gradient_accumulation_steps`` = global / (micro * world);
+* ``gradient_clipping`` = TrainConfig.grad_clip (the JSON must set it explicitly too, as a reminder
+  that DeepSpeed's default is *no* clipping);
+* precision ``auto``: bf16 when CUDA is available, fp32 on CPU (the CPU path is what makes bit-exact
+  resume tests possible); fp16 is refused (the diffusion losses need bf16's range).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def resolve_precision(requested: str, cuda_available: bool) -> str:
+    if requested == "auto":
+        return "bf16" if cuda_available else "fp32"
+    if requested == "bf16" and not cuda_available:
+        raise ValueError("precision=bf16 needs a GPU; use precision=fp32 (or auto) on CPU")
+    return requested
+
+
+def load_ds_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {str(path)!r} does not exist")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if "gradient_clipping" not in config:
+        raise ValueError(f"{path}: set gradient_clipping explicitly (DeepSpeed's default is no clipping)")
+    if config.get("fp16", {}).get("enabled"):
+        raise ValueError(f"{path}: fp16 is not supported; precision is chosen by TrainConfig.precision")
+    return config
+
+
+def patch_ds_config(config: dict, cfg: TrainConfig, world_size: int, cuda_available: bool) -> dict:
+    """A copy of ``config`` consistent with ``cfg`` on ``world_size`` ranks."""
+    out = copy.deepcopy(config)
+    accum = cfg.accum_steps(world_size)
+    out["train_batch_size"] = cfg.global_batch
+    out["train_micro_batch_size_per_gpu"] = cfg.micro_batch
+    out["gradient_accumulation_steps"] = accum
+    out["gradient_clipping"] = cfg.grad_clip
+    precision = resolve_precision(cfg.precision, cuda_available)
+    out["bf16"] = {"enabled": precision == "bf16"}
+    out.pop("fp16", None)
+    out.pop("scheduler", None)  # the LR schedule is ours (warmup + constant/cosine), see loop.py
+    zero = out.setdefault("zero_optimization", {"stage": 0})
+    if not cuda_available:
+        # Offloading to the CPU from the CPU is meaningless and needs the cpu_adam extension.
+        zero.pop("offload_optimizer", None)
+        zero.pop("offload_param", None)
+    if "offload_optimizer" in zero:
+        # ZeRO-Offload needs DeepSpeed's own CPU Adam: let DeepSpeed build it from the JSON.
+        optimizer = out.setdefault("optimizer", {"type": "AdamW", "params": {}})
+        optimizer.setdefault("params", {}).update(lr=cfg.lr, betas=list(cfg.betas), eps=cfg.adam_eps,
+                                                  weight_decay=cfg.weight_decay)
+    else:
+        # Otherwise torch's AdamW (fused on GPU) is passed in by the trainer: no JIT-built extension.
+        out.pop("optimizer", None)
+    out.setdefault("steps_per_print", 10 ** 9)  # we log ourselves (DeepSpeed's monitor only logs lr)
+    out.setdefault("wall_clock_breakdown", False)
+    return out

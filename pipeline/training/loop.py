@@ -1,0 +1,313 @@
+"""The training loop: one optimizer step = ``accum`` micro-batches on every rank, then a DeepSpeed step.
+
+Reproducibility by construction: every random draw of step s on rank r, micro-step a is a pure
+function of (seed, s, r, a) - diffusion times (pipeline.time_sampling), the corruption noise and
+dropout (generators seeded by :func:`noise_seed`) - and the data order is streaming's deterministic
+partition. A run resumed from a checkpoint therefore computes bit-identical losses (fp32 on CPU).
+
+Loss normalisation: a loss of the form sum_i w_i l_i / D (Eq 120's denominator D = sum_i w_i, or
+the number of real tokens for the NELBO-weighted loss) is normalised by D summed over the whole
+global batch, all ranks and micro-steps (one all-reduce of a scalar before the forward), so the
+gradient does not depend on how the batch is sharded.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pipeline.kernels import Kernel, alpha_of
+from pipeline.losses import change_aware_weights, per_token_cross_entropy
+from pipeline.time_sampling import TimeSampler, TimeSamplerConfig, step_seed
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .ema import EMA
+from .metrics import STEP_PHASES, MetricsLogger, StepTimer, gradient_variance_probe, model_flops_utilization
+
+_PROBE_SALT = 0x5EED_0001
+_VAL_SALT = 0x5EED_0002
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        buf = torch.tensor(values, dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        return buf.tolist()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def noise_seed(seed: int, step: int, rank: int, micro_step: int, world_size: int, accum: int) -> int:
+    """Seed of the corruption / dropout generator of one micro-batch (unique over the whole run)."""
+    return step_seed(seed, (step * accum + micro_step) * world_size + rank)
+
+
+def nelbo_weights(kernel: Kernel, t: torch.Tensor, changed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """MDLM's continuous-time NELBO weight -alpha'_t / (1 - alpha_t) on changed positions (Sahoo et al. 2024, Eq 10).
+
+    Exact NELBO weighting for the mask kernel (changed = masked); for the other kernels it is the
+    same time weighting of a cross-entropy surrogate (their bounds are in pipeline.likelihood).
+    """
+    with torch.enable_grad():
+        tt = t.detach().to(torch.float64).requires_grad_(True)
+        alpha = alpha_of(kernel.cfg, tt)
+        (dalpha,) = torch.autograd.grad(alpha.sum(), tt)
+    w = (-dalpha / (1.0 - alpha.detach()).clamp_min(1e-6)).to(torch.float32)
+    return w[:, None] * (changed & real)
+
+
+def lr_multiplier(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then constant or cosine down to min_lr_ratio * lr."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM (SLURM's time-limit warning): checkpoint at the next step and exit."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, engine, kernel: Kernel, stream, val_set, env: Dist, run_dir: Path,
+                 identity: dict, marker_base: dict, flops_per_token: float, seq_len: int, pad_id: int | None,
+                 universal: bool = False):
+        self.cfg, self.engine, self.kernel, self.stream, self.val_set = cfg, engine, kernel, stream, val_set
+        self.env, self.run_dir, self.identity, self.marker_base = env, run_dir, identity, marker_base
+        self.flops_per_token, self.seq_len, self.pad_id, self.universal = flops_per_token, seq_len, pad_id, universal
+        self.accum = cfg.accum_steps(env.world_size)
+        self.sampler = TimeSampler(TimeSamplerConfig(cfg.global_batch, env.world_size, self.accum, cfg.t_min,
+                                                     cfg.antithetic_t, cfg.seed))
+        self.ema = EMA(engine.module, cfg.ema_decay)
+        self.logger = MetricsLogger(run_dir, env.rank)
+        self.timer = StepTimer(synchronize=env.device.type == "cuda")
+        self.step = 0
+        self.tokens_seen = 0
+        self.consecutive_bad = 0
+        self.bad_total = 0
+        self.stop = StopFlag()
+        self.ids_file = run_dir / f"sample_ids_rank{env.rank}.jsonl"
+
+    # ------------------------------------------------------------------ checkpoints
+    def client_state(self) -> dict:
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "dataloader": self.stream.state_dict(),
+                "rng": ckpt.rng_state(), "ema": self.ema.state_dict(), "identity": self.identity,
+                "identity_hash": self.marker_base["identity_hash"], "config": self.cfg.to_dict(),
+                "world_size": self.env.world_size, "bad_steps_total": self.bad_total}
+
+    def save(self) -> None:
+        marker = {**self.marker_base, "tokens_seen": self.tokens_seen, "world_size": self.env.world_size}
+        tag = ckpt.save_checkpoint(self.engine, self.run_dir, self.step, self.client_state(), marker, self.env.rank,
+                                   self.cfg.keep_last, self.env.barrier)
+        if self.env.rank == 0:
+            print(f"checkpoint {tag} saved to {ckpt.checkpoint_dir(self.run_dir)}", flush=True)
+
+    def maybe_resume(self) -> None:
+        tag = ckpt.latest_tag(self.run_dir, universal=self.universal)
+        if tag is None:
+            if self.universal:
+                raise FileNotFoundError(f"--universal: {ckpt.checkpoint_dir(self.run_dir)}/{ckpt.UNIVERSAL_LATEST} "
+                                        "is missing (see docs/training.md for ds_to_universal)")
+            self._truncate_ids_log(0)
+            return
+        if not self.universal:
+            ckpt.check_identity(ckpt.read_marker(self.run_dir, tag)["identity"], self.identity, str(self.run_dir))
+        state = ckpt.load_checkpoint(self.engine, self.run_dir, tag, self.env.rank, self.env.world_size,
+                                     self.universal)
+        ckpt.check_identity(state["identity"], self.identity, str(self.run_dir))
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.bad_total = int(state.get("bad_steps_total", 0))
+        self.stream.load_state_dict(state["dataloader"])
+        self.ema.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"])
+        self._truncate_ids_log(self.step)
+        if self.env.rank == 0:
+            print(f"resumed from {tag} (step {self.step}, {self.tokens_seen:,} tokens seen)", flush=True)
+
+    def _truncate_ids_log(self, step: int) -> None:
+        """Drop sample-id records of steps after the checkpoint (they are about to be redone)."""
+        if not self.cfg.log_sample_ids or not self.ids_file.exists():
+            return
+        kept = [line for line in self.ids_file.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step]
+        self.ids_file.write_text("".join(line + "\n" for line in kept))
+
+    # ------------------------------------------------------------------ one step
+    def _loss_weights(self, x0, t, changed) -> tuple[torch.Tensor, torch.Tensor]:
+        real = torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
+        if self.cfg.loss == "change_aware":
+            w = change_aware_weights(changed, ~real, self.cfg.loss_config())
+            return w, w.sum()
+        return nelbo_weights(self.kernel, t, changed, real), real.sum().to(torch.float32)
+
+    def _prepare_micro_batches(self) -> tuple[list, list[int], float]:
+        env, micro = self.env, []
+        ids: list[int] = []
+        denominator = 0.0
+        for a in range(self.accum):
+            with self.timer.phase("data_wait"):
+                batch = self.stream.next()
+            x0 = batch["tokens"].to(env.device, non_blocking=True)
+            ids += [int(i) for i in batch["sample_id"]]
+            with self.timer.phase("corruption"):
+                seed = noise_seed(self.cfg.seed, self.step, env.rank, a, env.world_size, self.accum)
+                gen = torch.Generator(device=env.device).manual_seed(seed)
+                t = self.sampler.sample(self.step, env.rank, a, device=env.device)
+                xt, changed = self.kernel.sample_xt(x0, t, generator=gen)
+                w, den = self._loss_weights(x0, t, changed)
+            micro.append((x0, xt, t, w, seed))
+            denominator += float(den)
+        return micro, ids, denominator
+
+    def train_step(self) -> dict:
+        env, engine = self.env, self.engine
+        micro, ids, local_den = self._prepare_micro_batches()
+        (global_den,) = env.all_reduce_sum([local_den])
+        scale = env.world_size * self.accum / max(global_den, 1e-12)  # undo DeepSpeed's mean over ranks/micro-steps
+        local_num, finite = 0.0, True
+        for a, (x0, xt, t, w, seed) in enumerate(micro):
+            with self.timer.phase("forward_backward"):
+                torch.manual_seed(seed)  # dropout: a pure function of (seed, step, rank, micro-step)
+                logits = engine(xt, t)
+                ce = per_token_cross_entropy(logits, x0)
+                num = (torch.where(w > 0, ce, 0.0) * w).sum()
+                engine.backward(num * scale)
+            value = float(num.detach())
+            finite &= math.isfinite(value)
+            local_num += value
+            with self.timer.phase("optimizer" if a == self.accum - 1 else "forward_backward"):
+                engine.step()  # a no-op except at the accumulation boundary
+        num_sum, bad_ranks, stop = env.all_reduce_sum([local_num if finite else 0.0, float(not finite),
+                                                       float(self.stop.raised)])
+        applied = engine.was_step_applied() and bad_ranks == 0
+        self.step += 1
+        self.tokens_seen += self.cfg.global_batch * self.seq_len
+        if applied:
+            self.ema.update(engine.module)
+            self.consecutive_bad = 0
+        else:
+            self.consecutive_bad += 1
+            self.bad_total += 1
+        if self.cfg.log_sample_ids:
+            with open(self.ids_file, "a") as fh:
+                fh.write(json.dumps({"step": self.step, "ids": ids}) + "\n")
+        loss = num_sum / max(global_den, 1e-12) if bad_ranks == 0 else float("nan")
+        grad_norm = engine.get_global_grad_norm()
+        return {"loss": loss, "applied": applied, "stop": stop > 0, "micro": micro,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None}
+
+    # ------------------------------------------------------------------ validation and probe
+    @torch.no_grad()
+    def validate(self) -> dict:
+        from pipeline import likelihood as lk
+        from pipeline.model import build_model
+
+        model = build_model(self.engine.module.cfg).to(self.env.device).eval()
+        model.load_state_dict(dict(zip(self.ema.names, self.ema.shadow)), strict=True)
+        gen = torch.Generator(device=self.env.device).manual_seed(step_seed(self.cfg.seed, _VAL_SALT + self.env.rank))
+        nats, tokens = 0.0, 0.0
+        for x0 in self.val_set.batches():
+            x0 = x0.to(self.env.device)
+            real = torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
+            t = (torch.rand(x0.shape[0], generator=gen, device=x0.device)).clamp(min=self.cfg.t_min)
+            name = self.kernel.cfg.name
+            if name == "mask":
+                bound = lk.mdlm_nelbo(self.kernel, model, x0, t, real, generator=gen)
+            elif name == "uniform":
+                bound = lk.udlm_nelbo(self.kernel, model, x0, t, real, generator=gen)
+            else:
+                bound = lk.discrete_nelbo(self.kernel, model, x0, mask=real, mc_steps=4, generator=gen)["nelbo"]
+            nats += float(bound.sum())
+            tokens += float(real.sum())
+        nats, tokens = self.env.all_reduce_sum([nats, tokens])
+        nelbo = nats / max(tokens, 1.0)
+        return {"val/nelbo": nelbo, "val/ppl": math.exp(min(nelbo, 50.0))}
+
+    def probe(self, micro) -> dict:
+        if self.env.rank != 0 or hasattr(next(self.engine.module.parameters()), "ds_tensor"):
+            return {}  # rank-local diagnostic; skipped under ZeRO-3 (partitioned parameters)
+        module = self.engine.module
+
+        def loss_fn(x0, t, gen):
+            xt, changed = self.kernel.sample_xt(x0, t, generator=gen)
+            w, den = self._loss_weights(x0, t, changed)
+            ce = per_token_cross_entropy(module(xt, t), x0)
+            return (torch.where(w > 0, ce, 0.0) * w).sum() / den.clamp_min(1e-12)
+
+        fork = [torch.get_rng_state()]
+        try:
+            return gradient_variance_probe(module, loss_fn, [m[0] for m in micro], self.cfg.probe_buckets,
+                                           self.cfg.probe_samples, step_seed(self.cfg.seed, _PROBE_SALT + self.step),
+                                           self.cfg.t_min)
+        finally:
+            torch.set_rng_state(fork[0])
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> int:
+        cfg, env = self.cfg, self.env
+        self.maybe_resume()
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < cfg.max_steps:
+            out = self.train_step()
+            window_steps += 1
+            values = {"train/loss": out["loss"], "train/lr": self.engine.get_lr()[0],
+                      "train/bad_steps_total": self.bad_total}
+            if out["grad_norm"] is not None:
+                values["train/grad_norm"] = out["grad_norm"]
+            if cfg.probe_every and self.step % cfg.probe_every == 0:
+                values.update(self.probe(out["micro"]))
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                phases = self.timer.pop()
+                total = sum(phases.values()) or elapsed
+                tps = window_steps * cfg.global_batch * self.seq_len / max(elapsed, 1e-9)
+                values.update({"perf/tokens_per_s": tps, "perf/step_time_s": elapsed / window_steps})
+                for phase in STEP_PHASES:
+                    values[f"perf/{phase}_share"] = phases.get(phase, 0.0) / total
+                if env.device.type == "cuda":
+                    values["perf/mfu"] = model_flops_utilization(tps, self.flops_per_token, cfg.peak_flops,
+                                                                 env.world_size)
+                window_start, window_steps = time.perf_counter(), 0
+            if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
+                values.update(self.validate())
+            self.logger.log(self.step, values, console=self.step % cfg.log_every == 0 or "val/nelbo" in values)
+            if self.consecutive_bad >= cfg.max_bad_steps:
+                self.save()
+                raise RuntimeError(f"{self.consecutive_bad} consecutive non-finite steps at step {self.step}; "
+                                   "checkpoint saved, aborting (lower lr or check the data)")
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or out["stop"]:
+                self.save()
+            if out["stop"]:
+                if env.rank == 0:
+                    print(f"stop signal received: checkpointed at step {self.step}, exiting for requeue", flush=True)
+                self.logger.close()
+                return 0
+        self.logger.close()
+        return 0

@@ -1,0 +1,246 @@
+"""The training stage end to end: real DeepSpeed (ZeRO-2, gloo on CPU), 2 ranks, the tiny model, real data.
+
+Artifacts are built with the real preprocess CLI; the neighbour artifact is a contract-conformant
+synthetic one (the neighbor_index stage has its own tests). The first DeepSpeed launch on a machine
+JIT-builds a communication op (~2.5 min, cached in ~/.cache/torch_extensions).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.model import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+DEEPSPEED = str(Path(PYTHON).with_name("deepspeed"))
+
+
+def build_preprocessed(corpora: Path, out: Path) -> Path:
+    subprocess.run([PYTHON, "-m", "preprocess", "--input", str(corpora / "lm1b_sample" / "train.txt"),
+                    "--valid-fraction", "0.05", "--out", str(out), "--mode", "lm1b", "--seq-len", "32",
+                    "--no-progress"], cwd=REPO, check=True, capture_output=True)
+    return out
+
+
+def build_neighbor_artifact(preprocessed: Path, out: Path, k_max: int = 8) -> Path:
+    """A contract-conformant neighbour artifact (stage "neighbor_index") with synthetic similarities.
+
+    Row v lists the k_max next valid ids after v (never v itself); the prior is the smoothed unigram
+    distribution of the training split restricted to valid tokens (Eq 119's support).
+    """
+    from pipeline.artifacts import StageRun, load_manifest
+
+    manifest = load_manifest(preprocessed, stage="preprocess")
+    tokenizer = manifest["tokenizer"]
+    V = int(tokenizer["vocab_size"])
+    valid = np.ones(V, dtype=bool)
+    valid[list(tokenizer["special_ids"].values())] = False
+    valid_ids = np.flatnonzero(valid)
+    start = np.searchsorted(valid_ids, np.arange(V), side="right")  # first valid id after v
+    cols = (start[:, None] + np.arange(k_max)[None, :]) % valid_ids.size
+    neighbors = valid_ids[cols].astype(np.int32)
+    sims = np.tile(np.linspace(0.9, 0.5, k_max, dtype=np.float32), (V, 1))
+    counts = np.load(preprocessed / "unigram_counts.npy", allow_pickle=False).astype(np.float64)[:V]
+    prior = np.where(valid, counts + 1.0, 0.0)
+    prior /= prior.sum()
+    run = StageRun("neighbor_index", out, config={"synthetic": True, "k_max": k_max},
+                   upstream={"preprocessed": preprocessed}, tokenizer=tokenizer)
+    with run as tmp:
+        np.save(tmp / "neighbors.npy", neighbors)
+        np.save(tmp / "similarities.npy", sims)
+        np.save(tmp / "valid_vocab.npy", valid)
+        np.save(tmp / "unigram_prior.npy", prior)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(run_dir: Path, preprocessed: Path, overrides: list[str], ranks: int = 1,
+                  extra: list[str] | None = None) -> list[str]:
+    args = ["--ds_config", "ds_configs/zero2.json", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
+            "--preprocessed", str(preprocessed), *(extra or []), *overrides]
+    if ranks == 1:
+        return [PYTHON, "pipeline/train.py", *args]
+    return [DEEPSPEED, "--num_gpus", str(ranks), "--master_port", str(free_port()), "pipeline/train.py", *args]
+
+
+def env() -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(var, None)
+    return e
+
+
+def run_train(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """train/loss per step from metrics.jsonl; a step logged twice (redone after a kill) keeps the last."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            out[record["step"]] = record["train/loss"]
+    return out
+
+
+def sample_ids(run_dir: Path, rank: int) -> dict[int, list[int]]:
+    path = run_dir / f"sample_ids_rank{rank}.jsonl"
+    return {r["step"]: r["ids"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+# --------------------------------------------------------------------------- fixtures
+TINY = ["lr=3e-3", "warmup_steps=2", "val_every=0", "log_every=1", "ema_decay=0.9"]
+
+
+@pytest.fixture(scope="session")
+def preprocessed(tmp_path_factory, corpora) -> Path:
+    return build_preprocessed(corpora, tmp_path_factory.mktemp("train_data") / "pre32")
+
+
+@pytest.fixture(scope="session")
+def neighbors(tmp_path_factory, preprocessed) -> Path:
+    return build_neighbor_artifact(preprocessed, tmp_path_factory.mktemp("train_nn") / "nn")
+
+
+def _check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, preprocessed) -> Path:
+    """8 uninterrupted steps on 2 ranks (ZeRO-2), checkpoints at 4 and 8, validation at the end."""
+    run_dir = tmp_path_factory.mktemp("train_ref") / "run"
+    overrides = [*TINY, "max_steps=8", "ckpt_every=4", "log_sample_ids=true", "val_every=8"]
+    _check(run_train(train_command(run_dir, preprocessed, overrides, ranks=2)))
+    return run_dir
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus"])
+def test_training_loss_falls_for_each_kernel(kernel, preprocessed, neighbors, tmp_path):
+    run_dir = tmp_path / "run"
+    extra = ["--kernel", kernel, "--neighbors", str(neighbors)]
+    proc = run_train(train_command(run_dir, preprocessed, [*TINY, "max_steps=10", "kernel_args.k_max=8"],
+                                   extra=extra))
+    _check(proc)
+    losses = step_losses(run_dir)
+    assert sorted(losses) == list(range(1, 11))
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (8, 9, 10)])
+    assert np.isfinite(list(losses.values())).all()
+    assert last < first - 0.1, f"{kernel}: loss did not fall ({first:.3f} -> {last:.3f}): {losses}"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(reference_run, preprocessed, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "max_steps=8", "ckpt_every=4", "log_sample_ids=true", "val_every=8"]
+    cmd = train_command(run_dir, preprocessed, overrides, ranks=2)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if (run_dir / "metrics.jsonl").exists() and 6 in step_losses(run_dir):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, no chance to clean up
+    finally:
+        proc.wait()
+    killed_at = max(step_losses(run_dir))
+    assert killed_at >= 6 and (run_dir / "checkpoints" / "global_step4" / "semdlm_checkpoint.json").is_file()
+
+    proc = run_train(cmd)
+    _check(proc)
+    assert "resumed from global_step4" in proc.stdout
+    ref, resumed = step_losses(reference_run), step_losses(run_dir)
+    for step in range(5, 9):  # redone after the kill: bit-identical (fp32 on CPU, same world size)
+        assert resumed[step] == ref[step], f"step {step}: {resumed[step]!r} != {ref[step]!r}"
+    for rank in (0, 1):
+        assert sample_ids(run_dir, rank) == sample_ids(reference_run, rank)
+    seen = [i for rank in (0, 1) for ids in sample_ids(run_dir, rank).values() for i in ids]
+    assert len(seen) == 8 * 16 and len(set(seen)) == len(seen), "a sample was repeated within the epoch"
+
+
+@pytest.mark.slow
+def test_universal_checkpoint_resumes_on_one_rank(reference_run, preprocessed, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    ckpts = run_dir / "checkpoints"
+    subprocess.run([PYTHON, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                    str(ckpts / "global_step8"), "--output_folder", str(ckpts / "global_step8_universal")],
+                   cwd=REPO, env=env(), check=True, capture_output=True, timeout=300)
+    (ckpts / "latest_universal").write_text("global_step8_universal")
+    overrides = [*TINY, "max_steps=10", "ckpt_every=4", "log_sample_ids=true", "val_every=0"]
+    proc = run_train(train_command(run_dir, preprocessed, overrides, ranks=1, extra=["--universal"]))
+    _check(proc)
+    assert "resumed from global_step8_universal (step 8" in proc.stdout
+    losses = step_losses(run_dir)
+    assert {9, 10} <= set(losses) and np.isfinite([losses[9], losses[10]]).all()
+    assert abs(losses[9] - losses[8]) < 0.5  # continues the trained model, not a fresh one
+    before = {i for rank in (0, 1) for ids in sample_ids(reference_run, rank).values() for i in ids}
+    after = [i for step, ids in sample_ids(run_dir, 0).items() if step > 8 for i in ids]
+    assert len(after) == 2 * 16 and not before & set(after), "the epoch did not continue where it stopped"
+
+
+def test_changed_model_config_is_refused(reference_run, preprocessed, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    proc = run_train(train_command(run_dir, preprocessed, [*TINY, "max_steps=12", "model_args.n_layer=3"]))
+    assert proc.returncode == 2
+    assert "refusing to resume" in proc.stderr and "n_layer: 2 -> 3" in proc.stderr
+    proc = run_train(train_command(run_dir, preprocessed, [*TINY, "max_steps=12"], extra=["--kernel", "uniform"]))
+    assert proc.returncode == 2 and "kernel.name: 'mask' -> 'uniform'" in proc.stderr
+
+
+def test_export_round_trip_gives_identical_logits(reference_run, tmp_path):
+    from pipeline.export import load_export
+
+    out = tmp_path / "export"
+    proc = subprocess.run([PYTHON, "-m", "pipeline.export", str(reference_run), "--out", str(out)], cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=120)
+    _check(proc)
+    exported = load_export(out)
+    assert exported.kind == "diffusion" and exported.kernel.cfg.name == "mask" and exported.mask_id == 103
+    assert exported.config["training"]["step"] == 8
+    states = torch.load(reference_run / "checkpoints" / "global_step8" / "mp_rank_00_model_states.pt",
+                        map_location="cpu", weights_only=False)
+    reference = build_model(exported.model_cfg)
+    reference.load_state_dict(states["ema"]["weights"])
+    reference.eval()
+    raw = {k: v for k, v in states["module"].items()}
+    assert any(not torch.equal(raw[k], states["ema"]["weights"][k]) for k in raw), "EMA equals raw weights"
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, exported.model_cfg.vocab_size, (3, 32), generator=gen)
+    t = torch.rand(3, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(exported.model(x, t), reference(x, t))
+
+
+def test_validation_nelbo_is_logged(reference_run):
+    records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val/nelbo" in r]
+    assert val and val[-1]["step"] == 8
+    assert 0 < val[-1]["val/nelbo"] < np.log(30522) * 1.5 and np.isclose(val[-1]["val/ppl"], np.exp(val[-1]["val/nelbo"]))
+    perf = [r for r in records if "perf/data_wait_share" in r]
+    assert perf and all(0 <= r["perf/data_wait_share"] < 1 for r in perf)
+    assert (reference_run / "tensorboard").is_dir() and any((reference_run / "tensorboard").iterdir())
