@@ -223,7 +223,7 @@ def test_export_round_trip_gives_identical_logits(reference_run, tmp_path):
     assert exported.kind == "diffusion" and exported.kernel.cfg.name == "mask" and exported.mask_id == 103
     assert exported.config["training"]["step"] == 8
     states = torch.load(reference_run / "checkpoints" / "global_step8" / "mp_rank_00_model_states.pt",
-                        map_location="cpu", weights_only=False)
+                        map_location="cpu", weights_only=True)
     reference = build_model(exported.model_cfg)
     reference.load_state_dict(states["ema"]["weights"])
     reference.eval()

@@ -168,7 +168,7 @@ def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: b
     states_file = checkpoint_dir(run_dir) / tag / "mp_rank_00_model_states.pt"
     if not states_file.is_file():
         raise FileNotFoundError(f"{states_file} is missing (ZeRO-3 checkpoints: run zero_to_fp32.py first)")
-    states = torch.load(states_file, map_location="cpu", weights_only=False)  # DeepSpeed pickles its config
+    states = torch.load(states_file, map_location="cpu", weights_only=True)
     if use_ema:
         if not states.get("ema"):
             raise ValueError(f"{tag} holds no EMA weights; pass --raw-weights")
