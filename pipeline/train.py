@@ -56,6 +56,11 @@ def init_distributed(local_rank_arg: int | None):
     from pipeline.training.data import set_streaming_env
     from pipeline.training.loop import Dist
 
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # srun with one task per GPU (slurm/train.sh): SLURM numbers the ranks, the script sets MASTER_*.
+        os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                          LOCAL_RANK=os.environ["SLURM_LOCALID"],
+                          LOCAL_WORLD_SIZE=os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
@@ -73,9 +78,15 @@ def init_distributed(local_rank_arg: int | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.training.loop import NonFiniteAbort
+
     args = build_parser().parse_args(argv)
     with stage_errors(PROG):
-        return run(args)
+        try:
+            return run(args)
+        except NonFiniteAbort as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 3
 
 
 def run(args) -> int:

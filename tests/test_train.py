@@ -244,3 +244,33 @@ def test_validation_nelbo_is_logged(reference_run):
     perf = [r for r in records if "perf/data_wait_share" in r]
     assert perf and all(0 <= r["perf/data_wait_share"] < 1 for r in perf)
     assert (reference_run / "tensorboard").is_dir() and any((reference_run / "tensorboard").iterdir())
+
+
+def test_stop_signal_checkpoints_and_exits_for_requeue(preprocessed, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = train_command(run_dir, preprocessed, [*TINY, "max_steps=200", "ckpt_every=100"])
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and 2 in step_losses(run_dir)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)  # what SLURM sends ahead of the time limit (slurm/train.sh)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = max(step_losses(run_dir))
+    assert 2 <= stopped < 200 and f"checkpointed at step {stopped}" in out
+    assert (run_dir / "checkpoints" / f"global_step{stopped}" / "semdlm_checkpoint.json").is_file()
+    assert not (run_dir / "finished.json").exists()
+
+
+def test_nonfinite_steps_are_skipped_then_abort_with_checkpoint(preprocessed, tmp_path):
+    run_dir = tmp_path / "run"
+    # An absurd learning rate blows the weights up after the first update: every later loss is NaN/Inf.
+    proc = run_train(train_command(run_dir, preprocessed, ["lr=1e30", "warmup_steps=0", "val_every=0",
+                                                           "log_every=1", "max_steps=20", "max_bad_steps=3"]))
+    assert proc.returncode != 0
+    assert "3 consecutive non-finite steps" in proc.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    bad = [r for r in records if r.get("train/bad_steps_total", 0) > 0]
+    assert bad and bad[-1]["train/bad_steps_total"] == 3
+    step = records[-1]["step"]
+    assert (run_dir / "checkpoints" / f"global_step{step}" / "semdlm_checkpoint.json").is_file()

@@ -31,6 +31,7 @@ from .config import TrainConfig
 from .ema import EMA
 from .metrics import STEP_PHASES, MetricsLogger, StepTimer, gradient_variance_probe, model_flops_utilization
 
+FINISHED = "finished.json"
 _PROBE_SALT = 0x5EED_0001
 _VAL_SALT = 0x5EED_0002
 
@@ -81,6 +82,10 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
         return 1.0
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class NonFiniteAbort(RuntimeError):
+    """Too many consecutive non-finite steps; a checkpoint of the last state was written."""
 
 
 class StopFlag:
@@ -300,7 +305,7 @@ class Trainer:
             self.logger.log(self.step, values, console=self.step % cfg.log_every == 0 or "val/nelbo" in values)
             if self.consecutive_bad >= cfg.max_bad_steps:
                 self.save()
-                raise RuntimeError(f"{self.consecutive_bad} consecutive non-finite steps at step {self.step}; "
+                raise NonFiniteAbort(f"{self.consecutive_bad} consecutive non-finite steps at step {self.step}; "
                                    "checkpoint saved, aborting (lower lr or check the data)")
             if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or out["stop"]:
                 self.save()
@@ -309,5 +314,7 @@ class Trainer:
                     print(f"stop signal received: checkpointed at step {self.step}, exiting for requeue", flush=True)
                 self.logger.close()
                 return 0
+        if env.rank == 0:  # slurm/train.sh requeues a job until this file exists
+            (self.run_dir / FINISHED).write_text(json.dumps({"step": self.step, "tokens_seen": self.tokens_seen}) + "\n")
         self.logger.close()
         return 0
