@@ -64,7 +64,7 @@ class TrainConfig:
     val_every: int = 50
     val_batches: int = 4
     log_every: int = 10
-    ckpt_every: int = 50
+    ckpt_every: int = 50                      # 0: no checkpoints (benchmarks), except on a stop signal / abort
     keep_last: int = 3
     max_bad_steps: int = 5                    # NaN/Inf guard: abort (with a checkpoint) after this many in a row
     probe_every: int = 0                      # gradient-variance probe per t-bucket (0 = off)
@@ -76,7 +76,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         problems = []
-        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "ckpt_every",
+        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches",
                     "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
         for name in positive:
             if int(getattr(self, name)) <= 0:
@@ -86,8 +86,8 @@ class TrainConfig:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.global_batch % max(self.micro_batch, 1):
             problems.append(f"global_batch={self.global_batch} is not a multiple of micro_batch={self.micro_batch}")
-        if not self.lr > 0 or self.warmup_steps < 0 or self.val_every < 0 or self.probe_every < 0:
-            problems.append("lr must be > 0; warmup_steps, val_every, probe_every must be >= 0")
+        if not self.lr > 0 or min(self.warmup_steps, self.val_every, self.probe_every, self.ckpt_every) < 0:
+            problems.append("lr must be > 0; warmup_steps, val_every, probe_every, ckpt_every must be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or self.grad_clip <= 0:

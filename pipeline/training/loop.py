@@ -307,7 +307,8 @@ class Trainer:
                 self.save()
                 raise NonFiniteAbort(f"{self.consecutive_bad} consecutive non-finite steps at step {self.step}; "
                                    "checkpoint saved, aborting (lower lr or check the data)")
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or out["stop"]:
+            periodic = cfg.ckpt_every and (self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps)
+            if periodic or out["stop"]:
                 self.save()
             if out["stop"]:
                 if env.rank == 0:
