@@ -246,14 +246,18 @@ def test_validation_nelbo_is_logged(reference_run):
     assert (reference_run / "tensorboard").is_dir() and any((reference_run / "tensorboard").iterdir())
 
 
-def test_stop_signal_checkpoints_and_exits_for_requeue(preprocessed, tmp_path):
+@pytest.mark.parametrize("how", ["signal", "stop_file"])
+def test_stop_request_checkpoints_and_exits_for_requeue(how, preprocessed, tmp_path):
     run_dir = tmp_path / "run"
     cmd = train_command(run_dir, preprocessed, [*TINY, "max_steps=200", "ckpt_every=100"])
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and 2 in step_losses(run_dir)):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGUSR1)  # what SLURM sends ahead of the time limit (slurm/train.sh)
+    if how == "signal":
+        proc.send_signal(signal.SIGUSR1)  # what SLURM sends to the tasks ahead of the time limit
+    else:
+        (run_dir / "STOP").touch()  # what slurm/train.sh does when its batch shell gets the signal
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     stopped = max(step_losses(run_dir))

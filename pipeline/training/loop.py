@@ -32,6 +32,7 @@ from .ema import EMA
 from .metrics import STEP_PHASES, MetricsLogger, StepTimer, gradient_variance_probe, model_flops_utilization
 
 FINISHED = "finished.json"
+STOP_FILE = "STOP"
 _PROBE_SALT = 0x5EED_0001
 _VAL_SALT = 0x5EED_0002
 
@@ -89,15 +90,23 @@ class NonFiniteAbort(RuntimeError):
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM (SLURM's time-limit warning): checkpoint at the next step and exit."""
+    """Checkpoint at the next step and exit: set by SIGUSR1/SIGTERM (SLURM's time-limit warning) or by a
+    file ``RUN_DIR/STOP`` (what slurm/train.sh touches; works whatever launcher sits between)."""
 
-    def __init__(self):
-        self.raised = False
+    def __init__(self, stop_file: Path, watch_file: bool):
+        self.signalled = False
+        self.stop_file, self.watch_file = stop_file, watch_file
+        if watch_file and stop_file.exists():
+            stop_file.unlink()  # a request of the previous job, already honoured
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.raised = True
+        self.signalled = True
+
+    @property
+    def raised(self) -> bool:
+        return self.signalled or (self.watch_file and self.stop_file.exists())
 
 
 class Trainer:
@@ -117,7 +126,7 @@ class Trainer:
         self.tokens_seen = 0
         self.consecutive_bad = 0
         self.bad_total = 0
-        self.stop = StopFlag()
+        self.stop = StopFlag(run_dir / STOP_FILE, watch_file=env.rank == 0)
         self.ids_file = run_dir / f"sample_ids_rank{env.rank}.jsonl"
 
     # ------------------------------------------------------------------ checkpoints
