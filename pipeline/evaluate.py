@@ -145,6 +145,7 @@ def run(args) -> Path:
         results["plots"] = plots
         first = next(iter(point_samples.values()), [])
         results["examples"] = [r["text"] for r in first[:3]]
+        results["max_sample_len"] = max((len(r["ids"]) for recs in point_samples.values() for r in recs), default=0)
         write_report(tmp, results)
     print(f"{out}: report at {out / 'report.md'}")
     return out

@@ -100,10 +100,15 @@ def write_report(out: Path, results: dict) -> None:
                 f"| {_fmt(r['entropy_mean'])} | {_fmt(r['low_entropy_share'], 2)} "
                 f"| {_fmt(r['distinct_1'], 2)}/{_fmt(r['distinct_2'], 2)}/{_fmt(r['distinct_3'], 2)} "
                 f"| {_fmt(r['repetition_rate'])} | {_fmt(r.get('semantic_basin_rate'))} |")
+        longest = results.get("max_sample_len")
+        if longest and math.log(longest) < 4.8:
+            lines += ["", f"Note: samples of {longest} tokens have at most log({longest}) = "
+                      f"{math.log(longest):.2f} nats of unigram entropy, so the 4.8 threshold (meant for long "
+                      "samples) flags every one."]
         lines += ["", "Entropy: per-sample unigram entropy in nats, mean over samples; `<4.8`: share of samples "
                   "below the paper's 4.8 threshold (collapsed / semantic-basin regime). Distinct-n: mean per "
-                  "sample. Repetition: share of tokens repeating one of the W (--window) tokens before. Basin: share of nearby "
-                  "pairs of different tokens that are table neighbours."]
+                  "sample. Repetition: share of tokens repeating one of the W (--window) tokens before. "
+                  "Basin: share of nearby pairs of different tokens that are table neighbours."]
     examples = results.get("examples") or []
     if examples:
         lines += ["", "## Example samples", ""]
