@@ -131,6 +131,7 @@ def run(args) -> int:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(model_cfg)
+    n_params = count_parameters(model)  # before DeepSpeed partitions anything (ZeRO-3)
     optimizer = None
     if "optimizer" not in ds_config:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
@@ -151,7 +152,7 @@ def run(args) -> int:
     if env.rank == 0:
         (run_dir / "train_config.json").write_text(canonical_json({"config": cfg.to_dict(), "ds_config": ds_config,
                                                                    "world_size": env.world_size}) + "\n")
-        n = count_parameters(model)
+        n = n_params
         print(f"model {cfg.model}: {n['total']:,} parameters ({n['non_embedding']:,} non-embedding); kernel "
               f"{kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
               f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {ds_config['bf16']['enabled'] and 'bf16' or 'fp32'}",

@@ -134,6 +134,9 @@ def load_checkpoint(engine, run_dir: Path, tag: str, rank: int, world_size: int,
                                                 load_lr_scheduler_states=True)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed could not load checkpoint {tag} from {checkpoint_dir(run_dir)}")
+    # ZeRO-3: loading leaves some parameters gathered; the first traced step would then record a
+    # fetch order the later steps do not follow ("tracing error"). Re-partition everything first.
+    engine.empty_partition_cache()
     own = checkpoint_dir(run_dir) / tag / f"rank_state_{rank}.pt"
     same_world = client_state.get("world_size") == world_size
     if own.is_file() and same_world and not universal:
@@ -165,10 +168,16 @@ def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: b
     if tag is None:
         raise FileNotFoundError(f"{run_dir} holds no complete checkpoint (looked in {checkpoint_dir(run_dir)})")
     marker = read_marker(run_dir, tag)
-    states_file = checkpoint_dir(run_dir) / tag / "mp_rank_00_model_states.pt"
-    if not states_file.is_file():
-        raise FileNotFoundError(f"{states_file} is missing (ZeRO-3 checkpoints: run zero_to_fp32.py first)")
+    tag_dir = checkpoint_dir(run_dir) / tag
+    # ZeRO-0/1/2 write mp_rank_00_model_states.pt; ZeRO-3 writes one per rank (client_state in each).
+    candidates = [tag_dir / "mp_rank_00_model_states.pt", tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    states_file = next((c for c in candidates if c.is_file()), None)
+    if states_file is None:
+        raise FileNotFoundError(f"{tag_dir} holds no model states file ({', '.join(c.name for c in candidates)})")
     states = torch.load(states_file, map_location="cpu", weights_only=True)
+    if not use_ema and any(v.numel() == 0 for v in states["module"].values()):
+        raise ValueError(f"{tag} is a ZeRO-3 checkpoint: its raw weights are partitioned; export the EMA, or "
+                         "consolidate them with DeepSpeed's zero_to_fp32.py")
     if use_ema:
         if not states.get("ema"):
             raise ValueError(f"{tag} holds no EMA weights; pass --raw-weights")
