@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
+	$(PY) bench/neighbors.py
+	$(PY) -m bench.kernels
+	$(PY) -m bench.sampler
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
