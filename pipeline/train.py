@@ -155,7 +155,7 @@ def run(args) -> int:
         n = n_params
         print(f"model {cfg.model}: {n['total']:,} parameters ({n['non_embedding']:,} non-embedding); kernel "
               f"{kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
-              f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {ds_config['bf16']['enabled'] and 'bf16' or 'fp32'}",
+              f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {'bf16 autocast' if ds_config['torch_autocast']['enabled'] else 'fp32'}",
               flush=True)
     trainer = Trainer(cfg, engine, kernel, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,

@@ -70,17 +70,16 @@ def test_ds_configs_are_patched_consistently(name):
     cpu = patch_ds_config(raw, cfg, world_size=2, cuda_available=False)
     assert (cpu["train_batch_size"], cpu["train_micro_batch_size_per_gpu"], cpu["gradient_accumulation_steps"]) == \
         (64, 4, 8)
-    assert cpu["gradient_clipping"] == 0.5 and cpu["bf16"] == {"enabled": False}
+    assert cpu["gradient_clipping"] == 0.5 and not cpu["torch_autocast"]["enabled"] and not cpu["bf16"]["enabled"]
     assert "offload_optimizer" not in cpu["zero_optimization"] and "optimizer" not in cpu
     gpu = patch_ds_config(raw, cfg, world_size=8, cuda_available=True)
-    assert gpu["bf16"]["enabled"] and gpu["gradient_accumulation_steps"] == 2
+    assert gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and gpu["gradient_accumulation_steps"] == 2
     assert ("optimizer" in gpu) == (name == "zero2_offload")
 
 
 def test_precision_resolution():
     assert resolve_precision("auto", False) == "fp32" and resolve_precision("auto", True) == "bf16"
-    with pytest.raises(ValueError, match="needs a GPU"):
-        resolve_precision("bf16", False)
+    assert resolve_precision("bf16", False) == "bf16" and resolve_precision("fp32", True) == "fp32"
 
 
 def test_ds_config_without_clipping_is_refused(tmp_path):

@@ -8,7 +8,6 @@ inconsistent values raise ValueError with the offending key named.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -211,6 +210,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **e
     values = _merge(values, {k: v for k, v in explicit.items() if v is not None})
     return config_from_dict(values)
 
-
-def replace(cfg: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(cfg, **changes)

@@ -8,8 +8,9 @@ TrainConfig, so the two can never disagree:
   ``gradient_accumulation_steps`` = global / (micro * world);
 * ``gradient_clipping`` = TrainConfig.grad_clip (the JSON must set it explicitly too, as a reminder
   that DeepSpeed's default is *no* clipping);
-* precision ``auto``: bf16 when CUDA is available, fp32 on CPU (the CPU path is what makes bit-exact
-  resume tests possible); fp16 is refused (the diffusion losses need bf16's range).
+* precision ``auto``: bf16 autocast (fp32 master weights) when CUDA is available, fp32 on CPU (the
+  CPU path is what makes bit-exact resume tests possible); fp16 is refused (the losses need bf16's
+  range).
 """
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ from .config import TrainConfig
 
 
 def resolve_precision(requested: str, cuda_available: bool) -> str:
+    """``auto``: bf16 on GPU, fp32 on CPU (bf16 autocast also runs on CPU, slowly: useful for tests)."""
     if requested == "auto":
         return "bf16" if cuda_available else "fp32"
-    if requested == "bf16" and not cuda_available:
-        raise ValueError("precision=bf16 needs a GPU; use precision=fp32 (or auto) on CPU")
     return requested
 
 
@@ -52,7 +52,11 @@ def patch_ds_config(config: dict, cfg: TrainConfig, world_size: int, cuda_availa
     out["gradient_accumulation_steps"] = accum
     out["gradient_clipping"] = cfg.grad_clip
     precision = resolve_precision(cfg.precision, cuda_available)
-    out["bf16"] = {"enabled": precision == "bf16"}
+    # bf16 = torch autocast with fp32 master weights (DeepSpeed's "torch_autocast"), as MDLM's
+    # bf16-mixed: the model keeps LayerNorm, the time embedding and the logits in fp32 itself,
+    # and gradients of the autocast Linear layers are reduced in bf16.
+    out["bf16"] = {"enabled": False}
+    out["torch_autocast"] = {"enabled": precision == "bf16", "dtype": "bfloat16"}
     out.pop("fp16", None)
     out.pop("scheduler", None)  # the LR schedule is ours (warmup + constant/cosine), see loop.py
     zero = out.setdefault("zero_optimization", {"stage": 0})

@@ -289,9 +289,10 @@ class Trainer:
         self.maybe_resume()
         window_start, window_steps = time.perf_counter(), 0
         while self.step < cfg.max_steps:
+            lr = self.engine.get_lr()[0]  # the rate this step uses (the scheduler moves on in step())
             out = self.train_step()
             window_steps += 1
-            values = {"train/loss": out["loss"], "train/lr": self.engine.get_lr()[0],
+            values = {"train/loss": out["loss"], "train/lr": lr,
                       "train/bad_steps_total": self.bad_total}
             if out["grad_norm"] is not None:
                 values["train/grad_norm"] = out["grad_norm"]
