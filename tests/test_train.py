@@ -22,6 +22,8 @@ import torch
 
 from pipeline.model import build_model
 
+pytestmark = pytest.mark.slow  # every test here launches DeepSpeed (or needs a run that did)
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEEPSPEED = str(Path(PYTHON).with_name("deepspeed"))
@@ -126,9 +128,14 @@ def _check(proc: subprocess.CompletedProcess) -> None:
 
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, preprocessed) -> Path:
-    """8 uninterrupted steps on 2 ranks (ZeRO-2), checkpoints at 4 and 8, validation at the end."""
+    """8 uninterrupted steps on 2 ranks (ZeRO-2), checkpoints at 4 and 8, validation at the end.
+
+    It also runs the gradient-variance probe every 4 steps; the runs compared with it do not, so
+    their equality also shows that the probe leaves training untouched.
+    """
     run_dir = tmp_path_factory.mktemp("train_ref") / "run"
-    overrides = [*TINY, "max_steps=8", "ckpt_every=4", "log_sample_ids=true", "val_every=8"]
+    overrides = [*TINY, "max_steps=8", "ckpt_every=4", "log_sample_ids=true", "val_every=8", "probe_every=4",
+                 "probe_buckets=3", "probe_samples=2"]
     _check(run_train(train_command(run_dir, preprocessed, overrides, ranks=2)))
     return run_dir
 
@@ -236,7 +243,7 @@ def test_export_round_trip_gives_identical_logits(reference_run, tmp_path):
         assert torch.equal(exported.model(x, t), reference(x, t))
 
 
-def test_validation_nelbo_is_logged(reference_run):
+def test_validation_probe_and_perf_metrics_are_logged(reference_run):
     records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val/nelbo" in r]
     assert val and val[-1]["step"] == 8
@@ -244,6 +251,9 @@ def test_validation_nelbo_is_logged(reference_run):
     perf = [r for r in records if "perf/data_wait_share" in r]
     assert perf and all(0 <= r["perf/data_wait_share"] < 1 for r in perf)
     assert (reference_run / "tensorboard").is_dir() and any((reference_run / "tensorboard").iterdir())
+    probes = [r for r in records if "gradvar/bucket0" in r]
+    assert [r["step"] for r in probes] == [4, 8]
+    assert all(r[f"gradvar/bucket{b}"] > 0 for r in probes for b in range(3))
 
 
 @pytest.mark.parametrize("how", ["signal", "stop_file"])

@@ -159,11 +159,24 @@ class Trainer:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.bad_total = int(state.get("bad_steps_total", 0))
         self.stream.load_state_dict(state["dataloader"])
+        self._apply_lr_config()
         self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"])
         self._truncate_ids_log(self.step)
         if self.env.rank == 0:
             print(f"resumed from {tag} (step {self.step}, {self.tokens_seen:,} tokens seen)", flush=True)
+
+    def _apply_lr_config(self) -> None:
+        """After a resume the LR follows the *current* config (lr, warmup, schedule, max_steps).
+
+        The scheduler state restores the old base lr and the optimizer the last lr it set; both are
+        recomputed here, which changes nothing when the config is unchanged (exact resume) and makes
+        an edited lr or horizon take effect from the first resumed step.
+        """
+        scheduler, optimizer = self.engine.lr_scheduler, self.engine.optimizer
+        scheduler.base_lrs = [self.cfg.lr for _ in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_multiplier(scheduler.last_epoch, self.cfg)
 
     def _truncate_ids_log(self, step: int) -> None:
         """Drop sample-id records of steps after the checkpoint (they are about to be redone)."""
