@@ -207,3 +207,47 @@ def test_export_round_trip_with_a_neighbour_kernel(tmp_path):
 
     direct = make_kernel(kernel_cfg, V, 3, load_neighbor_tables(nn_dir))
     assert torch.equal(a, direct.sample_xt(x, t, generator=torch.Generator().manual_seed(5))[0])
+
+
+# --------------------------------------------------------------------------- upstream artifacts
+def _fake_preprocessed(directory: Path, identity: str, splits=("train", "validation")) -> Path:
+    from pipeline.artifacts import StageRun
+
+    tokenizer = {"identity": identity, "special_ids": {"mask": 3, "pad": 0}, "vocab_size": 40}
+    run = StageRun("preprocess", directory, config={"test": True}, tokenizer=tokenizer)
+    run.extra.update(splits=list(splits), seq_len=16)
+    with run as tmp:
+        (tmp / "stats.json").write_text("{}")
+    return directory
+
+
+def _fake_neighbors(directory: Path, identity: str, V: int = 40, K: int = 4) -> Path:
+    from pipeline.artifacts import StageRun
+
+    with StageRun("neighbor_index", directory, config={"test": True}, tokenizer={"identity": identity}) as tmp:
+        np.save(tmp / "neighbors.npy", ((np.arange(V)[:, None] + np.arange(1, K + 1)) % V).astype(np.int32))
+        np.save(tmp / "similarities.npy", np.ones((V, K), dtype=np.float32))
+        np.save(tmp / "valid_vocab.npy", np.ones(V, dtype=bool))
+        np.save(tmp / "unigram_prior.npy", np.full(V, 1.0 / V))
+    return directory
+
+
+def test_upstream_artifacts_are_validated_against_each_other(tmp_path):
+    from pipeline.artifacts import ArtifactError
+    from pipeline.training.components import load_upstream
+
+    pre = _fake_preprocessed(tmp_path / "pre", "vocab-sha256:a")
+    plus = KernelConfig.preset("semdlm_plus", k_max=4)
+    up = load_upstream(pre, _fake_neighbors(tmp_path / "nn", "vocab-sha256:a"), plus)
+    assert (up.vocab_size, up.seq_len, up.mask_id, up.pad_id) == (40, 16, 3, 0)
+    assert up.references()["neighbors_manifest_sha256"]
+    assert load_upstream(pre, None, KernelConfig.preset("mask")).tables is None
+    with pytest.raises(ValueError, match="needs a neighbour table"):
+        load_upstream(pre, None, plus)
+    with pytest.raises(ArtifactError, match="tokenizer identity"):
+        load_upstream(pre, _fake_neighbors(tmp_path / "nn_other", "vocab-sha256:b"), plus)
+    with pytest.raises(ArtifactError, match=r"split\(s\) \['validation'\] missing"):
+        load_upstream(_fake_preprocessed(tmp_path / "pre_train_only", "vocab-sha256:a", ("train",)), None,
+                      KernelConfig.preset("mask"))
+    with pytest.raises(ArtifactError, match="expected a 'neighbor_index' artifact"):
+        load_upstream(pre, pre, plus)
