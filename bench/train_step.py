@@ -1,6 +1,7 @@
 """Training step-time breakdown and throughput of the real trainer (pipeline/train.py, DeepSpeed ZeRO-2).
 
     python bench/train_step.py [--tiny-steps 20] [--small-steps 4] [--skip-small]
+                               [--kernel semdlm_plus --neighbors NN_DIR]
 
 For each model (``tiny`` at B=16, L=32; ``small`` at B=8, L=128) it builds a preprocess artifact of
 that length from the shared LM1B sample, runs ``pipeline/train.py`` as one process with per-step
@@ -37,12 +38,13 @@ def build_data(out: Path, seq_len: int) -> Path:
     return out
 
 
-def run_trainer(run_dir: Path, data: Path, model: str, batch: int, steps: int, kernel: str) -> list[dict]:
+def run_trainer(run_dir: Path, data: Path, model: str, batch: int, steps: int, kernel: str,
+                neighbors: str | None) -> list[dict]:
     overrides = [f"model={model}", f"global_batch={batch}", f"micro_batch={batch}", f"max_steps={steps}",
                  "log_every=1", "val_every=0", "ckpt_every=0", "seq_len=null", "warmup_steps=1"]
     cmd = [sys.executable, "pipeline/train.py", "--ds_config", "ds_configs/zero2.json", "--config",
            "configs/tiny.yaml", "--run-dir", str(run_dir), "--preprocessed", str(data), "--kernel", kernel,
-           *overrides]
+           *(["--neighbors", neighbors] if neighbors else []), *overrides]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small-steps", type=int, default=4)
     p.add_argument("--skip-small", action="store_true")
     p.add_argument("--kernel", default="mask")
+    p.add_argument("--neighbors", default=None, help="neighbor_index artifact (semantic kernels; built on the "
+                   "same tokenizer, any sequence length)")
     p.add_argument("--work-dir", default=None, help="keep data and runs here (default: a temp dir)")
     args = p.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_train_"))
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.rmtree(run_dir)
-        records = run_trainer(run_dir, data, model, batch, steps + 1, args.kernel)
+        records = run_trainer(run_dir, data, model, batch, steps + 1, args.kernel, args.neighbors)
         rows.append(summarise(model, records, batch * seq_len, None))
     print(f"\ntrain step breakdown ({args.kernel} kernel, 1 process, DeepSpeed ZeRO-2, "
           f"{'CUDA bf16' if rows and 'mfu' in rows[0] else 'CPU fp32'}; first step excluded)")

@@ -62,6 +62,8 @@ class TrainConfig:
     # -- validation, logging, checkpoints
     val_every: int = 50
     val_batches: int = 4
+    val_mc_steps: int = 4                     # semantic kernels: Monte-Carlo steps of the T-step bound
+    val_num_steps: int = 1000                 # T of that bound
     log_every: int = 10
     ckpt_every: int = 50                      # 0: no checkpoints (benchmarks), except on a stop signal / abort
     keep_last: int = 3
@@ -75,7 +77,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         problems = []
-        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches",
+        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "val_mc_steps", "val_num_steps",
                     "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
         for name in positive:
             if int(getattr(self, name)) <= 0:

@@ -270,7 +270,8 @@ class Trainer:
             elif name == "uniform":
                 bound = lk.udlm_nelbo(self.kernel, model, x0, t, real, generator=gen)
             else:
-                bound = lk.discrete_nelbo(self.kernel, model, x0, mask=real, mc_steps=4, generator=gen)["nelbo"]
+                bound = lk.discrete_nelbo(self.kernel, model, x0, num_steps=self.cfg.val_num_steps, mask=real,
+                                          mc_steps=self.cfg.val_mc_steps, generator=gen)["nelbo"]
             nats += float(bound.sum())
             tokens += float(real.sum())
         nats, tokens = self.env.all_reduce_sum([nats, tokens])
