@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script (deepspeed pipeline/train.py): 
 
 import torch  # noqa: E402
 
-from pipeline.artifacts import ArtifactError, canonical_json, stage_errors  # noqa: E402
+from pipeline.artifacts import canonical_json, hash_object, stage_errors  # noqa: E402
 
 PROG = "pipeline/train.py"
 
@@ -146,17 +146,15 @@ def run(args) -> int:
                                         cfg.num_canonical_nodes, cfg.num_workers)
     val_set = (data.ValidationSet(upstream.preprocessed / "validation", env.rank, env.world_size, cfg.micro_batch,
                                   cfg.val_batches) if cfg.val_every else None)
-    marker = {"identity": identity, "identity_hash": cfg.identity_hash(upstream.vocab_size, upstream.seq_len,
-                                                                       upstream.tokenizer["identity"]),
-              "tokenizer": upstream.tokenizer, "artifacts": upstream.references()}
+    marker = {"identity": identity, "identity_hash": hash_object(identity), "tokenizer": upstream.tokenizer,
+              "artifacts": upstream.references()}
     if env.rank == 0:
         (run_dir / "train_config.json").write_text(canonical_json({"config": cfg.to_dict(), "ds_config": ds_config,
                                                                    "world_size": env.world_size}) + "\n")
-        n = n_params
-        print(f"model {cfg.model}: {n['total']:,} parameters ({n['non_embedding']:,} non-embedding); kernel "
-              f"{kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
-              f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {'bf16 autocast' if ds_config['torch_autocast']['enabled'] else 'fp32'}",
-              flush=True)
+        precision = "bf16 autocast" if ds_config["torch_autocast"]["enabled"] else "fp32"
+        print(f"model {cfg.model}: {n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding); "
+              f"kernel {kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
+              f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {precision}", flush=True)
     trainer = Trainer(cfg, engine, kernel, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
                       universal=args.universal)
@@ -164,8 +162,4 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ArtifactError as exc:  # raised after stage_errors for late failures
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.artifacts import hash_object
 from pipeline.kernels import KernelConfig
 from pipeline.losses import LossConfig
 from pipeline.model import ModelConfig
@@ -133,9 +132,6 @@ class TrainConfig:
         return {"model": self.model_config(vocab_size).to_dict(), "kernel": self.kernel_config().to_dict(),
                 "loss": self.loss, "loss_config": asdict(self.loss_config()), "t_min": self.t_min,
                 "seq_len": seq_len, "tokenizer_identity": tokenizer_identity}
-
-    def identity_hash(self, vocab_size: int, seq_len: int, tokenizer_identity: str) -> str:
-        return hash_object(self.identity(vocab_size, seq_len, tokenizer_identity))
 
     def to_dict(self) -> dict:
         d = asdict(self)
