@@ -16,7 +16,7 @@ import pytest
 from mds_utils import read_split
 from pipeline.artifacts import ArtifactError, load_manifest
 from preprocess.__main__ import main
-from preprocess.build import token_dtype
+from preprocess.build import token_dtype, token_row_writer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -226,3 +226,15 @@ def test_quick_identity_matches_tokenizer_and_dtype_choice(tokenizer):
 
     assert quick_tokenizer_identity() == tokenizer_info(tokenizer)["identity"]
     assert token_dtype(30522) == "uint16" and token_dtype(65535) == "uint16" and token_dtype(65536) == "int32"
+
+
+def test_fast_row_encoding_equals_mdswriter(tmp_path):
+    from streaming import MDSWriter
+
+    columns = {"tokens": "ndarray:uint16:16"}
+    fast = token_row_writer(out=str(tmp_path / "a"), columns=columns)
+    generic = MDSWriter(out=str(tmp_path / "b"), columns=columns)
+    row = np.arange(16, dtype=np.uint16) * 4099
+    assert fast.encode_sample({"tokens": row}) == generic.encode_sample({"tokens": row})
+    with pytest.raises(ValueError):
+        fast.encode_sample({"tokens": row.astype(np.int32)})
