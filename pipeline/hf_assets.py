@@ -32,6 +32,12 @@ def resolve_name(name_or_path: str | None) -> str:
     return str(name_or_path)
 
 
+def recorded_name(name_or_path: str | None) -> str:
+    """How manifests name a tokenizer: "default" for the offline default (its site-packages path
+    differs between machines, so artifacts stay portable), the given path or id otherwise."""
+    return DEFAULT if name_or_path in (None, "", DEFAULT) else str(name_or_path)
+
+
 def load_tokenizer(name_or_path: str | None = None):
     """A fast Hugging Face tokenizer from a local path or hub id; a clear error when unreachable."""
     from transformers import AutoTokenizer
@@ -54,7 +60,7 @@ def tokenizer_info(tok, name_or_path: str | None = None) -> dict[str, Any]:
     vocab = tok.get_vocab()
     specials = {name: getattr(tok, f"{name}_token_id", None)
                 for name in ("pad", "cls", "sep", "mask", "unk", "bos", "eos")}
-    return {"name_or_path": resolve_name(name_or_path), "identity": tokenizer_identity(vocab),
+    return {"name_or_path": recorded_name(name_or_path), "identity": tokenizer_identity(vocab),
             "vocab_size": len(vocab), "special_ids": {k: v for k, v in specials.items() if v is not None}}
 
 
@@ -107,10 +113,11 @@ def load_tokenizer_spec(name_or_path: str | None = None) -> TokenizerSpec:
                 token = token.get("content")
             if isinstance(token, str) and token in vocab:
                 special[key] = vocab[token]
-        return TokenizerSpec(name, backend.to_str(), vocab, special)
+        return TokenizerSpec(recorded_name(name_or_path), backend.to_str(), vocab, special)
     tok = load_tokenizer(name)
     info = tokenizer_info(tok, name)
-    return TokenizerSpec(name, tok.backend_tokenizer.to_str(), tok.get_vocab(), info["special_ids"])
+    return TokenizerSpec(recorded_name(name_or_path), tok.backend_tokenizer.to_str(), tok.get_vocab(),
+                         info["special_ids"])
 
 
 def quick_tokenizer_identity(name_or_path: str | None = None) -> str | None:

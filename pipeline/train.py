@@ -112,8 +112,6 @@ def run(args) -> int:
         raise ValueError(f"config expects seq_len {cfg.seq_len}, {cfg.preprocessed} holds {upstream.seq_len}-token "
                          "sequences (set seq_len=null to accept any)")
     model_cfg = cfg.model_config(upstream.vocab_size, upstream.seq_len)
-    if model_cfg.causal:
-        raise ValueError("this trainer trains diffusion models; the AR baseline has its own entry point")
     ds_config = load_ds_config(args.ds_config)
     identity = cfg.identity(upstream.vocab_size, upstream.seq_len, upstream.tokenizer["identity"])
     existing = ckpt.latest_tag(Path(cfg.run_dir))
@@ -140,7 +138,9 @@ def run(args) -> int:
         model=model, optimizer=optimizer, model_parameters=model.parameters() if optimizer is None else None,
         config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg)))
-    kernel = make_kernel(kernel_cfg, upstream.vocab_size, upstream.mask_id, upstream.tables, env.device)
+    # The AR baseline (model.causal) corrupts nothing: no kernel.
+    kernel = None if model_cfg.causal else make_kernel(kernel_cfg, upstream.vocab_size, upstream.mask_id,
+                                                       upstream.tables, env.device)
 
     _, loader = data.build_train_loader(upstream.preprocessed / "train", cfg.micro_batch, cfg.shuffle_seed,
                                         cfg.num_canonical_nodes, cfg.num_workers)
@@ -153,7 +153,7 @@ def run(args) -> int:
                                                                    "world_size": env.world_size}) + "\n")
         precision = "bf16 autocast" if ds_config["torch_autocast"]["enabled"] else "fp32"
         print(f"model {cfg.model}: {n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding); "
-              f"kernel {kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
+              f"{'autoregressive' if model_cfg.causal else 'kernel ' + kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
               f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {precision}", flush=True)
     trainer = Trainer(cfg, engine, kernel, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,

@@ -309,3 +309,27 @@ def test_zero3_trains_resumes_and_exports_like_zero2(reference_run, preprocessed
     proc = subprocess.run([PYTHON, "-m", "pipeline.export", str(run_dir), "--out", str(tmp_path / "raw"),
                            "--raw-weights"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "zero_to_fp32" in proc.stderr
+
+
+def test_autoregressive_baseline_trains_exports_and_judges(preprocessed, tmp_path):
+    """model.causal=true trains the AR baseline through the same trainer; its export is a Gen-PPL judge."""
+    from pipeline.evaluation.genppl import generative_perplexity, load_judge
+    from pipeline.export import load_export
+
+    run_dir = tmp_path / "ar"
+    cmd = train_command(run_dir, preprocessed, [*TINY, "max_steps=12", "val_every=12", "model_args.causal=true"])
+    cmd[cmd.index("configs/tiny.yaml")] = "configs/tiny_ar.yaml"
+    _check(run_train(cmd))
+    losses = step_losses(run_dir)
+    assert np.mean([losses[s] for s in (10, 11, 12)]) < np.mean([losses[s] for s in (1, 2, 3)]) - 0.1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/nelbo" in r and np.isfinite(r["val/nelbo"]) for r in records)
+    out = tmp_path / "ar_export"
+    proc = subprocess.run([PYTHON, "-m", "pipeline.export", str(run_dir), "--out", str(out)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    _check(proc)
+    exported = load_export(out)
+    assert exported.kind == "ar" and exported.kernel is None
+    result = generative_perplexity(["the cat sat on the mat .", "stocks fell sharply on monday ."],
+                                   load_judge(str(out)))
+    assert np.isfinite(result["gen_ppl"]) and result["gen_ppl"] > 1

@@ -117,6 +117,9 @@ class Trainer:
         self.env, self.run_dir, self.identity, self.marker_base = env, run_dir, identity, marker_base
         self.flops_per_token, self.seq_len, self.pad_id, self.universal = flops_per_token, seq_len, pad_id, universal
         self.accum = cfg.accum_steps(env.world_size)
+        # The AR baseline shares data, optimisation, EMA and checkpoints; only the objective differs:
+        # no corruption, next-token cross-entropy over real targets, exact NLL for validation.
+        self.autoregressive = bool(engine.module.cfg.causal)
         self.sampler = TimeSampler(TimeSamplerConfig(cfg.global_batch, env.world_size, self.accum, cfg.t_min,
                                                      cfg.antithetic_t, cfg.seed))
         self.ema = EMA(engine.module, cfg.ema_decay)
@@ -187,8 +190,17 @@ class Trainer:
         self.ids_file.write_text("".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------ one step
+    def _real(self, x0: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
+
+    def _token_losses(self, module, xt, t, x0) -> torch.Tensor:
+        """Per-target cross-entropy: [B, L] for diffusion, [B, L-1] (next token) for the AR baseline."""
+        if self.autoregressive:
+            return per_token_cross_entropy(module(xt)[:, :-1], x0[:, 1:])
+        return per_token_cross_entropy(module(xt, t), x0)
+
     def _loss_weights(self, x0, t, changed) -> tuple[torch.Tensor, torch.Tensor]:
-        real = torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
+        real = self._real(x0)
         if self.cfg.loss == "change_aware":
             w = change_aware_weights(changed, ~real, self.cfg.loss_config())
             return w, w.sum()
@@ -203,12 +215,17 @@ class Trainer:
                 batch = self.stream.next()
             x0 = batch["tokens"].to(env.device, non_blocking=True)
             ids += [int(i) for i in batch["sample_id"]]
-            with self.timer.phase("corruption"):
-                seed = noise_seed(self.cfg.seed, self.step, env.rank, a, env.world_size, self.accum)
-                gen = torch.Generator(device=env.device).manual_seed(seed)
-                t = self.sampler.sample(self.step, env.rank, a, device=env.device)
-                xt, changed = self.kernel.sample_xt(x0, t, generator=gen)
-                w, den = self._loss_weights(x0, t, changed)
+            seed = noise_seed(self.cfg.seed, self.step, env.rank, a, env.world_size, self.accum)
+            if self.autoregressive:
+                xt, t = x0, None
+                w = self._real(x0)[:, 1:].to(torch.float32)  # weights of the next-token targets
+                den = w.sum()
+            else:
+                with self.timer.phase("corruption"):
+                    gen = torch.Generator(device=env.device).manual_seed(seed)
+                    t = self.sampler.sample(self.step, env.rank, a, device=env.device)
+                    xt, changed = self.kernel.sample_xt(x0, t, generator=gen)
+                    w, den = self._loss_weights(x0, t, changed)
             micro.append((x0, xt, t, w, seed))
             denominator += float(den)
         return micro, ids, denominator
@@ -222,8 +239,7 @@ class Trainer:
         for a, (x0, xt, t, w, seed) in enumerate(micro):
             with self.timer.phase("forward_backward"):
                 torch.manual_seed(seed)  # dropout: a pure function of (seed, step, rank, micro-step)
-                logits = engine(xt, t)
-                ce = per_token_cross_entropy(logits, x0)
+                ce = self._token_losses(engine, xt, t, x0)
                 num = (torch.where(w > 0, ce, 0.0) * w).sum()
                 engine.backward(num * scale)
             value = float(num.detach())
@@ -262,7 +278,11 @@ class Trainer:
         nats, tokens = 0.0, 0.0
         for x0 in self.val_set.batches():
             x0 = x0.to(self.env.device)
-            real = torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
+            real = self._real(x0)
+            if self.autoregressive:  # exact NLL of the real next tokens
+                nats += float((self._token_losses(model, x0, None, x0) * real[:, 1:]).sum())
+                tokens += float(real[:, 1:].sum())
+                continue
             t = (torch.rand(x0.shape[0], generator=gen, device=x0.device)).clamp(min=self.cfg.t_min)
             name = self.kernel.cfg.name
             if name == "mask":
@@ -279,8 +299,8 @@ class Trainer:
         return {"val/nelbo": nelbo, "val/ppl": math.exp(min(nelbo, 50.0))}
 
     def probe(self, micro) -> dict:
-        if self.env.rank != 0 or hasattr(next(self.engine.module.parameters()), "ds_tensor"):
-            return {}  # rank-local diagnostic; skipped under ZeRO-3 (partitioned parameters)
+        if self.env.rank != 0 or self.autoregressive or hasattr(next(self.engine.module.parameters()), "ds_tensor"):
+            return {}  # rank-local diffusion diagnostic; skipped under ZeRO-3 (partitioned parameters)
         module = self.engine.module
 
         def loss_fn(x0, t, gen):
