@@ -333,6 +333,16 @@ def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rows of dicts (columns = the first row's keys) as a CSV file: the tables stages write."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 @contextlib.contextmanager
 def stage_errors(prog: str):
     """Turn expected errors into one clear line on stderr and exit status 2 (CLI helper)."""

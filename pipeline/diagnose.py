@@ -24,7 +24,6 @@ kernel.likelihood_of; reported with the standard error of the mean. Used as the 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import StageRun, stage_errors
+from pipeline.artifacts import StageRun, stage_errors, write_csv
 from pipeline.kernels import KERNEL_NAMES, Kernel, KernelConfig, build_kernel
 
 METRICS = ("d_act", "d_act_eps", "I1", "I2", "entropy")
@@ -318,10 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         text = markdown_summary(summary, cfg, f"V={nb.vocab_size}, table k={nb.k_max}, "
                                 f"|S|={int((nb.unigram_prior > 0).sum())}")
         with run as tmp:
-            with open(tmp / "diagnostics.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv(tmp / "diagnostics.csv", rows)
             (tmp / "summary.md").write_text(text)
             plot(rows, tmp / "diagnostics.png", cfg.kernels)
             run.extra["summary"] = summary

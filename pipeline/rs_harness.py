@@ -26,7 +26,6 @@ computed from the table when enumerable and equal (n - k) log q and k log q (k <
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import math
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import StageRun, stage_errors
+from pipeline.artifacts import StageRun, stage_errors, write_csv
 from pipeline.reed_solomon import RSCode, RSOracle, all_configurations, code_distribution
 from pipeline.unmasking import SCHEDULES, select_positions, size_distribution
 
@@ -278,10 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         desc = f"RS(n={args.n}, k={args.k}) over GF({args.q})"
         table = markdown_table(rows, info, desc)
         with stage as tmp:
-            with open(tmp / "kl.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv(tmp / "kl.csv", rows)
             (tmp / "summary.md").write_text(table)
             plot(rows, tmp / "kl_vs_K.png", desc)
             stage.extra["stats"] = {**info, "seconds": round(time.time() - started, 2)}
