@@ -30,17 +30,23 @@ step "4/7 train a tiny SemDLM+ diffusion model ($STEPS steps, DeepSpeed ZeRO-2 e
     val_every="$STEPS" val_batches=1 log_every=25 ckpt_every=50
 "$PY" -m pipeline.export "$OUT/run_semdlm_plus" --out "$OUT/export_semdlm_plus"
 
-step "5/7 train a tiny autoregressive baseline as the offline Gen-PPL judge (no GPT-2-large without network)"
-"$PY" pipeline/train.py --ds_config ds_configs/zero2.json --config configs/tiny_ar.yaml --run-dir "$OUT/run_ar" \
-    --preprocessed "$OUT/lm1b" --max-steps "$STEPS" val_every=50 log_every=25 ckpt_every=50
-"$PY" -m pipeline.export "$OUT/run_ar" --out "$OUT/export_ar"
+JUDGE=${DEMO_JUDGE:-}  # e.g. gpt2-large or a local HF causal-LM dir, when one is reachable
+if [ -z "$JUDGE" ]; then
+    step "5/7 no judge given (DEMO_JUDGE): train a tiny autoregressive baseline as the offline Gen-PPL judge"
+    "$PY" pipeline/train.py --ds_config ds_configs/zero2.json --config configs/tiny_ar.yaml --run-dir "$OUT/run_ar" \
+        --preprocessed "$OUT/lm1b" --max-steps "$STEPS" val_every=50 log_every=25 ckpt_every=50
+    "$PY" -m pipeline.export "$OUT/run_ar" --out "$OUT/export_ar"
+    JUDGE="$OUT/export_ar"
+else
+    step "5/7 Gen-PPL judge: $JUDGE"
+fi
 
 step "6/7 sample: blockwise sampler (Eq 121), 2 strides, semantic-frequency penalty (Eq 23)"
 "$PY" -m pipeline.sample --model "$OUT/export_semdlm_plus" --out "$OUT/samples" --steps 32 --strides 2 \
     --num-samples 16 --batch-size 8 --lambda-freq 1 --lambda-sem 0.5 --quiet
 
 step "7/7 evaluate: test NELBO, Gen-PPL (tiny AR judge), entropy, distinct-n, sweeps over steps and lambda_freq"
-"$PY" -m pipeline.evaluate --model "$OUT/export_semdlm_plus" --out "$OUT/eval" --judge "$OUT/export_ar" \
+"$PY" -m pipeline.evaluate --model "$OUT/export_semdlm_plus" --out "$OUT/eval" --judge "$JUDGE" \
     --steps 8,16,32 --lambda-freq 0,1 --lambda-sem 0.5 --num-samples 8 --batch-size 8 \
     --max-test-sequences 32 --t-draws 1 --nelbo-steps 50 --quiet
 
