@@ -116,16 +116,20 @@ class _Progress:
         self.bar.close()
 
 
-def _batches(docs, batch_chars: int):
-    """Group (split, text) into batches of about ``batch_chars`` characters: (splits, texts)."""
-    splits, texts, size = [], [], 0
-    for split, text in docs:
-        splits.append(split)
-        texts.append(text)
-        size += len(text)
-        if size >= batch_chars or len(texts) >= 2048:
-            yield splits, texts
-            splits, texts, size = [], [], 0
+def _batches(chunks, batch_chars: int, max_docs: int = 2048):
+    """Regroup chunks of (split, text) into batches of about ``batch_chars`` characters (at most
+    ``max_docs`` documents) as (splits, texts): the unit of work of a tokeniser process."""
+    splits: list[str] = []
+    texts: list[str] = []
+    size = 0
+    for chunk in chunks:
+        for split, text in chunk:
+            splits.append(split)
+            texts.append(text)
+            size += len(text)
+            if size >= batch_chars or len(texts) >= max_docs:
+                yield splits, texts
+                splits, texts, size = [], [], 0
     if texts:
         yield splits, texts
 

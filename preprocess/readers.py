@@ -83,45 +83,55 @@ def _is_jsonl(path: str) -> bool:
 
 def iter_documents(sources: list[str], router: SplitRouter, stats: dict[str, ReadStats],
                    text_field: str, group: tuple[int, int] = (0, 1),
-                   progress=None) -> Iterator[tuple[str, str]]:
-    """Yield ``(split, text)`` for every accepted document of this group, in input order.
+                   progress=None) -> Iterator[list[tuple[str, str]]]:
+    """Yield lists of ``(split, text)``, every accepted document of this group in input order.
 
-    ``stats`` (split -> ReadStats) is updated in place; skipped lines are attributed to the split
-    their raw bytes hash to, so that every split's stats.json accounts for its own lines.
+    Documents come in chunks (one per ~1 MiB of input) so that the per-line work stays a tight
+    loop. ``stats`` (split -> ReadStats) is updated in place; skipped lines are attributed to the
+    split their raw bytes hash to, so that every split's stats.json accounts for its own lines.
     """
     index, count = group
     ordinal = -1
     for source in sources:
-        for raw, from_hf in _iter_raw(source, text_field):
-            ordinal += 1
-            if ordinal % count != index:
-                continue
+        for chunk, from_hf in _iter_raw_chunks(source, text_field):
             if progress is not None:
-                progress(len(raw) if isinstance(raw, (bytes, str)) else 0)
-            text, reason, replaced = _decode(raw, source, text_field, from_hf)
-            if reason is not None:
-                split = router(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
+                progress(sum(len(r) for r in chunk if isinstance(r, (bytes, str))))
+            docs = []
+            for raw in chunk:
+                ordinal += 1
+                if count > 1 and ordinal % count != index:
+                    continue
+                text, reason, replaced = _decode(raw, source, text_field, from_hf)
+                if reason is not None:
+                    st = stats[router(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))]
+                    st.lines += 1
+                    st.skipped[reason] += 1
+                    continue
+                split = router(text)
                 st = stats[split]
                 st.lines += 1
-                st.skipped[reason] += 1
-                continue
-            split = router(text)
-            st = stats[split]
-            st.lines += 1
-            st.documents += 1
-            st.decode_replaced += replaced
-            yield split, text
+                st.documents += 1
+                st.decode_replaced += replaced
+                docs.append((split, text))
+            if docs:
+                yield docs
 
 
-def _iter_raw(source: str, text_field: str) -> Iterator[tuple[object, bool]]:
+def _iter_raw_chunks(source: str, text_field: str, chunk_bytes: int = 1 << 20) -> Iterator[tuple[list, bool]]:
     if source.startswith("hf:"):
+        chunk: list = []
         for text in _iter_hf(source, text_field):
-            yield text, True
+            chunk.append(text)
+            if len(chunk) == 1024:
+                yield chunk, True
+                chunk = []
+        if chunk:
+            yield chunk, True
         return
     with _open_binary(source) as fh:
         try:
-            for raw in fh:
-                yield raw, False
+            while lines := fh.readlines(chunk_bytes):
+                yield lines, False
         except (OSError, EOFError) as exc:  # truncated / corrupt gzip
             raise ValueError(f"cannot read {source!r}: {exc}") from None
 
