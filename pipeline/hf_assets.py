@@ -119,9 +119,3 @@ def load_tokenizer_spec(name_or_path: str | None = None) -> TokenizerSpec:
     return TokenizerSpec(recorded_name(name_or_path), tok.backend_tokenizer.to_str(), tok.get_vocab(),
                          info["special_ids"])
 
-
-def quick_tokenizer_identity(name_or_path: str | None = None) -> str | None:
-    """The tokenizer identity when it can be read cheaply from a local directory, else None."""
-    if not (Path(resolve_name(name_or_path)) / "tokenizer.json").is_file():
-        return None
-    return load_tokenizer_spec(name_or_path).info()["identity"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import StageRun
-from pipeline.hf_assets import load_tokenizer_spec, quick_tokenizer_identity
+from pipeline.hf_assets import load_tokenizer_spec
 
 from .config import PreprocessConfig
 from .packing import PadTruncatePacker, WrapPacker
@@ -167,15 +167,11 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
     target = group_dir(out, cfg.shard_index, cfg.num_shards) if grouped else out
     sources = {split: resolve_inputs(specs) for split, specs in cfg.inputs.items() if specs}
     file_inputs = [Path(s) for specs in sources.values() for s in specs if not s.startswith("hf:")]
-    run = StageRun(GROUP_STAGE if grouped else STAGE, target, config=cfg.artifact_config(), inputs=file_inputs,
-                   tokenizer={"identity": quick_tokenizer_identity(cfg.tokenizer)},
-                   schema_version=SCHEMA_VERSION, force=force)
-    if run.tokenizer["identity"] is not None and run.is_up_to_date():
-        log(f"{target}: up to date (use --force to rebuild)")
-        return target
+    # A local tokenizer loads in ~0.1 s without transformers, so "up to date" stays fast.
     spec = load_tokenizer_spec(cfg.tokenizer)
-    run.tokenizer = spec.info()
-    if run.is_up_to_date():  # a hub tokenizer: identity known only now
+    run = StageRun(GROUP_STAGE if grouped else STAGE, target, config=cfg.artifact_config(), inputs=file_inputs,
+                   tokenizer=spec.info(), schema_version=SCHEMA_VERSION, force=force)
+    if run.is_up_to_date():
         log(f"{target}: up to date (use --force to rebuild)")
         return target
 

@@ -221,10 +221,10 @@ def test_multi_node_groups_merge_to_the_single_run(tmp_path, lm1b_lines):
     assert load_manifest(grouped)["stats"]["train"]["documents"] == load_manifest(single)["stats"]["train"]["documents"]
 
 
-def test_quick_identity_matches_tokenizer_and_dtype_choice(tokenizer):
-    from pipeline.hf_assets import quick_tokenizer_identity, tokenizer_info
+def test_light_tokenizer_spec_matches_transformers_and_dtype_choice(tokenizer):
+    from pipeline.hf_assets import load_tokenizer_spec, tokenizer_info
 
-    assert quick_tokenizer_identity() == tokenizer_info(tokenizer)["identity"]
+    assert load_tokenizer_spec().info() == tokenizer_info(tokenizer)  # identity, size, special ids
     assert token_dtype(30522) == "uint16" and token_dtype(65535) == "uint16" and token_dtype(65536) == "int32"
 
 
