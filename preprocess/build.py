@@ -118,18 +118,22 @@ class _Progress:
 
 def _batches(chunks, batch_chars: int, max_docs: int = 2048):
     """Regroup chunks of (split, text) into batches of about ``batch_chars`` characters (at most
-    ``max_docs`` documents) as (splits, texts): the unit of work of a tokeniser process."""
+    ``max_docs`` documents) as (splits, texts): the unit of work of a tokeniser process.
+
+    The first batches are smaller (1/8, 1/4, 1/2 of the limits) so that every worker has work and
+    the first results come back early instead of after one full batch.
+    """
     splits: list[str] = []
     texts: list[str] = []
-    size = 0
+    size, scale = 0, 8
     for chunk in chunks:
         for split, text in chunk:
             splits.append(split)
             texts.append(text)
             size += len(text)
-            if size >= batch_chars or len(texts) >= max_docs:
+            if size * scale >= batch_chars or len(texts) * scale >= max_docs:
                 yield splits, texts
-                splits, texts, size = [], [], 0
+                splits, texts, size, scale = [], [], 0, max(1, scale // 2)
     if texts:
         yield splits, texts
 
