@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from kernel_tables import random_tables as shared_random_tables
 
 from pipeline import schedules as sch
 from pipeline import inspect_kernel
@@ -16,15 +17,7 @@ PRESETS = ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm
 
 
 def random_tables(vocab=V, k=K, seed=0):
-    """A full neighbour table without self, sorted similarities, valid vocab without [MASK], a unigram prior."""
-    g = torch.Generator().manual_seed(seed)
-    nb = torch.stack([torch.randperm(vocab - 1, generator=g)[:k] for _ in range(vocab)])
-    nb = nb + (nb >= torch.arange(vocab)[:, None]).long()  # skip the row token itself
-    sims = torch.sort(torch.rand(vocab, k, generator=g), descending=True, dim=1).values
-    valid = torch.ones(vocab, dtype=torch.bool)
-    valid[MASK] = False
-    prior = torch.rand(vocab, generator=g, dtype=torch.float64) * valid
-    return dict(neighbors=nb, similarities=sims, valid_vocab=valid, unigram_prior=prior / prior.sum())
+    return shared_random_tables(vocab, k, MASK, seed)
 
 
 def make_kernel(preset, **overrides):

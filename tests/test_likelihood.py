@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from kernel_tables import random_tables
 
 from pipeline.kernels import KernelConfig, build_kernel
 from pipeline.likelihood import (bits_per_token, discrete_nelbo, mdlm_integrand, mdlm_nelbo, perplexity,
@@ -16,14 +17,7 @@ PRESETS = ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm
 
 
 def tables(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    nb = torch.stack([torch.randperm(V - 1, generator=g)[:K] for _ in range(V)])
-    nb = nb + (nb >= torch.arange(V)[:, None]).long()
-    sims = torch.sort(torch.rand(V, K, generator=g), descending=True, dim=1).values
-    valid = torch.ones(V, dtype=torch.bool)
-    valid[MASK] = False
-    prior = torch.rand(V, generator=g, dtype=torch.float64) * valid
-    return dict(neighbors=nb, similarities=sims, valid_vocab=valid, unigram_prior=prior / prior.sum())
+    return random_tables(V, K, MASK, seed)
 
 
 def make_kernel(preset, **overrides):
