@@ -39,7 +39,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--separator", default=None, help="owt separator token (default [SEP] or eos)")
     p.add_argument("--shard-size-limit", type=int, default=1 << 26, help="bytes per MDS shard (uncompressed)")
     p.add_argument("--compression", default="zstd", help="MDS compression (zstd, gz, ... or 'none')")
-    p.add_argument("--workers", type=int, default=1, help="tokeniser processes")
+    p.add_argument("--workers", type=int, default=1, help="tokeniser threads (each one core)")
     p.add_argument("--shard-index", type=int, default=0, help="multi-node: index of this group")
     p.add_argument("--num-shards", type=int, default=1, help="multi-node: number of groups")
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact is up to date")

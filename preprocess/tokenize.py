@@ -1,21 +1,27 @@
-"""Batched tokenisation, in-process or in a pool of worker processes, in input order.
+"""Batched tokenisation on a pool of threads, results in input order, bounded memory.
 
-The tokenizer travels to workers as its JSON serialisation. Truncation and padding are switched
-off explicitly: some shipped ``tokenizer.json`` files (the offline MiniLM's among them) enable
-truncation to 128 and padding, which would silently cut every long document.
+Each batch is encoded by one call of the Rust tokenizer, which releases the GIL while it works, so
+``workers`` threads encode ``workers`` batches at once while the main thread reads, packs and
+writes. Threads beat worker processes here: no fork, no tokenizer rebuilt per worker, no texts or
+ids pickled across processes (on 2 cores the LM1B sample ran in 0.54 s instead of 0.66 s).
+
+Truncation and padding are switched off explicitly: some shipped ``tokenizer.json`` files (the
+offline MiniLM's among them) enable truncation to 128 and padding, which would silently cut every
+long document.
 """
 from __future__ import annotations
 
 import collections
-import multiprocessing as mp
+import itertools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 import numpy as np
 
-_TOKENIZER = None
 _WHITESPACE = re.compile(r"\s")
+_PARALLELISM_VAR = "TOKENIZERS_PARALLELISM"
 
 
 def make_backend(tokenizer_json: str):
@@ -25,12 +31,6 @@ def make_backend(tokenizer_json: str):
     backend.no_truncation()
     backend.no_padding()
     return backend
-
-
-def _init_worker(tokenizer_json: str) -> None:
-    global _TOKENIZER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core
-    _TOKENIZER = make_backend(tokenizer_json)
 
 
 def cut_long_text(text: str, max_chars: int) -> list[str]:
@@ -57,7 +57,7 @@ def cut_long_text(text: str, max_chars: int) -> list[str]:
 def encode_texts(backend, texts: list[str], max_chars: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of ``texts`` (no special tokens) as (flat int32 ids, int64 lengths)."""
     if max(map(len, texts), default=0) <= max_chars:  # the common case: one piece per text
-        pieces, owner = texts, np.arange(len(texts))
+        pieces, owner = texts, None
     else:
         pieces, owner_list = [], []
         for i, text in enumerate(texts):
@@ -65,59 +65,51 @@ def encode_texts(backend, texts: list[str], max_chars: int) -> tuple[np.ndarray,
                 pieces.append(piece)
                 owner_list.append(i)
         owner = np.asarray(owner_list, dtype=np.int64)
-    encodings = backend.encode_batch_fast(pieces, add_special_tokens=False)
-    piece_ids = [e.ids for e in encodings]
+    piece_ids = [e.ids for e in backend.encode_batch_fast(pieces, add_special_tokens=False)]
     piece_len = np.fromiter(map(len, piece_ids), dtype=np.int64, count=len(piece_ids))
-    lengths = np.bincount(owner, weights=piece_len, minlength=len(texts)).astype(np.int64)
-    flat = (np.concatenate([np.asarray(ids, dtype=np.int32) for ids in piece_ids])
-            if piece_ids else np.zeros(0, np.int32))
+    lengths = piece_len if owner is None else np.bincount(owner, weights=piece_len, minlength=len(texts)).astype(np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int32, count=int(piece_len.sum()))
     return flat, lengths
 
 
-def _encode_task(task: tuple[list[str], int]) -> tuple[np.ndarray, np.ndarray]:
-    texts, max_chars = task
-    return encode_texts(_TOKENIZER, texts, max_chars)
-
-
 class OrderedEncoder:
-    """Encodes batches of texts, yielding results in submission order with bounded memory.
+    """Encodes batches of texts on ``workers`` threads, yielding results in submission order.
 
-    ``workers == 1`` encodes in this process (the Rust tokenizer then uses its own threads);
-    ``workers > 1`` uses a process pool with at most ``2 * workers`` batches in flight, so peak
-    memory does not grow with the corpus.
+    At most ``2 * workers`` batches are in flight, so peak memory does not grow with the corpus.
+    While it is open the tokenizer's own (rayon) parallelism is switched off for this process
+    (``TOKENIZERS_PARALLELISM=false``): each thread is one core, so ``--workers`` bounds the cores
+    the stage uses. The previous setting is restored on close.
     """
 
     def __init__(self, tokenizer_json: str, workers: int, max_chars: int):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers, self.max_chars = workers, max_chars
-        self._pool = None
-        if workers > 1:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_json,))
-            self._backend = None
-        else:
-            self._backend = make_backend(tokenizer_json)
+        self._saved_parallelism = os.environ.get(_PARALLELISM_VAR)
+        os.environ[_PARALLELISM_VAR] = "false"
+        self._backend = make_backend(tokenizer_json)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
 
     def map(self, batches: Iterable) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
         """``batches`` yields (payload, texts); this yields (payload, flat_ids, lengths)."""
-        if self._pool is None:
-            for payload, texts in batches:
-                yield (payload, *encode_texts(self._backend, texts, self.max_chars))
-            return
         pending: collections.deque = collections.deque()
         for payload, texts in batches:
-            pending.append((payload, self._pool.apply_async(_encode_task, ((texts, self.max_chars),))))
+            pending.append((payload, self._pool.submit(encode_texts, self._backend, texts, self.max_chars)))
             if len(pending) >= 2 * self.workers:
-                payload0, result = pending.popleft()
-                yield (payload0, *result.get())
+                payload0, future = pending.popleft()
+                yield (payload0, *future.result())
         while pending:
-            payload0, result = pending.popleft()
-            yield (payload0, *result.get())
+            payload0, future = pending.popleft()
+            yield (payload0, *future.result())
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+            if self._saved_parallelism is None:
+                os.environ.pop(_PARALLELISM_VAR, None)
+            else:
+                os.environ[_PARALLELISM_VAR] = self._saved_parallelism
 
     def __enter__(self):
         return self

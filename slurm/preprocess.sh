@@ -26,7 +26,8 @@ SEQ_LEN=${SEQ_LEN:-""}                  # empty: 128 for lm1b, 1024 for owt
 TOKENIZER=${TOKENIZER:-default}         # HF path or hub id; default = offline bert-base-uncased
 VALID_FRACTION=${VALID_FRACTION:-0.005} # hash split of the train inputs
 NUM_SHARDS=${NUM_SHARDS:-4}             # array size = number of groups
-WORKERS=${WORKERS:-${SLURM_CPUS_PER_TASK:-8}}  # tokeniser processes per group
+WORKERS=${WORKERS:-${SLURM_CPUS_PER_TASK:-8}}  # tokeniser threads per group (one core each); short
+                                        # sentences (lm1b) saturate a group at ~5: add groups instead
 PYTHON=${PYTHON:-.venv/bin/python}
 EXTRA_ARGS=${EXTRA_ARGS:-""}            # anything else for python -m preprocess
 # --------------------------------------------------------------------------------------------
