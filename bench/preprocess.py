@@ -7,11 +7,12 @@ For each shared corpus (LM1B sentences, web documents) it measures, in the same 
     texts already in memory — the speed of light for tokenisation alone;
   * stage: ``run_preprocess`` end to end (read, split, tokenise, pack, write zstd MDS shards,
     checksums, manifest) in a fresh process with its imports already loaded; the wall time of the
-    whole process (interpreter start and ~3 s of torch/transformers imports that
+    whole process (interpreter start and ~5 s of torch/transformers imports that
     ``streaming`` pulls in) is printed next to it as the CLI figure;
 and prints tokens/s of both and their ratio (target >= 0.7 with --workers 2), for each corpus as
-shipped and repeated ``--repeat`` times (where the stage's fixed start-up cost is amortised). It
-also reports the peak RSS of the stage's process tree on the web corpus at 1x and Nx.
+shipped (medians of ``--trials`` alternating runs of each side: the LM1B sample is a 0.4 s job, so
+one run is noisy) and repeated ``--repeat`` times (where the stage's fixed start-up cost is
+amortised). It also reports the peak RSS of the stage process on the web corpus at 1x and Nx.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,41 +49,30 @@ def raw_tokens_per_s(texts: list[str]) -> tuple[float, int]:
     return ntok / (time.perf_counter() - start), ntok
 
 
-# Peak memory is the largest sum of RSS over the stage's process tree (main + tokeniser workers),
-# sampled every 20 ms. (getrusage's ru_maxrss is not usable here: Linux carries it across exec, so
-# a child would report the peak of the benchmark process that spawned it.)
+# Peak memory is the kernel's high-water mark of the stage process's resident set (VmHWM in
+# /proc/self/status): exact, no sampling. The stage is one process (tokeniser threads, no worker
+# processes). Two other measures were tried and are wrong here: getrusage's ru_maxrss survives
+# exec on Linux (a child reports the peak of the process that spawned it), and summing RSS over the
+# process tree counts the whole parent again for every short-lived `git` child caught between
+# fork and exec (one sample of that window once reported 2.0 GiB for a 1.1 GiB run).
 _RUNNER = """
-import json, sys, threading, time
-import psutil
+import json, sys, time
 import streaming  # warm the heavy imports (torch, transformers) outside the timed region
 from preprocess.build import run_preprocess
 from preprocess.config import PreprocessConfig
 inputs, out, mode, workers = json.loads(sys.argv[1])
 cfg = PreprocessConfig(mode=mode, workers=workers, progress=False, inputs={"train": inputs})
-me, peak, done = psutil.Process(), [0], threading.Event()
-def sample():
-    while not done.is_set():
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        peak[0] = max(peak[0], total)
-        time.sleep(0.02)
-sampler = threading.Thread(target=sample, daemon=True)
-sampler.start()
 t = time.perf_counter()
 run_preprocess(cfg, out, force=True, log=lambda *_: None)
 seconds = time.perf_counter() - t
-done.set(); sampler.join()
-print(json.dumps({"seconds": seconds, "rss_kib": peak[0] / 1024}))
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()
+print(json.dumps({"seconds": seconds, "rss_kib": int(status[0])}))
 """
 
 
 def stage_run(inputs: list[Path], out: Path, mode: str, workers: int) -> dict:
     """One stage run in a fresh process: stage seconds (imports warm), CLI-like wall seconds
-    (interpreter start + imports + stage), document tokens written, peak RSS MiB (process tree)."""
+    (interpreter start + imports + stage), document tokens written, peak RSS MiB of the process."""
     start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps([list(map(str, inputs)), str(out), mode, workers])],
                          check=True, capture_output=True, text=True, cwd=REPO,
@@ -99,21 +90,30 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--trials", type=int, default=3, help="runs of each side on the corpora as shipped (medians)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
-        print(f"| corpus | raw tokenizers tok/s | stage tok/s (--workers {args.workers}) | ratio | "
-              "CLI wall s (incl. ~3 s of imports) | CLI ratio |")
+        print(f"| corpus | raw tokenizers tok/s | stage tok/s (--workers {args.workers}) | "
+              f"ratio (median of {args.trials}; min–max) | "
+              "CLI wall s (interpreter + imports + stage) | CLI ratio |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, path, mode in (("lm1b_sample/train.txt", CORPORA / "lm1b_sample" / "train.txt", "lm1b"),
                                  ("web_sample/train.jsonl", CORPORA / "web_sample" / "train.jsonl", "owt")):
-            raw, ntok = raw_tokens_per_s(_texts(path))
-            run = stage_run([path], work / mode, mode, args.workers)
-            if mode == "owt":
-                assert run["doc_tokens"] == ntok, (run["doc_tokens"], ntok)  # same tokens as the raw encode
-            stage = ntok / run["seconds"]  # lm1b truncates long sentences: rate on the tokens encoded
-            print(f"| {name} | {raw:,.0f} | {stage:,.0f} | {stage / raw:.2f} | {run['wall']:.1f} | "
-                  f"{ntok / run['wall'] / raw:.2f} |")
+            texts = _texts(path)
+            raws, runs = [], []
+            for _ in range(args.trials):  # alternate, so both sides see the same machine conditions
+                raw, ntok = raw_tokens_per_s(texts)
+                raws.append(raw)
+                runs.append(stage_run([path], work / mode, mode, args.workers))
+                if mode == "owt":  # same tokens as the raw encode
+                    assert runs[-1]["doc_tokens"] == ntok, (runs[-1]["doc_tokens"], ntok)
+            # lm1b truncates long sentences: rates are on the tokens encoded
+            stages = [ntok / run["seconds"] for run in runs]
+            ratios = sorted(st / rw for st, rw in zip(stages, raws))
+            raw, stage, wall = median(raws), median(stages), median(run["wall"] for run in runs)
+            print(f"| {name} | {raw:,.0f} | {stage:,.0f} | {stage / raw:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f}) | "
+                  f"{wall:.1f} | {ntok / wall / raw:.2f} |")
         print(f"\n{args.repeat}x corpora (steady state: fixed start-up costs amortised):")
         print(f"| corpus x{args.repeat} | raw tokenizers tok/s | stage tok/s | ratio | CLI wall s | CLI ratio |")
         print("|---|---:|---:|---:|---:|---:|")
@@ -133,7 +133,7 @@ def main() -> int:
         one = stage_run([web], work / "x1", "owt", args.workers)
         many = runs["owt"]
         size1, sizen = web.stat().st_size / 2**20, web.stat().st_size * args.repeat / 2**20
-        print(f"\npeak RSS (sum over the stage's process tree), owt mode, --workers {args.workers}:")
+        print(f"\npeak RSS of the stage process (VmHWM, imports included), owt mode, --workers {args.workers}:")
         print(f"  1x corpus ({size1:.0f} MiB): {one['rss_mib']:.0f} MiB in {one['seconds']:.1f} s")
         print(f"  {args.repeat}x corpus ({sizen:.0f} MiB): {many['rss_mib']:.0f} MiB in {many['seconds']:.1f} s")
         print(f"  ratio {many['rss_mib'] / one['rss_mib']:.2f}")

@@ -71,13 +71,13 @@ _SPECIAL_NAMES = ("pad", "cls", "sep", "mask", "unk", "bos", "eos")
 class TokenizerSpec:
     """What the data stages need of a tokenizer, loadable without ``transformers``/``torch``.
 
-    ``backend_json`` is the Rust tokenizer's serialisation (truncation/padding as shipped; users
-    switch them off), ``vocab`` token -> id including added tokens, ``special_ids`` the ids of the
+    ``backend`` is the Rust ``tokenizers.Tokenizer`` (truncation/padding as shipped; users switch
+    them off), ``vocab`` token -> id including added tokens, ``special_ids`` the ids of the
     named special tokens the tokenizer defines.
     """
 
     name_or_path: str
-    backend_json: str
+    backend: Any
     vocab: dict
     special_ids: dict
 
@@ -113,9 +113,9 @@ def load_tokenizer_spec(name_or_path: str | None = None) -> TokenizerSpec:
                 token = token.get("content")
             if isinstance(token, str) and token in vocab:
                 special[key] = vocab[token]
-        return TokenizerSpec(recorded_name(name_or_path), backend.to_str(), vocab, special)
+        return TokenizerSpec(recorded_name(name_or_path), backend, vocab, special)
     tok = load_tokenizer(name)
     info = tokenizer_info(tok, name)
-    return TokenizerSpec(recorded_name(name_or_path), tok.backend_tokenizer.to_str(), tok.get_vocab(),
+    return TokenizerSpec(recorded_name(name_or_path), tok.backend_tokenizer, tok.get_vocab(),
                          info["special_ids"])
 

@@ -138,6 +138,15 @@ def _batches(chunks, batch_chars: int, max_docs: int = 2048):
         yield splits, texts
 
 
+def _batch_chars(cfg: PreprocessConfig, total_bytes: int) -> int:
+    """Characters per tokenisation batch: ``cfg.batch_chars``, but on small corpora ~32 batches per
+    worker, so that the last batch (encoded while the other workers idle) is short."""
+    if not total_bytes:  # hf: inputs, size unknown
+        return cfg.batch_chars
+    group_bytes = total_bytes // cfg.num_shards
+    return min(cfg.batch_chars, max(4096, group_bytes // (32 * cfg.workers)))
+
+
 def _make_packer(cfg: PreprocessConfig, special: dict, pad_id: int, dtype):
     if cfg.mode == "lm1b" and not cfg.wrap:
         return PadTruncatePacker(cfg.seq_len, special["cls"], special["sep"], pad_id, dtype)
@@ -183,21 +192,21 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
     special = _special_ids(spec, cfg)
     dtype = token_dtype(vocab_size)
     read_stats = {split: ReadStats() for split in ("train", "validation", "test")}
-    tokenizer_json = spec.backend_json
     total_bytes = sum(input_size(s) for s in sources.values())
+    batch_chars = _batch_chars(cfg, total_bytes)
     with run as tmp:
         progress = _Progress(cfg.progress, total_bytes)
         writers = {split: _SplitWriter(tmp, split, cfg, dtype, special["pad"], vocab_size) for split in cfg.splits}
         packers = {split: _make_packer(cfg, special, special["pad"], np.dtype(dtype)) for split in cfg.splits}
         try:
-            with OrderedEncoder(tokenizer_json, cfg.workers, cfg.max_doc_chars) as encoder:
+            with OrderedEncoder(spec.backend, cfg.workers, cfg.max_doc_chars) as encoder:
                 for split_name, split_sources in sources.items():
                     hash_split = split_name == "train" and (cfg.valid_fraction or cfg.test_fraction)
                     router = SplitRouter(None if hash_split else split_name,
                                          cfg.valid_fraction, cfg.test_fraction, cfg.split_seed)
                     docs = iter_documents(split_sources, router, read_stats, cfg.text_field,
                                           group=(cfg.shard_index, cfg.num_shards), progress=progress)
-                    for splits, flat, lengths in encoder.map(_batches(docs, cfg.batch_chars)):
+                    for splits, flat, lengths in encoder.map(_batches(docs, batch_chars)):
                         _route_batch(splits, flat, lengths, packers, writers)
                         progress.add(len(lengths), int(lengths.sum()))
             stats = {}

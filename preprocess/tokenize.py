@@ -24,13 +24,16 @@ _WHITESPACE = re.compile(r"\s")
 _PARALLELISM_VAR = "TOKENIZERS_PARALLELISM"
 
 
-def make_backend(tokenizer_json: str):
-    from tokenizers import Tokenizer
+def make_backend(tokenizer):
+    """A ``tokenizers.Tokenizer`` (given one, or its JSON serialisation) with truncation and padding
+    switched off; a given tokenizer is changed in place."""
+    if isinstance(tokenizer, str):
+        from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer_json)
-    backend.no_truncation()
-    backend.no_padding()
-    return backend
+        tokenizer = Tokenizer.from_str(tokenizer)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def cut_long_text(text: str, max_chars: int) -> list[str]:
@@ -81,13 +84,13 @@ class OrderedEncoder:
     the stage uses. The previous setting is restored on close.
     """
 
-    def __init__(self, tokenizer_json: str, workers: int, max_chars: int):
+    def __init__(self, tokenizer, workers: int, max_chars: int):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers, self.max_chars = workers, max_chars
         self._saved_parallelism = os.environ.get(_PARALLELISM_VAR)
         os.environ[_PARALLELISM_VAR] = "false"
-        self._backend = make_backend(tokenizer_json)
+        self._backend = make_backend(tokenizer)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
 
     def map(self, batches: Iterable) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
