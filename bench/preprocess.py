@@ -1,6 +1,6 @@
 """Preprocess throughput vs a raw ``tokenizers`` batch encode, and peak memory vs corpus size.
 
-    python bench/preprocess.py [--workers 2] [--repeat 10]
+    python bench/preprocess.py [--workers 2] [--repeat 10] [--worker-kind thread|process]
 
 For each shared corpus (LM1B sentences, web documents) it measures, in the same run:
   * raw: ``Tokenizer.encode_batch_fast`` of every text (truncation/padding off, Rust threads on),
@@ -60,8 +60,8 @@ import json, sys, time
 import streaming  # warm the heavy imports (torch, transformers) outside the timed region
 from preprocess.build import run_preprocess
 from preprocess.config import PreprocessConfig
-inputs, out, mode, workers = json.loads(sys.argv[1])
-cfg = PreprocessConfig(mode=mode, workers=workers, progress=False, inputs={"train": inputs})
+inputs, out, mode, workers, kind = json.loads(sys.argv[1])
+cfg = PreprocessConfig(mode=mode, workers=workers, worker_kind=kind, progress=False, inputs={"train": inputs})
 t = time.perf_counter()
 run_preprocess(cfg, out, force=True, log=lambda *_: None)
 seconds = time.perf_counter() - t
@@ -70,11 +70,12 @@ print(json.dumps({"seconds": seconds, "rss_kib": int(status[0])}))
 """
 
 
-def stage_run(inputs: list[Path], out: Path, mode: str, workers: int) -> dict:
+def stage_run(inputs: list[Path], out: Path, mode: str, workers: int, kind: str = "thread") -> dict:
     """One stage run in a fresh process: stage seconds (imports warm), CLI-like wall seconds
     (interpreter start + imports + stage), document tokens written, peak RSS MiB of the process."""
     start = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps([list(map(str, inputs)), str(out), mode, workers])],
+    spec = json.dumps([list(map(str, inputs)), str(out), mode, workers, kind])
+    res = subprocess.run([sys.executable, "-c", _RUNNER, spec],
                          check=True, capture_output=True, text=True, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     wall = time.perf_counter() - start
@@ -89,12 +90,13 @@ def stage_run(inputs: list[Path], out: Path, mode: str, workers: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--worker-kind", choices=["thread", "process"], default="thread")
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--trials", type=int, default=3, help="runs of each side on the corpora as shipped (medians)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
-        print(f"| corpus | raw tokenizers tok/s | stage tok/s (--workers {args.workers}) | "
+        print(f"| corpus | raw tokenizers tok/s | stage tok/s (--workers {args.workers} --worker-kind {args.worker_kind}) | "
               f"ratio (median of {args.trials}; min–max) | "
               "CLI wall s (interpreter + imports + stage) | CLI ratio |")
         print("|---|---:|---:|---:|---:|---:|")
@@ -105,7 +107,7 @@ def main() -> int:
             for _ in range(args.trials):  # alternate, so both sides see the same machine conditions
                 raw, ntok = raw_tokens_per_s(texts)
                 raws.append(raw)
-                runs.append(stage_run([path], work / mode, mode, args.workers))
+                runs.append(stage_run([path], work / mode, mode, args.workers, args.worker_kind))
                 if mode == "owt":  # same tokens as the raw encode
                     assert runs[-1]["doc_tokens"] == ntok, (runs[-1]["doc_tokens"], ntok)
             # lm1b truncates long sentences: rates are on the tokens encoded
@@ -125,15 +127,16 @@ def main() -> int:
                 for _ in range(args.repeat):
                     fh.write(path.read_bytes())
             raw_big, ntok_big = raw_tokens_per_s(_texts(big))
-            runs[mode] = stage_run([big], work / f"xn_{mode}", mode, args.workers)
+            runs[mode] = stage_run([big], work / f"xn_{mode}", mode, args.workers, args.worker_kind)
             stage = ntok_big / runs[mode]["seconds"]
             print(f"| {name} | {raw_big:,.0f} | {stage:,.0f} | {stage / raw_big:.2f} | {runs[mode]['wall']:.1f} | "
                   f"{ntok_big / runs[mode]['wall'] / raw_big:.2f} |")
         web = CORPORA / "web_sample" / "train.jsonl"
-        one = stage_run([web], work / "x1", "owt", args.workers)
+        one = stage_run([web], work / "x1", "owt", args.workers, args.worker_kind)
         many = runs["owt"]
         size1, sizen = web.stat().st_size / 2**20, web.stat().st_size * args.repeat / 2**20
-        print(f"\npeak RSS of the stage process (VmHWM, imports included), owt mode, --workers {args.workers}:")
+        scope = "imports included" if args.worker_kind == "thread" else "main process only, not its workers"
+        print(f"\npeak RSS of the stage process (VmHWM, {scope}), owt mode, --workers {args.workers}:")
         print(f"  1x corpus ({size1:.0f} MiB): {one['rss_mib']:.0f} MiB in {one['seconds']:.1f} s")
         print(f"  {args.repeat}x corpus ({sizen:.0f} MiB): {many['rss_mib']:.0f} MiB in {many['seconds']:.1f} s")
         print(f"  ratio {many['rss_mib'] / one['rss_mib']:.2f}")

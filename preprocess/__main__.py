@@ -39,7 +39,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--separator", default=None, help="owt separator token (default [SEP] or eos)")
     p.add_argument("--shard-size-limit", type=int, default=1 << 26, help="bytes per MDS shard (uncompressed)")
     p.add_argument("--compression", default="zstd", help="MDS compression (zstd, gz, ... or 'none')")
-    p.add_argument("--workers", type=int, default=1, help="tokeniser threads (each one core)")
+    p.add_argument("--workers", type=int, default=1, help="tokeniser workers (each one core)")
+    p.add_argument("--worker-kind", choices=["thread", "process"], default="thread",
+                   help="threads (default: no fork, no pickling, half the memory) or processes "
+                        "(for many workers on short sentences, where one group's GIL saturates)")
     p.add_argument("--shard-index", type=int, default=0, help="multi-node: index of this group")
     p.add_argument("--num-shards", type=int, default=1, help="multi-node: number of groups")
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact is up to date")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             split_seed=args.split_seed, separator=args.separator, shard_size_limit=args.shard_size_limit,
             compression=None if args.compression == "none" else args.compression,
             shard_index=args.shard_index, num_shards=args.num_shards, workers=args.workers,
-            progress=not args.no_progress,
+            worker_kind=args.worker_kind, progress=not args.no_progress,
             inputs={"train": args.input, "validation": args.valid_input, "test": args.test_input})
         run_preprocess(cfg, args.out, force=args.force)
     return 0

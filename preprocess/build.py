@@ -199,7 +199,7 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
         writers = {split: _SplitWriter(tmp, split, cfg, dtype, special["pad"], vocab_size) for split in cfg.splits}
         packers = {split: _make_packer(cfg, special, special["pad"], np.dtype(dtype)) for split in cfg.splits}
         try:
-            with OrderedEncoder(spec.backend, cfg.workers, cfg.max_doc_chars) as encoder:
+            with OrderedEncoder(spec.backend, cfg.workers, cfg.max_doc_chars, cfg.worker_kind) as encoder:
                 for split_name, split_sources in sources.items():
                     hash_split = split_name == "train" and (cfg.valid_fraction or cfg.test_fraction)
                     router = SplitRouter(None if hash_split else split_name,

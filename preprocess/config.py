@@ -12,8 +12,8 @@ SPLITS = ("train", "validation", "test")
 class PreprocessConfig:
     """Everything that determines the bytes of a preprocess artifact.
 
-    ``workers`` and ``progress`` change how fast the stage runs, never what it writes, so they are
-    left out of :meth:`artifact_config` (and of the freshness key).
+    ``workers``, ``worker_kind`` and ``progress`` change how fast the stage runs, never what it
+    writes, so they are left out of :meth:`artifact_config` (and of the freshness key).
     """
 
     mode: str = "lm1b"
@@ -32,6 +32,7 @@ class PreprocessConfig:
     shard_index: int = 0                # multi-node: this group's index ...
     num_shards: int = 1                 # ... out of this many groups
     workers: int = 1
+    worker_kind: str = "thread"         # tokeniser threads (default) or processes
     progress: bool = True
     inputs: dict = field(default_factory=dict)  # split -> list of input specs (paths/globs/hf:)
 
@@ -63,6 +64,8 @@ class PreprocessConfig:
             raise ValueError(f"--shard-index must be in [0, --num-shards), got {self.shard_index} of {self.num_shards}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.worker_kind not in ("thread", "process"):
+            raise ValueError(f"--worker-kind must be 'thread' or 'process', got {self.worker_kind!r}")
         if self.shard_size_limit < 1 << 16:
             raise ValueError("--shard-size-limit must be at least 64 KiB")
         if self.compression not in (None, "zstd", "gz", "bz2", "snappy", "zstd:7", "zstd:9"):
@@ -84,6 +87,6 @@ class PreprocessConfig:
 
     def artifact_config(self) -> dict:
         cfg = asdict(self)
-        for runtime_only in ("workers", "progress"):
+        for runtime_only in ("workers", "worker_kind", "progress"):
             cfg.pop(runtime_only)
         return cfg

@@ -87,7 +87,7 @@ def test_lm1b_wrap_packs_sentences(tmp_path, lm1b_lines, tokenizer):
     lines = lm1b_lines[:200]
     out = tmp_path / "wrap"
     assert _run("--input", _write_lines(tmp_path / "s.txt", lines), "--out", out, "--mode", "lm1b",
-                "--seq-len", 64, "--wrap") == 0
+                "--seq-len", 64, "--wrap", "--workers", 2, "--worker-kind", "process") == 0
     ref = _wrapped_reference(tokenizer, lines, 64, tokenizer.cls_token_id, tokenizer.sep_token_id)
     np.testing.assert_array_equal(read_split(out / "train"), ref)
 
@@ -240,21 +240,22 @@ def test_fast_row_encoding_equals_mdswriter(tmp_path):
         fast.encode_sample({"tokens": row.astype(np.int32)})
 
 
-def test_threaded_encoder_keeps_order_and_restores_parallelism(lm1b_lines, tokenizer, monkeypatch):
+def test_encoder_threads_and_processes_keep_order_and_restore_parallelism(lm1b_lines, tokenizer, monkeypatch):
     from preprocess.tokenize import OrderedEncoder
 
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
     lines = lm1b_lines[:600]
     batches = [(k, lines[k:k + 7]) for k in range(0, len(lines), 7)]  # 86 batches on 3 threads
-    with OrderedEncoder(tokenizer.backend_tokenizer.to_str(), workers=3, max_chars=120) as encoder:
-        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # each thread is one core
-        results = list(encoder.map(iter(batches)))
-    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
-    assert [payload for payload, _, _ in results] == [k for k, _ in batches]
     reference = tokenizer(lines, add_special_tokens=False)["input_ids"]  # 330 of them are cut at whitespace
-    lengths = np.concatenate([lens for _, _, lens in results])
-    np.testing.assert_array_equal(lengths, [len(ids) for ids in reference])
-    np.testing.assert_array_equal(np.concatenate([flat for _, flat, _ in results]), np.concatenate(reference))
+    for kind in ("thread", "process"):
+        with OrderedEncoder(tokenizer.backend_tokenizer.to_str(), workers=3, max_chars=120, kind=kind) as encoder:
+            assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # each worker is one core
+            results = list(encoder.map(iter(batches)))
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+        assert [payload for payload, _, _ in results] == [k for k, _ in batches]
+        lengths = np.concatenate([lens for _, _, lens in results])
+        np.testing.assert_array_equal(lengths, [len(ids) for ids in reference])
+        np.testing.assert_array_equal(np.concatenate([flat for _, flat, _ in results]), np.concatenate(reference))
     # A consumer that stops early (an error downstream) must not hang or leak the pool.
     with OrderedEncoder(tokenizer.backend_tokenizer.to_str(), workers=2, max_chars=1000) as encoder:
         next(encoder.map(iter(batches)))
