@@ -28,6 +28,7 @@ VALID_FRACTION=${VALID_FRACTION:-0.005} # hash split of the train inputs
 NUM_SHARDS=${NUM_SHARDS:-4}             # array size = number of groups
 WORKERS=${WORKERS:-${SLURM_CPUS_PER_TASK:-8}}  # tokeniser threads per group (one core each); short
                                         # sentences (lm1b) saturate a group at ~5: add groups instead
+WORKER_KIND=${WORKER_KIND:-thread}      # thread, or process (worker processes)
 PYTHON=${PYTHON:-.venv/bin/python}
 EXTRA_ARGS=${EXTRA_ARGS:-""}            # anything else for python -m preprocess
 # --------------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ if [[ "$ROLE" == launch ]]; then
     exit 0
 fi
 
-args=(--input $INPUT --out "$OUT" --mode "$MODE" --tokenizer "$TOKENIZER" --workers "$WORKERS" --no-progress)
+args=(--input $INPUT --out "$OUT" --mode "$MODE" --tokenizer "$TOKENIZER" --workers "$WORKERS" --worker-kind "$WORKER_KIND" --no-progress)
 [[ -n "$SEQ_LEN" ]] && args+=(--seq-len "$SEQ_LEN")
 [[ -n "$TEST_INPUT" ]] && args+=(--test-input $TEST_INPUT)
 [[ "$VALID_FRACTION" != 0 ]] && args+=(--valid-fraction "$VALID_FRACTION")
