@@ -195,9 +195,11 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
     total_bytes = sum(input_size(s) for s in sources.values())
     batch_chars = _batch_chars(cfg, total_bytes)
     with run as tmp:
-        progress = _Progress(cfg.progress, total_bytes)
+        # Writers first: they import streaming (~5 s of torch/transformers), which the progress
+        # bar's docs/s and tokens/s must not count.
         writers = {split: _SplitWriter(tmp, split, cfg, dtype, special["pad"], vocab_size) for split in cfg.splits}
         packers = {split: _make_packer(cfg, special, special["pad"], np.dtype(dtype)) for split in cfg.splits}
+        progress = _Progress(cfg.progress, total_bytes)
         try:
             with OrderedEncoder(spec.backend, cfg.workers, cfg.max_doc_chars, cfg.worker_kind) as encoder:
                 for split_name, split_sources in sources.items():
