@@ -245,7 +245,7 @@ def test_encoder_threads_and_processes_keep_order_and_restore_parallelism(lm1b_l
 
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
     lines = lm1b_lines[:600]
-    batches = [(k, lines[k:k + 7]) for k in range(0, len(lines), 7)]  # 86 batches on 3 threads
+    batches = [(k, lines[k:k + 7]) for k in range(0, len(lines), 7)]  # 86 batches on 3 workers
     reference = tokenizer(lines, add_special_tokens=False)["input_ids"]  # 330 of them are cut at whitespace
     for kind in ("thread", "process"):
         with OrderedEncoder(tokenizer.backend_tokenizer.to_str(), workers=3, max_chars=120, kind=kind) as encoder:
