@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from pipeline.model import BERT_VOCAB_SIZE, DiffusionTransformer, ModelConfig, count_parameters
+from pipeline.model import DiffusionTransformer, ModelConfig, count_parameters
 
 KERNELS = ("mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus")
 BERT_MASK_ID = 103

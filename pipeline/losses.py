@@ -116,7 +116,3 @@ def ar_loss(logits: torch.Tensor, x: torch.Tensor, pad_mask: torch.Tensor | None
     ce = per_token_cross_entropy(logits[:, :-1], x[:, 1:])
     real = _real_tokens(x, pad_mask)[:, 1:]
     return torch.where(real, ce, 0.0).sum() / real.sum().clamp_min(1)
-
-
-def bits_per_token(nats_per_token: float | torch.Tensor) -> float:
-    return float(nats_per_token) / 0.6931471805599453

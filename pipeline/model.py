@@ -22,7 +22,7 @@ Logits are returned in float32 even under bf16 autocast (likelihoods are compute
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn

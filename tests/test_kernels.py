@@ -121,7 +121,8 @@ def test_mass_beyond_table_goes_to_global_branch():
     t = 0.8
     alpha, beta, lam = kernel.branch_weights(t)
     k_t = 1 + (2 * K - 1) * t  # 8.2 > 5 stored ranks: mixture 0.8 U(top-8) + 0.2 U(top-9)
-    within = 0.8 * K / 8 + 0.2 * K / 9
+    f, w = int(k_t), k_t - int(k_t)
+    within = (1 - w) * K / f + w * K / (f + 1)  # share of the local mass on the 5 stored ranks
     raw_lam = 1 - alpha - t ** 2
     assert torch.isclose(lam, raw_lam * within) and torch.isclose(beta, t ** 2 + raw_lam * (1 - within))
 

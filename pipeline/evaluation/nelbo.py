@@ -9,14 +9,13 @@ seeded, so the estimate is reproducible.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.likelihood import discrete_nelbo, mdlm_nelbo, udlm_nelbo
+from pipeline.likelihood import bits_per_token, discrete_nelbo, mdlm_nelbo, perplexity, udlm_nelbo
 
 SEQ_COLUMN = "tokens"
 
@@ -79,6 +78,6 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
         tokens += int(real[:, 1:].sum()) if exported.kind == "ar" else int(real.sum())
     per_token = total / tokens
     return {"bound": bound, "sequences": len(sequences), "tokens": tokens, "nelbo_nats": total,
-            "nats_per_token": per_token, "bits_per_token": per_token / math.log(2.0),
-            "perplexity": math.exp(per_token), "t_draws": t_draws, "seed": seed,
+            "nats_per_token": per_token, "bits_per_token": bits_per_token(total, tokens),
+            "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed,
             "num_steps": num_steps if bound and bound.startswith("discrete") else None}
