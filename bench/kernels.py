@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from pipeline.model import DiffusionTransformer, ModelConfig, count_parameters
+from pipeline.core.model import DiffusionTransformer, ModelConfig, count_parameters
 
 KERNELS = ("mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus")
 BERT_MASK_ID = 103
@@ -89,7 +89,7 @@ def time_corruption(kernel, batch: int, seq_len: int, vocab_size: int, reps: int
 
 
 def build(name: str, tables, vocab_size: int):
-    from pipeline.kernels import KernelConfig, build_kernel
+    from pipeline.core.kernels import KernelConfig, build_kernel
     neighbors, similarities, valid, unigram = tables
     return build_kernel(KernelConfig.preset(name), vocab_size, BERT_MASK_ID, neighbors, valid, unigram,
                         similarities=similarities)

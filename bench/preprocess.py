@@ -40,7 +40,7 @@ def _texts(path: Path) -> list[str]:
 
 def raw_tokens_per_s(texts: list[str]) -> tuple[float, int]:
     from preprocess.tokenize import make_backend
-    from pipeline.hf_assets import load_tokenizer
+    from pipeline.common.hf_assets import load_tokenizer
 
     backend = make_backend(load_tokenizer().backend_tokenizer.to_str())
     start = time.perf_counter()

@@ -24,8 +24,8 @@ import time
 import torch
 
 from bench.kernels import BERT_MASK_ID, random_neighbor_tables
-from pipeline.kernels import KernelConfig, build_kernel
-from pipeline.model import BERT_VOCAB_SIZE, DiffusionTransformer, ModelConfig
+from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.core.model import BERT_VOCAB_SIZE, DiffusionTransformer, ModelConfig
 from pipeline.sampling.draws import categorical
 from pipeline.sampling.penalty import PenaltyConfig, apply_semantic_frequency_penalty, association_from_neighbors
 

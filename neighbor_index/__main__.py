@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.artifacts import stage_errors
+from pipeline.common.artifacts import stage_errors
 
 from .build import run_neighbor_index
 from .config import INDEX_KINDS, NeighborIndexConfig

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import ArtifactError, StageRun, load_manifest
-from pipeline.hf_assets import resolve_name
+from pipeline.common.artifacts import ArtifactError, StageRun, load_manifest
+from pipeline.common.hf_assets import resolve_name
+from pipeline.common.neighbor_artifact import STAGE, semantic_association_rows, write_neighbor_arrays
 
 from .config import NeighborIndexConfig
 from .embed import embed_texts, find_embedding_tensor, load_embedding_matrix, model_weight_files
 from .prior import prior_support, unigram_prior
 from .report import render_report
-from .search import search_neighbors, semantic_association
+from .search import search_neighbors
 from .vocab import (Vocabulary, check_identity, classify_tokens, has_tokenizer, model_vocab_identity,
                     surface_form, upstream_vocabulary, vocabulary_from_tokenizer)
 
-STAGE = "neighbor_index"
 SCHEMA_VERSION = 1
 
 
@@ -104,7 +104,7 @@ def run_neighbor_index(cfg: NeighborIndexConfig, preprocessed: str | Path, out: 
                               progress=cfg.progress, recall_sample=cfg.recall_sample, seed=cfg.seed,
                               **_index_args(cfg))
     t2 = time.perf_counter()
-    assoc_idx, assoc_w = semantic_association(tables.neighbors, tables.similarities, cfg.assoc_k,
+    assoc_idx, assoc_w = semantic_association_rows(tables.neighbors, tables.similarities, cfg.assoc_k,
                                               cfg.assoc_min_sim, self_only_rows=classes.special)
     stats = {"vocab_size": len(tokens), "embedding_source": f"{source.kind} {source.name}",
              "embedding_dim": int(emb.shape[1]), "vocab_check": source.vocab_check, "index": cfg.index,
@@ -114,13 +114,9 @@ def run_neighbor_index(cfg: NeighborIndexConfig, preprocessed: str | Path, out: 
              "special_tokens": int(classes.special.sum()), "continuation_tokens": int(classes.continuation.sum()),
              "punctuation_tokens": int(classes.punctuation.sum()), "min_count": cfg.min_count, "tau": cfg.tau}
     with run as tmp:
-        np.save(tmp / "neighbors.npy", tables.neighbors)
-        np.save(tmp / "similarities.npy", tables.similarities)
-        np.save(tmp / "valid_vocab.npy", classes.valid)
-        np.save(tmp / "prior_support.npy", support)
-        np.save(tmp / "unigram_prior.npy", prior)
-        np.save(tmp / "semantic_assoc_indices.npy", assoc_idx)
-        np.save(tmp / "semantic_assoc_weights.npy", assoc_w)
+        write_neighbor_arrays(tmp, {"neighbors": tables.neighbors, "similarities": tables.similarities,
+                                    "valid_vocab": classes.valid, "prior_support": support, "unigram_prior": prior,
+                                    "semantic_assoc_indices": assoc_idx, "semantic_assoc_weights": assoc_w})
         (tmp / "report.md").write_text(render_report(
             tokens=tokens, neighbors=tables.neighbors, similarities=tables.similarities, classes=classes,
             support=support, counts=counts, prior=prior, stats=stats, seed=cfg.seed), encoding="utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.hf_assets import resolve_name
+from pipeline.common.hf_assets import resolve_name
 
 # Preferred tensor names, most specific first; any 2-D tensor whose name contains "embed" and
 # that has one row per vocabulary entry is a candidate.

@@ -128,29 +128,3 @@ def brute_force_neighbors(emb: np.ndarray, valid: np.ndarray, k: int) -> tuple[n
     np.fill_diagonal(sims, -np.inf)
     ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return ids.astype(np.int32), np.take_along_axis(sims, ids, axis=1).astype(np.float32)
-
-
-def semantic_association(neighbors: np.ndarray, similarities: np.ndarray, assoc_k: int,
-                         min_sim: float = 0.0, self_only_rows: np.ndarray | None = None):
-    """Sparse positive semantic association S+ of Eq 114, m(k) = sum_l S+(k, l) n(l), in fixed-row form.
-
-    Returns ``indices`` int32 [V, 1 + assoc_k] and ``weights`` float32 [V, 1 + assoc_k] with
-    S+(k, indices[k, j]) = weights[k, j] and S+ = 0 elsewhere:
-
-    * column 0 is the diagonal, ``indices[k, 0] = k`` with weight cos(k, k) = 1 (so S+ = I, i.e.
-      ``assoc_k = 0``, recovers the pure frequency penalty, as the paper notes);
-    * columns 1..assoc_k are k's first ``assoc_k`` neighbours with weight max(cos, 0), set to 0
-      below ``min_sim``;
-    * rows in ``self_only_rows`` (special tokens: their "embedding" is of a placeholder string)
-      keep only the diagonal.
-
-    A consumer computes m for counts n [..., V] as ``(weights * n[..., indices]).sum(-1)``.
-    """
-    V = len(neighbors)
-    indices = np.concatenate([np.arange(V, dtype=np.int32)[:, None], neighbors[:, :assoc_k]], axis=1)
-    weights = np.concatenate([np.ones((V, 1), dtype=np.float32),
-                              np.maximum(similarities[:, :assoc_k], 0.0).astype(np.float32)], axis=1)
-    weights[:, 1:][similarities[:, :assoc_k] < min_sim] = 0.0
-    if self_only_rows is not None:
-        weights[np.asarray(self_only_rows, dtype=bool), 1:] = 0.0
-    return indices, weights

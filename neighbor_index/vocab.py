@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.hf_assets import load_tokenizer_spec, resolve_name
+from pipeline.common.hf_assets import load_tokenizer_spec, resolve_name
 
 _UNUSED = re.compile(r"^\[unused\d+\]$")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.artifacts import StageRun, stage_errors
+from pipeline.common.artifacts import StageRun, stage_errors
 from pipeline.evaluation.diversity import sample_metrics
 from pipeline.evaluation.genppl import DEFAULT_JUDGE, generative_perplexity, load_judge
 from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_samples(directory: Path) -> list[dict]:
-    from pipeline.artifacts import load_manifest
+    from pipeline.common.artifacts import load_manifest
 
     load_manifest(directory, stage="sample")
     return [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines() if line]
@@ -68,7 +68,7 @@ def evaluate_point(records: list[dict], judge, neighbors, args) -> dict:
 
 
 def run(args) -> Path:
-    from pipeline.export import load_export
+    from pipeline.common.export_artifact import load_export
 
     exported = load_export(args.model, device=args.device)
     artifacts = exported.config.get("artifacts") or {}
@@ -94,7 +94,7 @@ def run(args) -> Path:
                                           args.nelbo_steps, args.nelbo_seed, progress=not args.quiet)
     tables = None
     if artifacts.get("neighbors"):
-        from pipeline.neighbors import load_neighbor_tables
+        from pipeline.common.neighbor_artifact import load_neighbor_tables
 
         tables = load_neighbor_tables(artifacts["neighbors"])
     neighbors = tables.neighbors if tables is not None else None

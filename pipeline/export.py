@@ -1,115 +1,19 @@
 """Export a trained model for sampling and evaluation without DeepSpeed.
 
-An export is an artifact (stage "export") holding
-
-* ``config.json``: ``kind`` ("diffusion" | "ar"), ``model`` (ModelConfig.to_dict()), ``kernel``
-  (KernelConfig.to_dict() or null), ``tokenizer`` (identity + special ids), ``artifacts`` (absolute
-  paths of the preprocessed data and of the neighbour tables, with their manifest hashes) and, when
-  exported from a run, ``training`` (step, tokens seen, run directory);
-* ``model.safetensors``: the weights (the EMA weights when exported from a run).
-
     python -m pipeline.export RUN_DIR --out DIR [--tag global_stepN] [--raw-weights]
 
 reads the newest checkpoint of RUN_DIR (or ``--tag``) straight from its files: no DeepSpeed engine,
-one process, any world size the run was trained on.
+one process, any world size the run was trained on. Library: ``pipeline.training.export``
+(writing) and ``pipeline.common.export_artifact`` (the artifact, read by sampling and evaluation).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from pipeline.common.artifacts import stage_errors
 
-from pipeline.artifacts import StageRun, load_manifest, manifest_hash, stage_errors
-from pipeline.kernels import Kernel, KernelConfig
-from pipeline.model import ModelConfig, build_model
-from pipeline.neighbors import load_neighbor_tables
-from pipeline.training.components import kernel_needs_neighbors, make_kernel
-
-STAGE = "export"
-KINDS = ("diffusion", "ar")
 PROG = "python -m pipeline.export"
-
-
-@dataclass
-class Exported:
-    model: torch.nn.Module          # eval mode, on the requested device
-    model_cfg: ModelConfig
-    kind: str
-    kernel: Kernel | None           # None for the autoregressive baseline
-    tokenizer_info: dict
-    config: dict                    # config.json as written
-    mask_id: int | None
-
-
-def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None,
-                tokenizer_info: dict, artifacts: dict, kind: str, force: bool = False,
-                training: dict | None = None, state_dict: dict | None = None) -> Path:
-    """Write an export artifact; ``state_dict`` (e.g. EMA weights) replaces ``model.state_dict()``."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "diffusion" and kernel_cfg is None:
-        raise ValueError("a diffusion export needs its kernel config")
-    upstream = {name: Path(artifacts[name]) for name in ("preprocessed", "neighbors") if artifacts.get(name)}
-    refs = {}
-    for name in ("preprocessed", "neighbors"):
-        path = artifacts.get(name)
-        refs[name] = str(Path(path).resolve()) if path else None
-        refs[f"{name}_manifest_sha256"] = manifest_hash(path) if path else None
-    config = {"kind": kind, "model": model_cfg.to_dict(),
-              "kernel": kernel_cfg.to_dict() if kernel_cfg is not None else None,
-              "tokenizer": dict(tokenizer_info), "artifacts": refs, "training": training or {}}
-    weights = state_dict if state_dict is not None else model.state_dict()
-    # safetensors wants contiguous, unshared CPU tensors; non-persistent buffers are not in state_dict.
-    weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-    run = StageRun(STAGE, Path(out_dir), config=config, upstream=upstream, tokenizer=tokenizer_info,
-                   force=True)  # the weights are not part of the freshness key: always rewrite
-    if not force and Path(out_dir).exists():
-        raise FileExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
-    with run as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "kind": kind})
-    return Path(out_dir)
-
-
-def load_export(directory, device: torch.device | str = "cpu") -> Exported:
-    """Load an export: model in eval mode, kernel with its neighbour tables (None for AR)."""
-    directory = Path(directory)
-    load_manifest(directory, stage=STAGE)
-    config = json.loads((directory / "config.json").read_text())
-    kind = config["kind"]
-    model_cfg = ModelConfig(**config["model"])
-    model = build_model(model_cfg)
-    state = load_file(str(directory / "model.safetensors"), device="cpu")
-    model.load_state_dict(state, strict=True)
-    model.to(device).eval()
-    tokenizer_info = config["tokenizer"]
-    mask_id = tokenizer_info.get("special_ids", {}).get("mask")
-    kernel = None
-    if kind == "diffusion":
-        kernel_cfg = KernelConfig(**config["kernel"])
-        tables = None
-        neighbors = config["artifacts"].get("neighbors")
-        if neighbors is not None:
-            tables = load_neighbor_tables(neighbors)
-        elif kernel_needs_neighbors(kernel_cfg):
-            raise ValueError(f"{directory}: kernel {kernel_cfg.name!r} needs neighbour tables, "
-                             "but config.json names none")
-        kernel = make_kernel(kernel_cfg, model_cfg.vocab_size, mask_id, tables, device)
-    return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id)
-
-
-def export_run(run_dir, out_dir, tag: str | None = None, use_ema: bool = True, force: bool = False) -> Path:
-    """Export a checkpoint of a training run directory (see pipeline.training.checkpoint)."""
-    from pipeline.training.checkpoint import read_checkpoint_for_export
-
-    ckpt = read_checkpoint_for_export(Path(run_dir), tag=tag, use_ema=use_ema)
-    return save_export(out_dir, build_model(ckpt.model_cfg), ckpt.model_cfg, ckpt.kernel_cfg, ckpt.tokenizer_info,
-                       ckpt.artifacts, ckpt.kind, force=force, training=ckpt.training, state_dict=ckpt.weights)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
     args = p.parse_args(argv)
+    from pipeline.training.export import export_run
+
     with stage_errors(PROG):
         out = export_run(args.run_dir, args.out, tag=args.tag, use_ema=not args.raw_weights, force=args.force)
     print(f"{out}: written")

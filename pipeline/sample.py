@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import StageRun, stage_errors
+from pipeline.common.artifacts import StageRun, stage_errors
 from pipeline.sampling.base import METHODS, MDLM_SCHEDULES, REMASK, SamplerConfig
-from pipeline.sampling.penalty import PenaltyConfig, load_association as load_association_dir
+from pipeline.common.neighbor_artifact import load_neighbor_tables
+from pipeline.sampling.penalty import PenaltyConfig, association_by_columns
 from pipeline.sampling.runner import dist_info, draw_samples, gather_parts, write_part
 
 PROG = "python -m pipeline.sample"
@@ -102,8 +103,8 @@ def load_association(export_config: dict, device):
     path = (export_config.get("artifacts") or {}).get("neighbors")
     if not path:
         return None
-    assoc = load_association_dir(path)
-    return type(assoc)(*(t.to(device) for t in assoc))
+    tables = load_neighbor_tables(path)
+    return association_by_columns(tables.assoc_indices.to(device), tables.assoc_weights.to(device))
 
 
 def preprocessed_seq_len(export_config: dict) -> int | None:
@@ -116,7 +117,7 @@ def preprocessed_seq_len(export_config: dict) -> int | None:
 
 
 def decode_all(records: list[dict], tokenizer_name: str | None) -> None:
-    from pipeline.hf_assets import load_tokenizer
+    from pipeline.common.hf_assets import load_tokenizer
 
     tok = load_tokenizer(tokenizer_name)
     for rec in records:
@@ -130,7 +131,7 @@ def resolve_device(device: str) -> str:
 
 
 def run(args) -> Path:
-    from pipeline.export import load_export
+    from pipeline.common.export_artifact import load_export
 
     args.device = resolve_device(args.device)
     exported = load_export(args.model, device=args.device)

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script (deepspeed pipeline/train.py): 
 
 import torch  # noqa: E402
 
-from pipeline.artifacts import canonical_json, hash_object, stage_errors  # noqa: E402
+from pipeline.common.artifacts import canonical_json, hash_object, stage_errors  # noqa: E402
 
 PROG = "pipeline/train.py"
 
@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     import deepspeed
 
-    from pipeline.kernels import KernelConfig
-    from pipeline.model import build_model, count_parameters, flops_per_token
+    from pipeline.core.kernels import KernelConfig
+    from pipeline.core.model import build_model, count_parameters, flops_per_token
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
-    from pipeline.training.components import load_upstream, make_kernel
+    from pipeline.core.kernels import make_kernel
+    from pipeline.training.components import load_upstream
     from pipeline.training.config import load_config
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
     from pipeline.training.loop import Trainer, lr_multiplier

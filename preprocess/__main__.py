@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.artifacts import stage_errors, verify_artifact
+from pipeline.common.artifacts import stage_errors, verify_artifact
 
 from .build import run_preprocess
 from .config import PreprocessConfig

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import StageRun
-from pipeline.hf_assets import load_tokenizer_spec
+from pipeline.common.artifacts import StageRun
+from pipeline.common.hf_assets import load_tokenizer_spec
 
 from .config import PreprocessConfig
 from .packing import PadTruncatePacker, WrapPacker

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import ArtifactError, StageRun, load_manifest
+from pipeline.common.artifacts import ArtifactError, StageRun, load_manifest
 
 from .build import GROUP_STAGE, SCHEMA_VERSION, STAGE, group_dir
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.artifacts import expand_inputs
+from pipeline.common.artifacts import expand_inputs
 
 INPUT_SUFFIXES = (".txt", ".jsonl", ".json", ".text")
 

@@ -29,6 +29,6 @@ def lm1b_lines(corpora) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from pipeline.hf_assets import load_tokenizer
+    from pipeline.common.hf_assets import load_tokenizer
 
     return load_tokenizer()

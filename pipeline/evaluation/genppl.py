@@ -79,8 +79,8 @@ def load_judge(name_or_path: str, device: str = "cpu") -> Judge:
 
 
 def _export_judge(path: Path, device: str) -> Judge:
-    from pipeline.export import load_export
-    from pipeline.hf_assets import load_tokenizer
+    from pipeline.common.export_artifact import load_export
+    from pipeline.common.hf_assets import load_tokenizer
 
     exported = load_export(path, device=device)
     tok = load_tokenizer(exported.tokenizer_info.get("name_or_path"))

@@ -1,4 +1,4 @@
-"""Test NELBO / perplexity of an export on the preprocessed test split (pipeline/likelihood.py bounds).
+"""Test NELBO / perplexity of an export on the preprocessed test split (pipeline/core/likelihood.py bounds).
 
 Bound per kernel: ``mask`` -> MDLM's continuous-time NELBO, ``uniform`` -> UDLM's continuous ELBO
 (both averaged over ``t_draws`` stratified t per sequence), every other kernel -> the T-step
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.likelihood import bits_per_token, discrete_nelbo, mdlm_nelbo, perplexity, udlm_nelbo
+from pipeline.core.likelihood import bits_per_token, discrete_nelbo, mdlm_nelbo, perplexity, udlm_nelbo
 
 SEQ_COLUMN = "tokens"
 

@@ -31,7 +31,7 @@ class SamplerConfig:
     top_p: float | None = None
     rho: float = 1.0  # exponent of Eq 121
     freeze_threshold: float | None = None  # blockwise: keep a token for good once p(x_t^i) >= this
-    schedule: str = "ancestral"  # mdlm: ancestral (MDLM) | fixed | tc | dtc (pipeline/unmasking.py)
+    schedule: str = "ancestral"  # mdlm: ancestral (MDLM) | fixed | tc | dtc (pipeline/sampling/unmasking.py)
     remask: str = "none"  # mdlm ancestral: none | remdm_cap (ReMDM, Wang et al. 2025)
     remask_eta: float = 0.02  # ReMDM-cap: sigma_t = min(eta, (1 - alpha_s) / alpha_t)
     corrector_steps: int = 1  # tau_leaping: corrector moves after each predictor step

@@ -1,5 +1,5 @@
 """Samplers of the mask kernel: MDLM ancestral (with logit caching and ReMDM remasking) and the
-fixed / randomized unmasking-size schedules of pipeline/unmasking.py.
+fixed / randomized unmasking-size schedules of pipeline/sampling/unmasking.py.
 
 Ancestral (Sahoo et al. 2024): from t to s each [MASK] is revealed with probability
 (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from p_theta(x0 | x_t); revealed tokens are
@@ -12,7 +12,7 @@ sigma_t = min(eta, (1 - alpha_s) / alpha_t), and masked ones revealed with
 (alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t), which keeps the marginal at s.
 
 Schedules ``fixed`` / ``tc`` / ``dtc``: K iterations reveal sizes[k] uniformly chosen masked
-positions each (sizes from :func:`pipeline.unmasking.schedule_sizes`, a fresh draw per sequence for
+positions each (sizes from :func:`pipeline.sampling.unmasking.schedule_sizes`, a fresh draw per sequence for
 the randomized ones); the model sees t = the share of the block still masked (= the time of the
 log-linear schedule at that masking level).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..unmasking import schedule_sizes, select_positions
+from pipeline.sampling.unmasking import schedule_sizes, select_positions
 from .base import Denoiser, initial_block, time_grid
 from .draws import categorical, truncate
 

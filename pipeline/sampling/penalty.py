@@ -10,7 +10,8 @@ most sum of the S+ column sizes of the window tokens, so the correction is a sca
 logits, never a dense [B, L, V] intermediate.
 
 S+ is the neighbour artifact's (``semantic_assoc_indices.npy`` / ``semantic_assoc_weights.npy``:
-diagonal 1 plus max(cos, 0) over each token's nearest neighbours), see :func:`load_association`;
+diagonal 1 plus max(cos, 0) over each token's nearest neighbours; built by
+``pipeline.common.neighbor_artifact.semantic_association_rows``), see :func:`association_by_columns`;
 with the diagonal, m_i(k) >= n_i(k), and S+ = I reduces Eq 114 to the frequency count (App D.3).
 
 Window (our reading of "a window W of recent tokens" for a non-autoregressive sampler): the
@@ -54,7 +55,7 @@ class SemanticAssociation(NamedTuple):
     weights: torch.Tensor  # Float[E]
 
 
-def semantic_association(indices: torch.Tensor, weights: torch.Tensor) -> SemanticAssociation:
+def association_by_columns(indices: torch.Tensor, weights: torch.Tensor) -> SemanticAssociation:
     """S+ of Eq 114 from the neighbour artifact's row form: S+(k, indices[k, j]) = weights[k, j].
 
     The artifact stores ``semantic_assoc_indices.npy`` / ``semantic_assoc_weights.npy`` [V, 1 + assoc_k]
@@ -76,35 +77,6 @@ def semantic_association(indices: torch.Tensor, weights: torch.Tensor) -> Semant
     ptr = torch.zeros(V + 1, dtype=torch.long, device=indices.device)
     ptr[1:] = torch.cumsum(torch.bincount(cols, minlength=V), 0)
     return SemanticAssociation(ptr, rows[order], w[order])
-
-
-def association_from_neighbors(neighbors: torch.Tensor, similarities: torch.Tensor,
-                               assoc_k: int | None = None) -> SemanticAssociation:
-    """S+ built like the neighbour artifact does (diagonal 1, then max(cos, 0) over the first
-    ``assoc_k`` table neighbours), for artifacts without ``semantic_assoc_*.npy``."""
-    neighbors, similarities = torch.as_tensor(neighbors).long(), torch.as_tensor(similarities).float()
-    k = neighbors.shape[1] if assoc_k is None else assoc_k
-    V = neighbors.shape[0]
-    idx = torch.cat([torch.arange(V, device=neighbors.device)[:, None], neighbors[:, :k]], 1)
-    w = torch.cat([torch.ones(V, 1, device=neighbors.device), similarities[:, :k].clamp_min(0.0)], 1)
-    return semantic_association(idx, w)
-
-
-def load_association(directory) -> SemanticAssociation:
-    """S+ of a neighbour artifact directory: its semantic_assoc_*.npy when present, else the table."""
-    from pathlib import Path
-
-    import numpy as np
-
-    directory = Path(directory)
-    idx_path, w_path = directory / "semantic_assoc_indices.npy", directory / "semantic_assoc_weights.npy"
-    if idx_path.is_file() and w_path.is_file():
-        return semantic_association(torch.from_numpy(np.load(idx_path, allow_pickle=False).astype(np.int64)),
-                                    torch.from_numpy(np.load(w_path, allow_pickle=False).astype(np.float32)))
-    from pipeline.neighbors import load_neighbor_tables
-
-    tables = load_neighbor_tables(directory)
-    return association_from_neighbors(tables.neighbors, tables.similarities)
 
 
 def expand_association(assoc: SemanticAssociation, tokens: torch.Tensor, counts: torch.Tensor

@@ -9,7 +9,7 @@ averaged over the model's clean-token posterior. Per kernel:
   (alpha_s - alpha_t) / (1 - alpha_t) (MDLM's ancestral step).
 * ``uniform``, ``semdlm``, ``semdlm_softmax``, ``semdlm_plus``: the forward process of one position
   moves clean -> local branch -> global branch (the monotone branch coupling of
-  pipeline/likelihood.py); R_t(z -> j | v) is the t-derivative of that coupling's conditional
+  pipeline/core/likelihood.py); R_t(z -> j | v) is the t-derivative of that coupling's conditional
   q(x_s = j | x_t = z, x0 = v). The leap over [s, t] uses the exact conditional of the coupling,
   weighted by p_theta evaluated once at t (rates frozen over the leap, all positions independent).
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..likelihood import reverse_step_probs
+from pipeline.core.likelihood import reverse_step_probs
 from .base import Denoiser, initial_block, time_grid
 from .draws import categorical, truncate
 from .mdlm import ancestral_reveal_probability

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import canonical_json
-from pipeline.kernels import KernelConfig
-from pipeline.model import ModelConfig
+from pipeline.common.artifacts import canonical_json
+from pipeline.core.kernels import KernelConfig
+from pipeline.core.model import ModelConfig
 
 MARKER = "semdlm_checkpoint.json"
 TAG_RE = re.compile(r"^global_step(\d+)$")

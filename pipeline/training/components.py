@@ -1,7 +1,7 @@
-"""Upstream artifacts of training (preprocess, neighbor_index) and the kernel built from them.
+"""Upstream artifacts of training (preprocess, neighbor_index), validated against each other.
 
-Shared by ``pipeline/train.py`` and ``pipeline/export.py`` so a trained and an exported model see
-exactly the same kernel. The two artifacts are validated against each other before anything is
+The kernel is built from them by ``pipeline.core.kernels.make_kernel``, the factory export,
+sampling and the diagnostics use too. The two artifacts are validated against each other before anything is
 built: same tokenizer identity, a neighbour table present (and of the right vocabulary) whenever the
 kernel needs one.
 """
@@ -10,17 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from pipeline.artifacts import ArtifactError, load_manifest, manifest_hash
-from pipeline.kernels import Kernel, KernelConfig, build_kernel
-from pipeline.neighbors import NeighborTables, load_neighbor_tables
-
-NEIGHBOR_KERNELS = ("semdlm", "semdlm_softmax", "semdlm_plus")
-
-
-def kernel_needs_neighbors(cfg: KernelConfig) -> bool:
-    return cfg.name in NEIGHBOR_KERNELS
+from pipeline.common.artifacts import ArtifactError, load_manifest, manifest_hash
+from pipeline.core.kernels import KernelConfig
+from pipeline.common.neighbor_artifact import NeighborTables, load_neighbor_tables
 
 
 @dataclass
@@ -73,7 +65,7 @@ def load_upstream(preprocessed: str | Path, neighbors: str | Path | None, kernel
         raise ArtifactError(f"{preprocessed}: split(s) {missing} missing (has {manifest.get('splits')}); "
                             "rerun preprocess with --valid-fraction or --valid-input")
     tables = None
-    if neighbors is None and kernel_needs_neighbors(kernel_cfg):
+    if neighbors is None and kernel_cfg.needs_neighbors:
         raise ValueError(f"kernel {kernel_cfg.name!r} needs a neighbour table: pass --neighbors DIR "
                          "(built by python -m neighbor_index --preprocessed DIR --out DIR)")
     if neighbors is not None:
@@ -89,12 +81,3 @@ def load_upstream(preprocessed: str | Path, neighbors: str | Path | None, kernel
                                 f"{manifest['tokenizer']['vocab_size']} tokens")
     return UpstreamArtifacts(preprocessed, manifest, neighbors, tables)
 
-
-def make_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None, tables: NeighborTables | None,
-                device: torch.device | str = "cpu") -> Kernel:
-    """build_kernel with the neighbour tables when the kernel needs them (also for a unigram branch)."""
-    extra = tables.kernel_inputs(device) if tables is not None else {}
-    if not kernel_needs_neighbors(cfg):
-        extra.pop("neighbors", None)
-        extra.pop("similarities", None)
-    return build_kernel(cfg, vocab_size, mask_id=mask_id, device=device, **extra)

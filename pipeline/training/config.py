@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.kernels import KernelConfig
-from pipeline.losses import LossConfig
-from pipeline.model import ModelConfig
+from pipeline.core.kernels import KernelConfig
+from pipeline.core.losses import LossConfig
+from pipeline.core.model import ModelConfig
 
 LOSSES = ("change_aware", "elbo")
 LR_SCHEDULES = ("constant", "cosine")
@@ -33,7 +33,7 @@ class TrainConfig:
     lambda_chg: float = 1.0
     lambda_same: float = 0.1
     t_min: float = 1e-3
-    antithetic_t: bool = True                 # global-batch stratified t (pipeline.time_sampling)
+    antithetic_t: bool = True                 # global-batch stratified t (pipeline.core.time_sampling)
     # -- artifacts and run directory
     preprocessed: str | None = None
     neighbors: str | None = None

@@ -1,7 +1,7 @@
 """The training loop: one optimizer step = ``accum`` micro-batches on every rank, then a DeepSpeed step.
 
 Reproducibility by construction: every random draw of step s on rank r, micro-step a is a pure
-function of (seed, s, r, a) - diffusion times (pipeline.time_sampling), the corruption noise and
+function of (seed, s, r, a) - diffusion times (pipeline.core.time_sampling), the corruption noise and
 dropout (generators seeded by :func:`noise_seed`) - and the data order is streaming's deterministic
 partition. A run resumed from a checkpoint therefore computes bit-identical losses (fp32 on CPU).
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.kernels import Kernel, alpha_of
-from pipeline.losses import change_aware_weights, per_token_cross_entropy
-from pipeline.time_sampling import TimeSampler, TimeSamplerConfig, step_seed
+from pipeline.core.kernels import Kernel, alpha_of
+from pipeline.core.losses import change_aware_weights, per_token_cross_entropy
+from pipeline.core.time_sampling import TimeSampler, TimeSamplerConfig, step_seed
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -65,7 +65,7 @@ def nelbo_weights(kernel: Kernel, t: torch.Tensor, changed: torch.Tensor, real: 
     """MDLM's continuous-time NELBO weight -alpha'_t / (1 - alpha_t) on changed positions (Sahoo et al. 2024, Eq 10).
 
     Exact NELBO weighting for the mask kernel (changed = masked); for the other kernels it is the
-    same time weighting of a cross-entropy surrogate (their bounds are in pipeline.likelihood).
+    same time weighting of a cross-entropy surrogate (their bounds are in pipeline.core.likelihood).
     """
     with torch.enable_grad():
         tt = t.detach().to(torch.float64).requires_grad_(True)
@@ -270,7 +270,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         from pipeline import likelihood as lk
-        from pipeline.model import build_model
+        from pipeline.core.model import build_model
 
         model = build_model(self.engine.module.cfg).to(self.env.device).eval()
         model.load_state_dict(dict(zip(self.ema.names, self.ema.shadow)), strict=True)

@@ -17,7 +17,7 @@ def model_flops_utilization(tokens_per_second: float, flops_per_token: float, pe
                             num_devices: int) -> float:
     """MFU = achieved model FLOP/s / (peak FLOP/s per device * devices) (PaLM, Chowdhery et al. 2022).
 
-    ``flops_per_token`` is pipeline.model.flops_per_token: 6N + 12 n_layer d L (attention included).
+    ``flops_per_token`` is pipeline.core.model.flops_per_token: 6N + 12 n_layer d L (attention included).
     """
     return tokens_per_second * flops_per_token / (peak_flops * num_devices)
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline.losses import ar_loss
-from pipeline.model import (AutoregressiveLM, DiffusionTransformer, ModelConfig, count_parameters,
+from pipeline.core.losses import ar_loss
+from pipeline.core.model import (AutoregressiveLM, DiffusionTransformer, ModelConfig, count_parameters,
                             flops_per_token, parameter_count_formula)
 
 VARIANTS = [dict(), dict(tie_embeddings=True), dict(adaln=False), dict(tie_embeddings=True, adaln=False),
@@ -185,7 +185,7 @@ def test_flops_per_token_formula():
 
 
 def test_parameter_table_cli(capsys):
-    from pipeline.model import main
+    from pipeline.core.model import main
     assert main(["--preset", "small"]) == 0
     out = capsys.readouterr().out
     tied = parameter_count_formula(ModelConfig.preset("small", tie_embeddings=True))["total"]

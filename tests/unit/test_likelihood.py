@@ -8,8 +8,8 @@ import pytest
 import torch
 from kernel_tables import random_tables
 
-from pipeline.kernels import KernelConfig, build_kernel
-from pipeline.likelihood import (bits_per_token, discrete_nelbo, mdlm_integrand, mdlm_nelbo, perplexity,
+from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.core.likelihood import (bits_per_token, discrete_nelbo, mdlm_integrand, mdlm_nelbo, perplexity,
                                  prior_kl, reverse_step, reverse_step_probs, step_kl, udlm_integrand)
 
 V, K, L, MASK = 5, 3, 3, 0

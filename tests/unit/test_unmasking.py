@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.unmasking import (SCHEDULES, fixed_sizes, schedule_sizes, select_positions,
+from pipeline.sampling.unmasking import (SCHEDULES, fixed_sizes, schedule_sizes, select_positions,
                                 size_distribution, sizes_from_shift)
 
 

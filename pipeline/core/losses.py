@@ -46,7 +46,7 @@ def per_token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torc
     """-log softmax(logits)[target] per position: Float[B, L, V], Long[B, L] -> Float[B, L] (float32).
 
     ``F.cross_entropy`` on a flattened *view* fuses log-softmax and gather, so no [B, L, V] copy is
-    made beyond its own log-softmax buffer (logits are already float32, see ``pipeline.model``).
+    made beyond its own log-softmax buffer (logits are already float32, see ``pipeline.core.model``).
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)}")

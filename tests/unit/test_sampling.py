@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.kernels import KernelConfig, build_kernel
-from pipeline.model import DiffusionTransformer, ModelConfig
+from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.core.model import DiffusionTransformer, ModelConfig
 from pipeline.sampling import PenaltyConfig, SamplerConfig, association_from_neighbors, generate, semantic_association
 from pipeline.sampling.blockwise import replacement_probability
 from pipeline.sampling.draws import categorical, truncate
@@ -206,7 +206,7 @@ def test_config_validation_messages():
 def test_load_association_reads_the_artifact_files(tmp_path):
     import numpy as np
 
-    from pipeline.artifacts import StageRun
+    from pipeline.common.artifacts import StageRun
     from pipeline.sampling import load_association
 
     nb, vals, valid = tables(k=4)

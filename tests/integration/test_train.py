@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model import build_model
+from pipeline.core.model import build_model
 
 pytestmark = pytest.mark.slow  # every test here launches DeepSpeed (or needs a run that did)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 DEEPSPEED = str(Path(PYTHON).with_name("deepspeed"))
 
@@ -42,7 +42,7 @@ def build_neighbor_artifact(preprocessed: Path, out: Path, k_max: int = 8) -> Pa
     Row v lists the k_max next valid ids after v (never v itself); the prior is the smoothed unigram
     distribution of the training split restricted to valid tokens (Eq 119's support).
     """
-    from pipeline.artifacts import StageRun, load_manifest
+    from pipeline.common.artifacts import StageRun, load_manifest
 
     manifest = load_manifest(preprocessed, stage="preprocess")
     tokenizer = manifest["tokenizer"]
@@ -220,7 +220,7 @@ def test_changed_model_config_is_refused(reference_run, preprocessed, tmp_path):
 
 
 def test_export_round_trip_gives_identical_logits(reference_run, tmp_path):
-    from pipeline.export import load_export
+    from pipeline.common.export_artifact import load_export
 
     out = tmp_path / "export"
     proc = subprocess.run([PYTHON, "-m", "pipeline.export", str(reference_run), "--out", str(out)], cwd=REPO,
@@ -314,7 +314,7 @@ def test_zero3_trains_resumes_and_exports_like_zero2(reference_run, preprocessed
 def test_autoregressive_baseline_trains_exports_and_judges(preprocessed, tmp_path):
     """model.causal=true trains the AR baseline through the same trainer; its export is a Gen-PPL judge."""
     from pipeline.evaluation.genppl import generative_perplexity, load_judge
-    from pipeline.export import load_export
+    from pipeline.common.export_artifact import load_export
 
     run_dir = tmp_path / "ar"
     cmd = train_command(run_dir, preprocessed, [*TINY, "max_steps=12", "val_every=12", "model_args.causal=true"])

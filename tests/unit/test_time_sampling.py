@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.time_sampling import (TimeSampler, TimeSamplerConfig, global_indices, iid_times, step_seed,
+from pipeline.core.time_sampling import (TimeSampler, TimeSamplerConfig, global_indices, iid_times, step_seed,
                                     stratified_times)
 
 

@@ -3,7 +3,7 @@
 * :func:`mdlm_nelbo` - MDLM's continuous-time NELBO for the ``mask`` kernel.
 * :func:`udlm_nelbo` - the closed-form continuous-time ELBO of uniform diffusion (UDLM).
 * :func:`discrete_nelbo` - a T-step variational upper bound on -log p(x0) valid for *every* kernel
-  of pipeline.kernels (the one to report for ``semdlm``, ``semdlm_softmax`` and ``semdlm_plus``).
+  of pipeline.core.kernels (the one to report for ``semdlm``, ``semdlm_softmax`` and ``semdlm_plus``).
   It is an ELBO of exactly the generative process of :func:`reverse_step`.
 
 The denoiser is any callable ``model(xt: Long[B, L], t: Float[B]) -> logits Float[B, L, V]``.
@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .kernels import Kernel, alpha_of
+from pipeline.core.kernels import Kernel, alpha_of
 
 
 # --------------------------------------------------------------------------- reporting helpers

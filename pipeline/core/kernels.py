@@ -20,7 +20,7 @@ kernel                    alpha_t       local branch                global branc
                                                                     table), nu = U(valid) or unigram
 ========================  ============  ==========================  =====================================
 
-The samplers and the likelihood bound (pipeline/likelihood.py) only use this form, so a new kernel
+The samplers and the likelihood bound (pipeline/core/likelihood.py) only use this form, so a new kernel
 is a new row here, not new code elsewhere. Fractional k_t: see schedules.fractional_knn_probs.
 """
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import schedules as sch
+from pipeline.core import schedules as sch
 
 KERNEL_NAMES = ("mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus")
+NEIGHBOR_KERNELS = ("semdlm", "semdlm_softmax", "semdlm_plus")
 GLOBAL_BRANCHES = ("uniform", "unigram")
 _VALIDATION_GRID = 10_001  # points of the dense t grid the schedule checks run on
 
@@ -103,6 +104,24 @@ class KernelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # ---- traits: what the rest of the pipeline needs to know about a kernel, in one place
+    @property
+    def needs_neighbors(self) -> bool:
+        """The kernel has a local branch over the neighbour table (neighbor_index artifact)."""
+        return self.name in NEIGHBOR_KERNELS
+
+    @property
+    def likelihood_bound(self) -> str:
+        """The bound pipeline.core.likelihood.nelbo reports: continuous MDLM / UDLM, else the T-step bound."""
+        return {"mask": "mdlm_continuous", "uniform": "udlm_continuous"}.get(self.name, "discrete")
+
+    def fitted_to_table(self, width: int) -> "KernelConfig":
+        """k_max capped at a stored table of ``width`` ranks for the kernels that cannot absorb the rest
+        (semdlm_plus folds missing ranks into its global branch, so it keeps its k_max)."""
+        if self.name in ("semdlm", "semdlm_softmax") and self.k_max > width:
+            return replace(self, k_max=width)
+        return self
 
 
 def alpha_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
@@ -367,7 +386,7 @@ def build_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None = None,
 
     table = torch.zeros(V, 0, dtype=torch.long, device=device)
     sims, stored = None, 0
-    if cfg.name in ("semdlm", "semdlm_softmax", "semdlm_plus"):
+    if cfg.needs_neighbors:
         if neighbors is None:
             raise ValueError(f"kernel {cfg.name!r} needs the neighbour table (neighbors.npy)")
         if neighbors.dim() != 2 or neighbors.shape[0] != V:
@@ -390,6 +409,21 @@ def build_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None = None,
     if stored and cfg.k_max > stored:
         _check_folded_schedule(kernel)
     return kernel
+
+
+def make_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None, tables=None,
+                device: torch.device | str = "cpu") -> Kernel:
+    """The kernel factory every stage uses (training, export, sampling, diagnostics).
+
+    ``tables`` is a ``pipeline.common.neighbor_artifact.NeighborTables`` (or None): its neighbour
+    table is passed when the kernel needs one; its valid vocabulary and unigram prior always (a
+    unigram global branch and the data prior use them).
+    """
+    extra = tables.kernel_inputs(device) if tables is not None else {}
+    if not cfg.needs_neighbors:
+        extra.pop("neighbors", None)
+        extra.pop("similarities", None)
+    return build_kernel(cfg, vocab_size, mask_id=mask_id, device=device, **extra)
 
 
 def _check_folded_schedule(kernel: Kernel) -> None:

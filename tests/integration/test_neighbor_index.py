@@ -14,8 +14,8 @@ from neighbor_index.embed import embed_texts, normalize_rows
 from neighbor_index.prior import prior_support, unigram_prior
 from neighbor_index.search import brute_force_neighbors, search_neighbors, semantic_association
 from neighbor_index.vocab import classify_tokens, surface_form, vocabulary_from_tokenizer
-from pipeline.artifacts import load_manifest
-from pipeline.hf_assets import default_model_dir
+from pipeline.common.artifacts import load_manifest
+from pipeline.common.hf_assets import default_model_dir
 
 V_SMALL, D_SMALL = 600, 24
 
@@ -191,7 +191,7 @@ def test_stage_end_to_end_from_model_embeddings(tmp_path, preprocessed, capsys):
     assert tables["semantic_assoc_indices"].shape == (V, 5)
     assert manifest["stats"]["vocab_check"] == "identity" and manifest["upstream"]["preprocessed"]
     assert "## Sample neighbours" in (out / "report.md").read_text()
-    from pipeline.neighbors import load_neighbor_tables as kernel_reader  # the consumers' reader accepts it
+    from pipeline.common.neighbor_artifact import load_neighbor_tables as kernel_reader  # the consumers' reader accepts it
 
     assert kernel_reader(out).neighbors.shape == (V, k)
 

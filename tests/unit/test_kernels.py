@@ -8,9 +8,9 @@ from kernel_tables import random_tables as shared_random_tables
 
 from pipeline import schedules as sch
 from pipeline import inspect_kernel
-from pipeline.artifacts import ArtifactError, StageRun
-from pipeline.kernels import KernelConfig, build_kernel
-from pipeline.neighbors import load_neighbor_tables
+from pipeline.common.artifacts import ArtifactError, StageRun
+from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.common.neighbor_artifact import load_neighbor_tables
 
 V, K, MASK = 12, 5, 0
 PRESETS = ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm_plus_eq118"]

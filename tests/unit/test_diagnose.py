@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.artifacts import StageRun
-from pipeline.diagnose import (DiagnoseConfig, diagnose, exact_expected_metrics, kernel_dispersion, main,
+from pipeline.common.artifacts import StageRun
+from pipeline.research.diagnose import (DiagnoseConfig, diagnose, exact_expected_metrics, kernel_dispersion, main,
                                monte_carlo_expected_metrics, posterior_eq57, posterior_metrics)
-from pipeline.kernels import KernelConfig, build_kernel
+from pipeline.core.kernels import KernelConfig, build_kernel
 
 V, K, MASK = 14, 5, 3
 

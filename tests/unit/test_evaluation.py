@@ -93,9 +93,9 @@ def test_gen_ppl_equals_hand_computation_hf_judge(hf_judge_dir, tokenizer):
 
 
 def test_gen_ppl_with_ar_export_judge(tmp_path, tokenizer):
-    from pipeline.export import save_export
-    from pipeline.hf_assets import tokenizer_info
-    from pipeline.model import AutoregressiveLM, ModelConfig
+    from pipeline.common.export_artifact import save_export
+    from pipeline.common.hf_assets import tokenizer_info
+    from pipeline.core.model import AutoregressiveLM, ModelConfig
 
     torch.manual_seed(1)
     cfg = ModelConfig.preset("tiny", vocab_size=len(tokenizer), causal=True, max_seq_len=8)
@@ -121,9 +121,9 @@ def test_nelbo_on_mds_split_reproducible(tmp_path, kernel_name, bound):
     from streaming import MDSWriter
 
     from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
-    from pipeline.export import Exported
-    from pipeline.kernels import KernelConfig, build_kernel
-    from pipeline.model import DiffusionTransformer, ModelConfig
+    from pipeline.common.export_artifact import Exported
+    from pipeline.core.kernels import KernelConfig, build_kernel
+    from pipeline.core.model import DiffusionTransformer, ModelConfig
 
     V, L, PAD, MASK = 64, 12, 0, 63
     rng = np.random.default_rng(0)

@@ -55,7 +55,7 @@ def load_tokenizer(name_or_path: str | None = None):
 
 def tokenizer_info(tok, name_or_path: str | None = None) -> dict[str, Any]:
     """What manifests record about a tokenizer: name, identity (vocab hash), size, special ids."""
-    from .artifacts import tokenizer_identity
+    from pipeline.common.artifacts import tokenizer_identity
 
     vocab = tok.get_vocab()
     specials = {name: getattr(tok, f"{name}_token_id", None)
@@ -86,7 +86,7 @@ class TokenizerSpec:
         return len(self.vocab)
 
     def info(self) -> dict[str, Any]:
-        from .artifacts import tokenizer_identity
+        from pipeline.common.artifacts import tokenizer_identity
 
         return {"name_or_path": self.name_or_path, "identity": tokenizer_identity(self.vocab),
                 "vocab_size": self.vocab_size, "special_ids": dict(self.special_ids)}

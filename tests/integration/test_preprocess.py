@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from mds_utils import read_split
-from pipeline.artifacts import ArtifactError, load_manifest
+from pipeline.common.artifacts import ArtifactError, load_manifest
 from preprocess.__main__ import main
 from preprocess.build import token_dtype, token_row_writer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*args) -> int:
@@ -222,7 +222,7 @@ def test_multi_node_groups_merge_to_the_single_run(tmp_path, lm1b_lines):
 
 
 def test_light_tokenizer_spec_matches_transformers_and_dtype_choice(tokenizer):
-    from pipeline.hf_assets import load_tokenizer_spec, tokenizer_info
+    from pipeline.common.hf_assets import load_tokenizer_spec, tokenizer_info
 
     assert load_tokenizer_spec().info() == tokenizer_info(tokenizer)  # identity, size, special ids
     assert token_dtype(30522) == "uint16" and token_dtype(65535) == "uint16" and token_dtype(65536) == "int32"

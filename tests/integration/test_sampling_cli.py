@@ -18,11 +18,11 @@ def exports(tmp_path_factory, tokenizer):
     """A neighbour artifact, an MDS test split and three exports: semdlm_plus, mask, AR (judge)."""
     from streaming import MDSWriter
 
-    from pipeline.artifacts import StageRun
-    from pipeline.export import save_export
-    from pipeline.hf_assets import tokenizer_info
-    from pipeline.kernels import KernelConfig
-    from pipeline.model import AutoregressiveLM, DiffusionTransformer, ModelConfig
+    from pipeline.common.artifacts import StageRun
+    from pipeline.common.export_artifact import save_export
+    from pipeline.common.hf_assets import tokenizer_info
+    from pipeline.core.kernels import KernelConfig
+    from pipeline.core.model import AutoregressiveLM, DiffusionTransformer, ModelConfig
 
     root = tmp_path_factory.mktemp("exports")
     info, V = tokenizer_info(tokenizer), len(tokenizer)

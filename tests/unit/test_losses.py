@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import (LossConfig, ar_loss, change_aware_loss, change_aware_loss_terms,
+from pipeline.core.losses import (LossConfig, ar_loss, change_aware_loss, change_aware_loss_terms,
                              change_aware_weights, elbo_weighted_loss, per_token_cross_entropy)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.kernels import KernelConfig, build_kernel
-from pipeline.model import ModelConfig, build_model
+from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.core.model import ModelConfig, build_model
 from pipeline.training.checkpoint import check_identity, rng_state, set_rng_state
 from pipeline.training.config import TrainConfig, load_config, parse_overrides
 from pipeline.training.ds_config import load_ds_config, patch_ds_config, resolve_precision
@@ -19,7 +19,7 @@ from pipeline.training.ema import EMA
 from pipeline.training.loop import lr_multiplier, nelbo_weights, noise_seed
 from pipeline.training.metrics import gradient_variance_probe, model_flops_utilization
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- config
@@ -174,8 +174,8 @@ def test_gradient_variance_probe_is_positive_and_leaves_grads_alone():
 
 # --------------------------------------------------------------------------- export
 def test_export_round_trip_with_a_neighbour_kernel(tmp_path):
-    from pipeline.artifacts import StageRun
-    from pipeline.export import load_export, save_export
+    from pipeline.common.artifacts import StageRun
+    from pipeline.common.export_artifact import load_export, save_export
 
     V, K = 40, 4
     tokenizer = {"identity": "vocab-sha256:test", "special_ids": {"mask": 3, "pad": 0}, "vocab_size": V}
@@ -202,8 +202,8 @@ def test_export_round_trip_with_a_neighbour_kernel(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.model(x, t), model(x, t))
     a = loaded.kernel.sample_xt(x, t, generator=torch.Generator().manual_seed(5))[0]
-    from pipeline.neighbors import load_neighbor_tables
-    from pipeline.training.components import make_kernel
+    from pipeline.common.neighbor_artifact import load_neighbor_tables
+    from pipeline.core.kernels import make_kernel
 
     direct = make_kernel(kernel_cfg, V, 3, load_neighbor_tables(nn_dir))
     assert torch.equal(a, direct.sample_xt(x, t, generator=torch.Generator().manual_seed(5))[0])
@@ -211,7 +211,7 @@ def test_export_round_trip_with_a_neighbour_kernel(tmp_path):
 
 # --------------------------------------------------------------------------- upstream artifacts
 def _fake_preprocessed(directory: Path, identity: str, splits=("train", "validation")) -> Path:
-    from pipeline.artifacts import StageRun
+    from pipeline.common.artifacts import StageRun
 
     tokenizer = {"identity": identity, "special_ids": {"mask": 3, "pad": 0}, "vocab_size": 40}
     run = StageRun("preprocess", directory, config={"test": True}, tokenizer=tokenizer)
@@ -222,7 +222,7 @@ def _fake_preprocessed(directory: Path, identity: str, splits=("train", "validat
 
 
 def _fake_neighbors(directory: Path, identity: str, V: int = 40, K: int = 4) -> Path:
-    from pipeline.artifacts import StageRun
+    from pipeline.common.artifacts import StageRun
 
     with StageRun("neighbor_index", directory, config={"test": True}, tokenizer={"identity": identity}) as tmp:
         np.save(tmp / "neighbors.npy", ((np.arange(V)[:, None] + np.arange(1, K + 1)) % V).astype(np.int32))
@@ -233,7 +233,7 @@ def _fake_neighbors(directory: Path, identity: str, V: int = 40, K: int = 4) -> 
 
 
 def test_upstream_artifacts_are_validated_against_each_other(tmp_path):
-    from pipeline.artifacts import ArtifactError
+    from pipeline.common.artifacts import ArtifactError
     from pipeline.training.components import load_upstream
 
     pre = _fake_preprocessed(tmp_path / "pre", "vocab-sha256:a")

@@ -294,7 +294,7 @@ class AutoregressiveLM(nn.Module):
 
     def loss(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy (nats); ``pad_mask`` is True at padding positions."""
-        from pipeline.losses import ar_loss  # local import: losses imports nothing from here
+        from pipeline.core.losses import ar_loss  # local import: losses imports nothing from here
         attention = None if pad_mask is None else ~pad_mask.bool()
         return ar_loss(self(x, attention), x, pad_mask)
 
@@ -347,9 +347,9 @@ VARIANTS = {"untied (MDLM)": {}, "tied": {"tie_embeddings": True}, "no adaLN": {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.model [--preset small] [--vocab-size V] [--seq-len L]``: exact counts per variant."""
+    """``python -m pipeline.core.model [--preset small] [--vocab-size V] [--seq-len L]``: exact counts per variant."""
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m pipeline.model", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m pipeline.core.model", description=main.__doc__)
     ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
     ap.add_argument("--vocab-size", type=int, default=None)
     ap.add_argument("--seq-len", type=int, default=128, help="sequence length for the FLOPs/token column")

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from pipeline.reed_solomon import RSCode, RSOracle, TableOracle, all_configurations, code_distribution
-from pipeline.rs_harness import (closed_form_kl, dual_total_correlation, exact_kl,
+from pipeline.research.reed_solomon import RSCode, RSOracle, TableOracle, all_configurations, code_distribution
+from pipeline.research.rs_harness import (closed_form_kl, dual_total_correlation, exact_kl,
                                  exact_output_distribution, kl_divergence, main, monte_carlo_kl,
                                  rs_tc_dtc, total_correlation)
-from pipeline.unmasking import SCHEDULES
+from pipeline.sampling.unmasking import SCHEDULES
 
 
 @pytest.mark.parametrize("q,n,k", [(3, 3, 1), (5, 4, 2), (7, 5, 3)])
