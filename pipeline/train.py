@@ -94,6 +94,7 @@ def run(args) -> int:
 
     from pipeline.core.kernels import KernelConfig
     from pipeline.core.model import build_model, count_parameters, flops_per_token
+    from pipeline.core.objectives import build_objective
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
     from pipeline.core.kernels import make_kernel
@@ -142,6 +143,7 @@ def run(args) -> int:
     # The AR baseline (model.causal) corrupts nothing: no kernel.
     kernel = None if model_cfg.causal else make_kernel(kernel_cfg, upstream.vocab_size, upstream.mask_id,
                                                        upstream.tables, env.device)
+    objective = build_objective(kernel, cfg.loss, cfg.loss_config())
 
     _, loader = data.build_train_loader(upstream.preprocessed / "train", cfg.micro_batch, cfg.shuffle_seed,
                                         cfg.num_canonical_nodes, cfg.num_workers)
@@ -156,7 +158,7 @@ def run(args) -> int:
         print(f"model {cfg.model}: {n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding); "
               f"{'autoregressive' if model_cfg.causal else 'kernel ' + kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
               f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {precision}", flush=True)
-    trainer = Trainer(cfg, engine, kernel, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
+    trainer = Trainer(cfg, engine, objective, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
                       universal=args.universal)
     return trainer.run()

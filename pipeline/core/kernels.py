@@ -133,6 +133,18 @@ def alpha_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
     return sch.alpha_power(t, cfg.alpha_min, cfg.alpha_power)
 
 
+def alpha_and_derivative(cfg: KernelConfig, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, d alpha_t / dt) in float64, the derivative by autograd through the configured schedule.
+
+    The continuous-time bounds and the ELBO-weighted training loss weight by -alpha'_t / (1 - alpha_t).
+    """
+    with torch.enable_grad():
+        t = t.detach().to(torch.float64).requires_grad_(True)
+        alpha = alpha_of(cfg, t)
+        (dalpha,) = torch.autograd.grad(alpha.sum(), t)
+    return alpha.detach(), dalpha
+
+
 def beta_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
     """Weight of the global branch: 1 - alpha_t for mask/uniform, Eq 118 for semdlm_plus, else 0."""
     if cfg.name in ("mask", "uniform"):

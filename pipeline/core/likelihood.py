@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from pipeline.core.kernels import Kernel, alpha_of
+from pipeline.core.kernels import Kernel, alpha_and_derivative
 
 
 # --------------------------------------------------------------------------- reporting helpers
@@ -27,15 +27,6 @@ def bits_per_token(nats: torch.Tensor | float, num_tokens: torch.Tensor | int) -
 def perplexity(nats: torch.Tensor | float, num_tokens: torch.Tensor | int) -> float:
     """exp(total nats / total tokens)."""
     return math.exp(float(torch.as_tensor(nats, dtype=torch.float64).sum()) / float(num_tokens))
-
-
-def _alpha_and_derivative(kernel: Kernel, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_t and d alpha_t / dt by autograd through the configured schedule."""
-    with torch.enable_grad():
-        t = t.detach().to(torch.float64).requires_grad_(True)
-        alpha = alpha_of(kernel.cfg, t)
-        (dalpha,) = torch.autograd.grad(alpha.sum(), t)
-    return alpha.detach(), dalpha
 
 
 def _positions(x0: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -54,7 +45,7 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
     logits = logits.to(torch.float64).clone()
     logits[..., kernel.mask_id] = -math.inf
     nll = -torch.log_softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    alpha, dalpha = _alpha_and_derivative(kernel, torch.as_tensor(t, device=x0.device).expand(x0.shape[0]))
+    alpha, dalpha = alpha_and_derivative(kernel.cfg, torch.as_tensor(t, device=x0.device).expand(x0.shape[0]))
     weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1)
     counted = (xt == kernel.mask_id) & _positions(x0, mask)
     return torch.where(counted, weight * nll, torch.zeros_like(nll)).sum(-1)
@@ -97,7 +88,7 @@ def udlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: t
         raise ValueError(f"udlm_nelbo is the bound of the uniform kernel, not {kernel.cfg.name!r}")
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
     log_probs = torch.log_softmax(model(xt, t).to(torch.float64), -1)
-    alpha, dalpha = _alpha_and_derivative(kernel, t)
+    alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
     return (udlm_integrand(log_probs, x0, xt, alpha, dalpha) * _positions(x0, mask)).sum(-1)
 
 
@@ -236,3 +227,30 @@ def discrete_nelbo(kernel: Kernel, model, x0: torch.Tensor, num_steps: int = 100
         total += step_kl(kernel, model, x0, xt, s, t, counted)
     prior = prior_kl(kernel, x0, counted)
     return {"nelbo": prior + scale * total, "prior": prior, "num_tokens": counted.sum(-1)}
+
+
+def nelbo(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
+          t: torch.Tensor | None = None, generator: torch.Generator | None = None, num_steps: int = 1000,
+          mc_steps: int | None = 8) -> torch.Tensor:
+    """The kernel's bound on -log p(x0) per sequence, [B] nats: the one place a bound is chosen.
+
+    ``kernel.cfg.likelihood_bound`` picks it: ``mdlm_continuous`` (mask) and ``udlm_continuous``
+    (uniform) are one-sample estimates at the caller's ``t`` [B]; ``discrete`` (every other kernel)
+    is :func:`discrete_nelbo` with ``num_steps`` / ``mc_steps`` (``t`` unused).
+    """
+    bound = kernel.cfg.likelihood_bound
+    if bound == "discrete":
+        return discrete_nelbo(kernel, model, x0, num_steps=num_steps, mask=mask, mc_steps=mc_steps,
+                              generator=generator)["nelbo"]
+    if t is None:
+        raise ValueError(f"the {bound} bound is estimated at a time t per sequence: pass t")
+    estimate = mdlm_nelbo if bound == "mdlm_continuous" else udlm_nelbo
+    return estimate(kernel, model, x0, t, mask, generator=generator)
+
+
+def bound_name(kernel: Kernel | None, num_steps: int) -> str:
+    """How a reported bound is labelled: the kernel's bound (with T for the discrete one), or the AR NLL."""
+    if kernel is None:
+        return "ar_exact_nll"
+    bound = kernel.cfg.likelihood_bound
+    return f"discrete_T{num_steps}" if bound == "discrete" else bound

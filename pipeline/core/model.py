@@ -292,12 +292,6 @@ class AutoregressiveLM(nn.Module):
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.backbone(x, None, attention_mask)
 
-    def loss(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats); ``pad_mask`` is True at padding positions."""
-        from pipeline.core.losses import ar_loss  # local import: losses imports nothing from here
-        attention = None if pad_mask is None else ~pad_mask.bool()
-        return ar_loss(self(x, attention), x, pad_mask)
-
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     return AutoregressiveLM(cfg) if cfg.causal else DiffusionTransformer(cfg)

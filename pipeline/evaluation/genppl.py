@@ -23,6 +23,8 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from pipeline.core.objectives import next_token_nll
+
 DEFAULT_JUDGE = "gpt2-large"
 
 
@@ -121,9 +123,7 @@ def score_chunks(judge: Judge, chunks: list[list[int]], batch_size: int = 8, pro
         if int(ids.max()) >= judge.vocab_size:
             raise ValueError(f"judge {judge.name}: token id {int(ids.max())} >= its vocabulary {judge.vocab_size}")
         ids, attention = ids.to(judge.device), attention.to(judge.device)
-        logp = torch.log_softmax(judge.logits(ids, attention).to(torch.float64)[:, :-1], -1)
-        nll = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * attention[:, 1:]
-        out.extend(nll.sum(-1).cpu().tolist())
+        out.extend(next_token_nll(judge.logits(ids, attention), ids, attention).cpu().tolist())
     return out
 
 

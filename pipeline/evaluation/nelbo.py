@@ -1,9 +1,10 @@
 """Test NELBO / perplexity of an export on the preprocessed test split (pipeline/core/likelihood.py bounds).
 
-Bound per kernel: ``mask`` -> MDLM's continuous-time NELBO, ``uniform`` -> UDLM's continuous ELBO
-(both averaged over ``t_draws`` stratified t per sequence), every other kernel -> the T-step
-discrete bound with ``t_draws`` stratified steps of ``num_steps``; ``ar`` exports -> the exact
-next-token NLL (first token of each sequence not scored: it is always [CLS]). [PAD] positions are
+The bound is the objective's (``pipeline.core.objectives``, chosen by ``KernelConfig.likelihood_bound``):
+``mask`` -> MDLM's continuous-time NELBO, ``uniform`` -> UDLM's continuous ELBO (both averaged over
+``t_draws`` stratified t per sequence), every other kernel -> the T-step discrete bound with
+``t_draws`` stratified steps of ``num_steps``; ``ar`` exports -> the exact next-token NLL (first
+token of each sequence not scored: it is always [CLS]). [PAD] positions are
 never counted. The export's weights are the EMA weights when exported from a run; the generator is
 seeded, so the estimate is reproducible.
 """
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.core.likelihood import bits_per_token, discrete_nelbo, mdlm_nelbo, perplexity, udlm_nelbo
+from pipeline.core.likelihood import bits_per_token, perplexity
+from pipeline.core.objectives import Objective, build_objective
 
 SEQ_COLUMN = "tokens"
 
@@ -43,25 +45,17 @@ def _stratified_t(batch: int, draws: int, j: int, generator: torch.Generator) ->
 
 
 @torch.no_grad()
-def sequence_nelbo(exported, x0: torch.Tensor, real: torch.Tensor, t_draws: int, num_steps: int,
-                   generator: torch.Generator) -> tuple[torch.Tensor, str]:
-    """(nats per sequence [B], name of the bound) for one batch."""
-    model, kernel = exported.model, exported.kernel
-    if exported.kind == "ar":
-        logits = model(x0, real)
-        logp = torch.log_softmax(logits.to(torch.float64)[:, :-1], -1)
-        nll = -logp.gather(-1, x0[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return (nll * real[:, 1:]).sum(-1), "ar_exact_nll"
-    name = kernel.cfg.name
-    if name in ("mask", "uniform"):
-        bound = mdlm_nelbo if name == "mask" else udlm_nelbo
-        total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
-        for j in range(t_draws):
-            t = _stratified_t(x0.shape[0], t_draws, j, generator).to(x0.device)
-            total += bound(kernel, model, x0, t.float(), mask=real, generator=generator)
-        return total / t_draws, "mdlm_continuous" if name == "mask" else "udlm_continuous"
-    out = discrete_nelbo(kernel, model, x0, num_steps=num_steps, mask=real, mc_steps=t_draws, generator=generator)
-    return out["nelbo"], f"discrete_T{num_steps}"
+def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Tensor, t_draws: int,
+                   num_steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Nats per sequence [B] of one batch: the objective's bound."""
+    if objective.autoregressive or objective.kernel.cfg.likelihood_bound == "discrete":
+        # the discrete bound spends its t_draws on stratified steps of num_steps (mc_steps)
+        return objective.bound_nats(model, x0, real, generator=generator, num_steps=num_steps, mc_steps=t_draws)
+    total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+    for j in range(t_draws):  # continuous-time bounds: t_draws stratified t per sequence
+        t = _stratified_t(x0.shape[0], t_draws, j, generator).to(x0.device)
+        total += objective.bound_nats(model, x0, real, t=t.float(), generator=generator)
+    return total / t_draws
 
 
 def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_size: int = 16,
@@ -69,13 +63,15 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     """Total NELBO over ``sequences`` and its per-token forms (nats, bits, perplexity)."""
     device = next(exported.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    total, tokens, bound = 0.0, 0, None
+    objective = build_objective(exported.kernel)
+    bound = objective.bound_name(num_steps)
+    total, tokens = 0.0, 0
     for start in tqdm(range(0, len(sequences), batch_size), desc="test NELBO", disable=not progress):
         x0 = sequences[start:start + batch_size].to(device)
         real = torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
-        nats, bound = sequence_nelbo(exported, x0, real, t_draws, num_steps, gen)
+        nats = sequence_nelbo(objective, exported.model, x0, real, t_draws, num_steps, gen)
         total += float(nats.sum())
-        tokens += int(real[:, 1:].sum()) if exported.kind == "ar" else int(real.sum())
+        tokens += int(objective.scored_tokens(real))
     per_token = total / tokens
     return {"bound": bound, "sequences": len(sequences), "tokens": tokens, "nelbo_nats": total,
             "nats_per_token": per_token, "bits_per_token": bits_per_token(total, tokens),

@@ -14,10 +14,9 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.kernels import KernelConfig
-from pipeline.core.losses import LossConfig
+from pipeline.core.objectives import LOSSES, LossConfig
 from pipeline.core.model import ModelConfig
 
-LOSSES = ("change_aware", "elbo")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pipeline.core.kernels import Kernel, alpha_of
-from pipeline.core.losses import change_aware_weights, per_token_cross_entropy
+from pipeline.core.objectives import Objective
 from pipeline.core.time_sampling import TimeSampler, TimeSamplerConfig, step_seed
 
 from . import checkpoint as ckpt
@@ -61,20 +60,6 @@ def noise_seed(seed: int, step: int, rank: int, micro_step: int, world_size: int
     return step_seed(seed, (step * accum + micro_step) * world_size + rank)
 
 
-def nelbo_weights(kernel: Kernel, t: torch.Tensor, changed: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """MDLM's continuous-time NELBO weight -alpha'_t / (1 - alpha_t) on changed positions (Sahoo et al. 2024, Eq 10).
-
-    Exact NELBO weighting for the mask kernel (changed = masked); for the other kernels it is the
-    same time weighting of a cross-entropy surrogate (their bounds are in pipeline.core.likelihood).
-    """
-    with torch.enable_grad():
-        tt = t.detach().to(torch.float64).requires_grad_(True)
-        alpha = alpha_of(kernel.cfg, tt)
-        (dalpha,) = torch.autograd.grad(alpha.sum(), tt)
-    w = (-dalpha / (1.0 - alpha.detach()).clamp_min(1e-6)).to(torch.float32)
-    return w[:, None] * (changed & real)
-
-
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to cfg.lr over warmup_steps, then constant or cosine down to min_lr_ratio * lr."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -110,16 +95,15 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, engine, kernel: Kernel, stream, val_set, env: Dist, run_dir: Path,
+    def __init__(self, cfg: TrainConfig, engine, objective: Objective, stream, val_set, env: Dist, run_dir: Path,
                  identity: dict, marker_base: dict, flops_per_token: float, seq_len: int, pad_id: int | None,
                  universal: bool = False):
-        self.cfg, self.engine, self.kernel, self.stream, self.val_set = cfg, engine, kernel, stream, val_set
+        self.cfg, self.engine, self.objective, self.stream, self.val_set = cfg, engine, objective, stream, val_set
         self.env, self.run_dir, self.identity, self.marker_base = env, run_dir, identity, marker_base
         self.flops_per_token, self.seq_len, self.pad_id, self.universal = flops_per_token, seq_len, pad_id, universal
         self.accum = cfg.accum_steps(env.world_size)
-        # The AR baseline shares data, optimisation, EMA and checkpoints; only the objective differs:
-        # no corruption, next-token cross-entropy over real targets, exact NLL for validation.
-        self.autoregressive = bool(engine.module.cfg.causal)
+        # The AR baseline shares data, optimisation, EMA and checkpoints; only the objective differs.
+        self.autoregressive = objective.autoregressive
         self.sampler = TimeSampler(TimeSamplerConfig(cfg.global_batch, env.world_size, self.accum, cfg.t_min,
                                                      cfg.antithetic_t, cfg.seed))
         self.ema = EMA(engine.module, cfg.ema_decay)
@@ -193,19 +177,6 @@ class Trainer:
     def _real(self, x0: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
 
-    def _token_losses(self, module, xt, t, x0) -> torch.Tensor:
-        """Per-target cross-entropy: [B, L] for diffusion, [B, L-1] (next token) for the AR baseline."""
-        if self.autoregressive:
-            return per_token_cross_entropy(module(xt)[:, :-1], x0[:, 1:])
-        return per_token_cross_entropy(module(xt, t), x0)
-
-    def _loss_weights(self, x0, t, changed) -> tuple[torch.Tensor, torch.Tensor]:
-        real = self._real(x0)
-        if self.cfg.loss == "change_aware":
-            w = change_aware_weights(changed, ~real, self.cfg.loss_config())
-            return w, w.sum()
-        return nelbo_weights(self.kernel, t, changed, real), real.sum().to(torch.float32)
-
     def _prepare_micro_batches(self) -> tuple[list, list[int], float]:
         env, micro = self.env, []
         ids: list[int] = []
@@ -216,18 +187,12 @@ class Trainer:
             x0 = batch["tokens"].to(env.device, non_blocking=True)
             ids += [int(i) for i in batch["sample_id"]]
             seed = noise_seed(self.cfg.seed, self.step, env.rank, a, env.world_size, self.accum)
-            if self.autoregressive:
-                xt, t = x0, None
-                w = self._real(x0)[:, 1:].to(torch.float32)  # weights of the next-token targets
-                den = w.sum()
-            else:
-                with self.timer.phase("corruption"):
-                    gen = torch.Generator(device=env.device).manual_seed(seed)
-                    t = self.sampler.sample(self.step, env.rank, a, device=env.device)
-                    xt, changed = self.kernel.sample_xt(x0, t, generator=gen)
-                    w, den = self._loss_weights(x0, t, changed)
-            micro.append((x0, xt, t, w, seed))
-            denominator += float(den)
+            with self.timer.phase("corruption"):
+                gen = torch.Generator(device=env.device).manual_seed(seed)
+                t = None if self.autoregressive else self.sampler.sample(self.step, env.rank, a, device=env.device)
+                batch = self.objective.prepare(x0, self._real(x0), t, generator=gen)
+            micro.append((x0, batch, seed))
+            denominator += float(batch.denominator)
         return micro, ids, denominator
 
     def train_step(self) -> dict:
@@ -236,11 +201,10 @@ class Trainer:
         (global_den,) = env.all_reduce_sum([local_den])
         scale = env.world_size * self.accum / max(global_den, 1e-12)  # undo DeepSpeed's mean over ranks/micro-steps
         local_num, finite = 0.0, True
-        for a, (x0, xt, t, w, seed) in enumerate(micro):
+        for a, (_, batch, seed) in enumerate(micro):
             with self.timer.phase("forward_backward"):
                 torch.manual_seed(seed)  # dropout: a pure function of (seed, step, rank, micro-step)
-                ce = self._token_losses(engine, xt, t, x0)
-                num = (torch.where(w > 0, ce, 0.0) * w).sum()
+                num, _ = self.objective.loss_terms(self.objective.logits(engine, batch), batch)
                 engine.backward(num * scale)
             value = float(num.detach())
             finite &= math.isfinite(value)
@@ -269,7 +233,7 @@ class Trainer:
     # ------------------------------------------------------------------ validation and probe
     @torch.no_grad()
     def validate(self) -> dict:
-        from pipeline import likelihood as lk
+        """The objective's bound on the validation batches with the EMA weights, in nats per token."""
         from pipeline.core.model import build_model
 
         model = build_model(self.engine.module.cfg).to(self.env.device).eval()
@@ -279,21 +243,13 @@ class Trainer:
         for x0 in self.val_set.batches():
             x0 = x0.to(self.env.device)
             real = self._real(x0)
-            if self.autoregressive:  # exact NLL of the real next tokens
-                nats += float((self._token_losses(model, x0, None, x0) * real[:, 1:]).sum())
-                tokens += float(real[:, 1:].sum())
-                continue
-            t = (torch.rand(x0.shape[0], generator=gen, device=x0.device)).clamp(min=self.cfg.t_min)
-            name = self.kernel.cfg.name
-            if name == "mask":
-                bound = lk.mdlm_nelbo(self.kernel, model, x0, t, real, generator=gen)
-            elif name == "uniform":
-                bound = lk.udlm_nelbo(self.kernel, model, x0, t, real, generator=gen)
-            else:
-                bound = lk.discrete_nelbo(self.kernel, model, x0, num_steps=self.cfg.val_num_steps, mask=real,
-                                          mc_steps=self.cfg.val_mc_steps, generator=gen)["nelbo"]
+            t = None
+            if not self.autoregressive:  # one t per sequence (used by the continuous-time bounds)
+                t = (torch.rand(x0.shape[0], generator=gen, device=x0.device)).clamp(min=self.cfg.t_min)
+            bound = self.objective.bound_nats(model, x0, real, t=t, generator=gen, num_steps=self.cfg.val_num_steps,
+                                              mc_steps=self.cfg.val_mc_steps)
             nats += float(bound.sum())
-            tokens += float(real.sum())
+            tokens += float(self.objective.scored_tokens(real))
         nats, tokens = self.env.all_reduce_sum([nats, tokens])
         nelbo = nats / max(tokens, 1.0)
         return {"val/nelbo": nelbo, "val/ppl": math.exp(min(nelbo, 50.0))}
@@ -304,10 +260,9 @@ class Trainer:
         module = self.engine.module
 
         def loss_fn(x0, t, gen):
-            xt, changed = self.kernel.sample_xt(x0, t, generator=gen)
-            w, den = self._loss_weights(x0, t, changed)
-            ce = per_token_cross_entropy(module(xt, t), x0)
-            return (torch.where(w > 0, ce, 0.0) * w).sum() / den.clamp_min(1e-12)
+            batch = self.objective.prepare(x0, self._real(x0), t, generator=gen)
+            num, den = self.objective.loss_terms(self.objective.logits(module, batch), batch)
+            return num / den.clamp_min(1e-12)
 
         fork = [torch.get_rng_state()]
         try:

@@ -1,11 +1,29 @@
-"""Eq 120 (change-aware loss), the ELBO reduction hook and the AR loss, against hand computations."""
+"""The objectives the trainer runs (Eq 120, the NELBO-weighted loss, the AR loss) against hand computations.
+
+Every loss here goes through ``DiffusionObjective`` / ``AutoregressiveObjective``, the classes
+``pipeline.training.loop.Trainer`` calls for its step, its validation and its gradient probe.
+"""
 import math
 
 import pytest
 import torch
 
-from pipeline.core.losses import (LossConfig, ar_loss, change_aware_loss, change_aware_loss_terms,
-                             change_aware_weights, elbo_weighted_loss, per_token_cross_entropy)
+from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.core.objectives import (AutoregressiveObjective, DiffusionObjective, LossConfig, change_aware_weights,
+                                      next_token_nll, per_token_cross_entropy)
+
+MASK_KERNEL = build_kernel(KernelConfig.preset("mask"), 5, mask_id=4)
+
+
+def change_aware_loss(logits, x0, changed, pad, lambda_chg=None, lambda_same=None):
+    """Eq 120 of one batch through the diffusion objective (x_t does not enter the loss terms)."""
+    defaults = LossConfig()
+    cfg = LossConfig(defaults.lambda_chg if lambda_chg is None else lambda_chg,
+                     defaults.lambda_same if lambda_same is None else lambda_same)
+    objective = DiffusionObjective(MASK_KERNEL, "change_aware", cfg)
+    batch = objective.weigh(x0, ~pad if pad is not None else torch.ones_like(x0, dtype=torch.bool), x0, None, changed)
+    num, den = objective.loss_terms(logits, batch)
+    return num / den
 
 
 def _case():
@@ -43,9 +61,10 @@ def test_eq120_against_hand_computation_with_padding_excluded():
     assert torch.allclose(got, num / den, atol=1e-5)
     # the padded position would have carried weight lam_chg: it really was dropped
     assert not torch.allclose(change_aware_loss(logits, x0, changed, None, lam_chg, lam_same), got, atol=1e-4)
-    w = change_aware_weights(changed, pad, LossConfig(lam_chg, lam_same))
+    w = change_aware_weights(changed, ~pad, LossConfig(lam_chg, lam_same))
     assert w.tolist() == [[5.0, 0.5, 5.0], [0.5, 0.5, 0.0]]
-    n, d = change_aware_loss_terms(logits, x0, changed, pad, LossConfig(lam_chg, lam_same))
+    objective = DiffusionObjective(MASK_KERNEL, "change_aware", LossConfig(lam_chg, lam_same))
+    n, d = objective.loss_terms(logits, objective.weigh(x0, ~pad, x0, None, changed))
     assert torch.allclose(n, num, atol=1e-5) and d.item() == den
 
 
@@ -76,17 +95,24 @@ def test_lambda_validation(chg, same):
         change_aware_loss(logits, x0, changed, pad, chg, same)
 
 
-def test_elbo_weighted_loss_per_position_and_per_sequence_weights():
+def test_nelbo_weighted_loss_weighs_changed_positions_by_one_over_t_and_counts_real_tokens():
     logits, x0, changed, pad = _case()
     ce = _hand_ce(logits, x0)
-    w = changed.float() * torch.tensor([[2.0], [4.0]])          # e.g. MDLM: weight on masked positions
+    t = torch.tensor([0.5, 0.25])  # mask kernel, alpha_t = 1 - t: -alpha'/(1 - alpha) = 1/t -> weights 2 and 4
+    objective = DiffusionObjective(MASK_KERNEL, "elbo")
+    batch = objective.weigh(x0, ~pad, x0, t, changed)
+    num, den = objective.loss_terms(logits, batch)
     expected = (2.0 * (ce[0, 0] + ce[0, 2])) / 5                 # (1,2) is padding; 5 real tokens
-    assert torch.allclose(elbo_weighted_loss(ce, w, pad), expected, atol=1e-5)
-    per_seq = torch.tensor([1.0, 3.0])
-    expected = (ce[0].sum() + 3.0 * (ce[1, 0] + ce[1, 1])) / 5
-    assert torch.allclose(elbo_weighted_loss(ce, per_seq, pad), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="weights shape"):
-        elbo_weighted_loss(ce, torch.ones(2, 4), pad)
+    assert torch.allclose(num / den, expected, atol=1e-5)
+    assert den.item() == 5
+
+
+def _ar_loss(logits, x0, pad=None):
+    objective = AutoregressiveObjective()
+    real = torch.ones_like(x0, dtype=torch.bool) if pad is None else ~pad
+    batch = objective.prepare(x0, real)
+    num, den = objective.loss_terms(logits[:, :-1], batch)
+    return num / den
 
 
 def test_ar_loss_shifts_targets_and_skips_padded_targets():
@@ -94,5 +120,8 @@ def test_ar_loss_shifts_targets_and_skips_padded_targets():
     ce = _hand_ce(logits[:, :-1], x0[:, 1:])
     # targets x0[:, 1:]; row 2's second target (position 2) is padding
     expected = (ce[0, 0] + ce[0, 1] + ce[1, 0]) / 3
-    assert torch.allclose(ar_loss(logits, x0, pad), expected, atol=1e-5)
-    assert torch.allclose(ar_loss(logits, x0), ce.mean(), atol=1e-5)
+    assert torch.allclose(_ar_loss(logits, x0, pad), expected, atol=1e-5)
+    assert torch.allclose(_ar_loss(logits, x0), ce.mean(), atol=1e-5)
+    # the exact NLL the AR bound reports is the same sum, per sequence and in float64
+    nll = next_token_nll(logits, x0, ~pad)
+    assert torch.allclose(nll, torch.stack([ce[0].sum(), ce[1, 0]]).double(), atol=1e-5)
