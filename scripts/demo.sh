@@ -21,7 +21,7 @@ step "2/7 neighbor_index: MiniLM vocabulary embeddings -> top-64 neighbour table
 "$PY" -m neighbor_index --preprocessed "$OUT/lm1b" --out "$OUT/neighbors" --k-max 64
 
 step "3/7 kernel diagnostics (paper Sec 3.2, App B.4/B.6) on the real neighbour tables"
-"$PY" -m pipeline.research.diagnose --neighbors "$OUT/neighbors" --kernels mask,uniform,semdlm,semdlm_plus \
+"$PY" -m pipeline.diagnose --neighbors "$OUT/neighbors" --kernels mask,uniform,semdlm,semdlm_plus \
     --out "$OUT/diagnose"
 
 step "4/7 train a tiny SemDLM+ diffusion model ($STEPS steps, DeepSpeed ZeRO-2 engine, 1 CPU process) and export it"

@@ -20,8 +20,11 @@ kernel                    alpha_t       local branch                global branc
                                                                     table), nu = U(valid) or unigram
 ========================  ============  ==========================  =====================================
 
-The samplers and the likelihood bound (pipeline/core/likelihood.py) only use this form, so a new kernel
-is a new row here, not new code elsewhere. Fractional k_t: see schedules.fractional_knn_probs.
+The samplers and the likelihood bound (pipeline/core/likelihood.py) only use this form. A new kernel
+is a row here: its branches in :func:`build_kernel`, its schedule in :func:`alpha_of` /
+:func:`beta_of`, and its traits on :class:`KernelConfig` (``needs_neighbors``, ``likelihood_bound``),
+which the rest of the pipeline reads instead of kernel names. Every stage builds kernels through
+:func:`make_kernel`. Fractional k_t: see schedules.fractional_knn_probs.
 """
 from __future__ import annotations
 

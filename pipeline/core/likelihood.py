@@ -51,12 +51,20 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
     return torch.where(counted, weight * nll, torch.zeros_like(nll)).sum(-1)
 
 
+def _continuous_bound_sample(kernel: Kernel, name: str, x0: torch.Tensor, t: torch.Tensor,
+                             generator: torch.Generator | None) -> torch.Tensor:
+    """x_t ~ q_t(. | x0) for a continuous-time bound, which is only the bound of kernel ``name``."""
+    if kernel.cfg.name != name:
+        bound = {"mask": "mdlm_nelbo", "uniform": "udlm_nelbo"}[name]
+        raise ValueError(f"{bound} is the bound of the {name} kernel, not {kernel.cfg.name!r}")
+    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    return xt
+
+
 def mdlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """One-sample estimate of MDLM's NELBO per sequence, [B] nats, at the caller's t ~ U(0, 1) [B]."""
-    if kernel.cfg.name != "mask":
-        raise ValueError(f"mdlm_nelbo is the bound of the mask kernel, not {kernel.cfg.name!r}")
-    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    xt = _continuous_bound_sample(kernel, "mask", x0, t, generator)
     return mdlm_integrand(kernel, model(xt, t), x0, xt, t, mask)
 
 
@@ -84,9 +92,7 @@ def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, 
 def udlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """One-sample estimate (t given, one per sequence) of the uniform kernel's continuous ELBO, [B] nats."""
-    if kernel.cfg.name != "uniform":
-        raise ValueError(f"udlm_nelbo is the bound of the uniform kernel, not {kernel.cfg.name!r}")
-    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    xt = _continuous_bound_sample(kernel, "uniform", x0, t, generator)
     log_probs = torch.log_softmax(model(xt, t).to(torch.float64), -1)
     alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
     return (udlm_integrand(log_probs, x0, xt, alpha, dalpha) * _positions(x0, mask)).sum(-1)

@@ -12,7 +12,8 @@ small model, Arriola et al. 2025; the paper's Appendix E.1 "Model setup"):
   branches from c with a linear layer initialised to zero, so at init every block is the identity.
   ``time_conditioning=False`` is MDLM's no-time-conditioning variant (t is replaced by 0, the
   modulation collapses to learned constants); ``adaln=False`` removes the modulation altogether
-  (plain pre-LN blocks, BD3-LM's ``adaln: false``);
+  (plain pre-LN blocks). BD3-LM's configs carry an ``adaln`` flag, but its diffusion DiT ignores
+  it: BD3-LM's small model always has adaLN (139.3 M parameters untied, as ``small`` here);
 * LayerNorm without bias computed in float32 (as MDLM), residual dropout, GELU(tanh) MLP;
 * output layer untied (MDLM: a zero-initialised Linear, so the initial prediction is uniform) or tied
   to the token embedding (plus a zero-initialised bias).

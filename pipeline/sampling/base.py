@@ -1,4 +1,4 @@
-"""Sampler configuration, the denoiser wrapper shared by every sampler, and the semi-AR block loop.
+"""Sampler configuration and the denoiser wrapper shared by every sampler (the block loop: generate.py).
 
 Semi-autoregressive generation (paper Sec 5.1 "Generation Setup"): the sequence of ``seq_len``
 tokens is produced in ``strides`` consecutive blocks; block b is initialised from the kernel's
@@ -132,24 +132,3 @@ def noise_level(kernel, t: float) -> float:
 def initial_block(kernel, batch: int, length: int, device, generator) -> torch.Tensor:
     """A block at t = 1: draws from the kernel's reference distribution (all [MASK] for ``mask``)."""
     return kernel.sample_prior((batch, length), generator=generator).to(device)
-
-
-@torch.no_grad()
-def generate(model, kernel, cfg: SamplerConfig, batch_size: int, generator: torch.Generator | None = None,
-             association: SemanticAssociation | None = None, device=None) -> tuple[torch.Tensor, Denoiser]:
-    """Sample ``batch_size`` sequences of ``cfg.seq_len`` tokens; returns (ids Long[B, L], denoiser)."""
-    from .blockwise import denoise_block_eq121
-    from .mdlm import denoise_block_mdlm
-    from .tau_leaping import denoise_block_tau_leaping
-
-    block_fn = {"blockwise": denoise_block_eq121, "tau_leaping": denoise_block_tau_leaping,
-                "mdlm": denoise_block_mdlm}[cfg.method]
-    if cfg.method == "mdlm" and kernel.cfg.name != "mask":
-        raise ValueError(f"the mdlm sampler needs the mask kernel, the model uses {kernel.cfg.name!r}")
-    device = device or kernel.device
-    den = Denoiser(model, kernel, cfg, association)
-    x = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
-    for _ in range(cfg.strides):  # earlier blocks are clean context for the next one
-        block = block_fn(den, x, cfg.block_len, cfg.steps_per_block, generator)
-        x = torch.cat([x, block], dim=1)
-    return x, den

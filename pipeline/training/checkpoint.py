@@ -145,7 +145,7 @@ def load_checkpoint(engine, run_dir: Path, tag: str, rank: int, world_size: int,
         if state.get("ema") is not None:
             client_state["ema"] = state["ema"]
     # else: another world size; rank 0's RNG state is the best we have (the run's randomness is
-    # a pure function of (seed, step, rank) anyway, see train.py).
+    # a pure function of (seed, step, rank) anyway, see pipeline/training/loop.py).
     return client_state
 
 

@@ -69,8 +69,8 @@ class TrainConfig:
     probe_every: int = 0                      # gradient-variance probe per t-bucket (0 = off)
     probe_buckets: int = 4
     probe_samples: int = 4                    # micro-batches per bucket
-    peak_flops: float = 989e12                # per device, for MFU (H100 bf16 dense)
-    log_sample_ids: bool = False              # write the sample ids of every step to sample_ids.jsonl
+    peak_flops: float = 989e12                # per device bf16 dense peak for MFU: H100/H200 989e12, A100 312e12
+    log_sample_ids: bool = False              # write each step's sample ids to RUN_DIR/sample_ids_rank{R}.jsonl
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
