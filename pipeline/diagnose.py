@@ -1,5 +1,46 @@
-"""``python -m pipeline.diagnose``: thin entry point (library: pipeline/research/diagnose.py)."""
-from pipeline.research.diagnose import main
+"""Kernel diagnostics before training (paper Sec 3.2, App B.4, B.6.2); docs/diagnostics.md.
+
+    python -m pipeline.diagnose --neighbors NEIGHBOR_DIR --out DIR [--kernels mask,uniform,semdlm,semdlm_plus]
+        [--num-t 20] [--eps 1e-5] [--method exact|mc] [--mc-samples 2048] [--mask-id ID] [--seed 0]
+
+writes DIR/diagnostics.csv, DIR/summary.md, DIR/diagnostics.png and prints the summary.
+Library: pipeline/research/diagnose.py (DiagnoseConfig, run_diagnose).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.common.artifacts import stage_errors
+from pipeline.research.diagnose import DiagnoseConfig, run_diagnose
+
+PROG = "python -m pipeline.diagnose"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--neighbors", required=True, help="neighbour artifact directory (python -m neighbor_index)")
+    p.add_argument("--kernels", default="mask,uniform,semdlm,semdlm_plus", help="comma-separated kernel presets")
+    p.add_argument("--num-t", type=int, default=DiagnoseConfig.num_t, help="points of the t grid")
+    p.add_argument("--eps", type=float, default=DiagnoseConfig.eps, help="threshold of the eps-effective support")
+    p.add_argument("--method", choices=("exact", "mc"), default="exact")
+    p.add_argument("--mc-samples", type=int, default=DiagnoseConfig.mc_samples)
+    p.add_argument("--mask-id", type=int, default=None, help="[MASK] id (default: from the tokenizer)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output artifact directory")
+    p.add_argument("--force", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with stage_errors(PROG):
+        cfg = DiagnoseConfig(kernels=tuple(k.strip() for k in args.kernels.split(",") if k.strip()),
+                             num_t=args.num_t, eps=args.eps, method=args.method, mc_samples=args.mc_samples,
+                             seed=args.seed, mask_id=args.mask_id)
+        run_diagnose(cfg, args.neighbors, args.out, force=args.force)
+    return 0
+
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -16,17 +16,21 @@ from pipeline.common.artifacts import stage_errors
 PROG = "python -m pipeline.export"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Export a training run's weights for sampling.")
     p.add_argument("run_dir", help="training run directory (holds checkpoints/ and train_config.json)")
     p.add_argument("--out", required=True, help="export directory to write")
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the latest, e.g. global_step1000)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
-    args = p.parse_args(argv)
-    from pipeline.training.export import export_run
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     with stage_errors(PROG):
+        from pipeline.training.export import export_run
+
         out = export_run(args.run_dir, args.out, tag=args.tag, use_ema=not args.raw_weights, force=args.force)
     print(f"{out}: written")
     return 0

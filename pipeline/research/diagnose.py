@@ -1,4 +1,4 @@
-"""Kernel diagnostics before training (``python -m pipeline.diagnose``; paper Sec 3.2, App B.4, B.6.2).
+"""Kernel diagnostics before training (library of ``python -m pipeline.diagnose``; paper Sec 3.2, App B.4, B.6.2).
 
 For each transition kernel and a grid of diffusion times t, with the unigram prior pi as the
 clean-token distribution, the posterior of Eq 57,
@@ -23,22 +23,27 @@ kernel.likelihood_of; reported with the standard error of the mean. Used as the 
 """
 from __future__ import annotations
 
-import argparse
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from pipeline.common.artifacts import StageRun, stage_errors, write_csv
-from pipeline.core.kernels import KERNEL_NAMES, Kernel, KernelConfig, build_kernel
+from pipeline.common.artifacts import ConfigError, StageRun, write_csv
+from pipeline.core.kernels import KERNEL_NAMES, Kernel, KernelConfig, make_kernel
+
+STAGE = "diagnose"
 
 METRICS = ("d_act", "d_act_eps", "I1", "I2", "entropy")
 
 
 @dataclass(frozen=True)
 class DiagnoseConfig:
+    """What ``python -m pipeline.diagnose`` computes. ``chunk`` (x0 rows per step of the exact
+    sums) and ``progress`` are runtime-only; ``mc_samples`` and ``seed`` only matter for ``mc``."""
+
     kernels: tuple[str, ...] = ("mask", "uniform", "semdlm", "semdlm_plus")
     num_t: int = 20
     eps: float = 1e-5
@@ -46,19 +51,31 @@ class DiagnoseConfig:
     mc_samples: int = 2048
     chunk: int = 4096
     seed: int = 0
+    mask_id: int | None = None  # None: from the neighbour artifact's tokenizer, else the default tokenizer
+    progress: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "kernels", tuple(self.kernels))
         bad = [k for k in self.kernels if k not in KERNEL_NAMES]
         if bad or not self.kernels:
-            raise ValueError(f"unknown kernels {bad}; choose from {KERNEL_NAMES}")
+            raise ConfigError(f"unknown kernels {bad}; choose from {KERNEL_NAMES}")
         if self.num_t < 2:
-            raise ValueError(f"num_t must be >= 2 (dispersion is a variance over t), got {self.num_t}")
+            raise ConfigError(f"num_t must be >= 2 (dispersion is a variance over t), got {self.num_t}")
         if not 0.0 < self.eps < 1.0:
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+            raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         if self.method not in ("exact", "mc"):
-            raise ValueError(f"method must be 'exact' or 'mc', got {self.method!r}")
+            raise ConfigError(f"method must be 'exact' or 'mc', got {self.method!r}")
         if self.mc_samples < 2 or self.chunk < 1:
-            raise ValueError("mc_samples must be >= 2 and chunk >= 1")
+            raise ConfigError("mc_samples must be >= 2 and chunk >= 1")
+
+    def artifact_config(self) -> dict:
+        """The result-determining fields (what the manifest's config hash is taken of)."""
+        cfg = asdict(self)
+        for runtime_only in ("chunk", "progress"):
+            cfg.pop(runtime_only)
+        if self.method == "exact":  # the exact path draws nothing
+            cfg.pop("mc_samples"), cfg.pop("seed")
+        return cfg
 
     def t_grid(self) -> torch.Tensor:
         """Midpoints of num_t equal cells of (0, 1): E_t over the grid is a quadrature of t ~ U(0, 1)."""
@@ -123,7 +140,7 @@ def exact_expected_metrics(kernel: Kernel, prior: torch.Tensor, t: float, eps: f
     support = (prior > 0).nonzero().squeeze(1)
     A, M2, M3, w = (torch.zeros(V, dtype=dt) for _ in range(4))
     g = kernel.global_dist.to(dt)
-    for j, _, a, wk, k, g in _sparse_entries(kernel, support, prior, t, chunk):  # pass 1: column sums
+    for j, _, a, wk, k, _ in _sparse_entries(kernel, support, prior, t, chunk):  # pass 1: column sums
         A.index_add_(0, j, a)
         M2.index_add_(0, j, a * a)
         M3.index_add_(0, j, a ** 3)
@@ -179,21 +196,20 @@ def monte_carlo_expected_metrics(kernel: Kernel, prior: torch.Tensor, t: float, 
 
 
 # --------------------------------------------------------------------------- driver
-def kernel_for(name: str, tables: dict, mask_id: int | None) -> tuple[Kernel, dict]:
-    """Build the preset kernel ``name`` on the tables; k_max is capped at the table width for semdlm*."""
-    cfg = KernelConfig.preset(name)
-    width = tables["neighbors"].shape[1]
-    if name in ("semdlm", "semdlm_softmax") and cfg.k_max > width:
-        cfg = KernelConfig.preset(name, k_max=width)
-    kernel = build_kernel(cfg, tables["neighbors"].shape[0], mask_id=mask_id, **tables)
-    return kernel, cfg.to_dict()
+def kernel_for(name: str, tables, mask_id: int | None) -> tuple[Kernel, dict]:
+    """The preset kernel ``name`` on the neighbour tables (a NeighborTables), fitted to their width."""
+    cfg = KernelConfig.preset(name).fitted_to_table(tables.k_max)
+    return make_kernel(cfg, tables.vocab_size, mask_id, tables), cfg.to_dict()
 
 
-def diagnose(tables: dict, mask_id: int | None, cfg: DiagnoseConfig, progress: bool = True) -> tuple[list[dict], dict]:
-    """Rows (kernel, t, metric means [and stderrs]) and per-kernel summaries."""
+def diagnose(tables, mask_id: int | None, cfg: DiagnoseConfig, progress: bool | None = None
+             ) -> tuple[list[dict], dict]:
+    """Rows (kernel, t, metric means [and stderrs]) and per-kernel summaries on ``tables``
+    (a :class:`pipeline.common.neighbor_artifact.NeighborTables`)."""
     from tqdm import tqdm
 
-    prior = tables["unigram_prior"].to(torch.float64)
+    progress = cfg.progress if progress is None else progress
+    prior = tables.unigram_prior.to(torch.float64)
     prior = prior / prior.sum()
     generator = torch.Generator().manual_seed(cfg.seed)
     rows, kernel_cfgs = [], {}
@@ -237,13 +253,14 @@ def summarise(rows: list[dict], cfg: DiagnoseConfig, kernel_cfgs: dict) -> dict:
 
 def markdown_summary(summary: dict, cfg: DiagnoseConfig, vocab: str) -> str:
     lines = [f"Kernel diagnostics on {vocab}; method={cfg.method}, {cfg.num_t} t points, eps={cfg.eps:g}", "",
-             "| kernel | E[d_act] | E[d_act,eps] | E[I1] | E[I2] | E[H] (nats) | D(Q) |", "|---|---|---|---|---|---|---|"]
+             "| kernel | E[d_act] | E[d_act,eps] | E[I1] | E[I2] | E[H] (nats) | D(Q) |",
+             "|---|---|---|---|---|---|---|"]
     for name, s in summary["kernels"].items():
         lines.append(f"| {name} | {s['mean_d_act']:.1f} | {s['mean_d_act_eps']:.1f} | {s['mean_I1']:.4g} | "
                      f"{s['mean_I2']:.4g} | {s['mean_entropy']:.4g} | {s['dispersion_D']:.4g} |")
     if summary["ordering"]:
-        lines += ["", "Eq 17 ordering mask <= sem <= uni:", "", "| semantic kernel : metric | holds (t-average) | holds at t points |",
-                  "|---|---|---|"]
+        lines += ["", "Eq 17 ordering mask <= sem <= uni:", "",
+                  "| semantic kernel : metric | holds (t-average) | holds at t points |", "|---|---|---|"]
         for key, v in summary["ordering"].items():
             lines.append(f"| {key} | {'yes' if v['holds_on_average'] else 'NO'} | {v['holds_at_t_points']} |")
     return "\n".join(lines) + "\n"
@@ -270,9 +287,10 @@ def plot(rows: list[dict], path: Path, kernels: tuple[str, ...]) -> None:
     plt.close(fig)
 
 
-def _resolve_mask_id(arg: int | None, manifest: dict) -> int | None:
-    if arg is not None:
-        return arg
+def resolve_mask_id(mask_id: int | None, manifest: dict) -> int | None:
+    """``mask_id`` if given, else the [MASK] id of the artifact's tokenizer, else of the default one."""
+    if mask_id is not None:
+        return mask_id
     special = ((manifest or {}).get("tokenizer") or {}).get("special_ids") or {}
     if "mask" in special:
         return int(special["mask"])
@@ -280,50 +298,28 @@ def _resolve_mask_id(arg: int | None, manifest: dict) -> int | None:
     return load_tokenizer_spec().special_ids.get("mask")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.diagnose", description=__doc__.split("\n\n")[0])
-    p.add_argument("--neighbors", required=True, help="neighbour artifact directory (python -m neighbor_index)")
-    p.add_argument("--kernels", default="mask,uniform,semdlm,semdlm_plus", help="comma-separated kernel presets")
-    p.add_argument("--num-t", type=int, default=DiagnoseConfig.num_t, help="points of the t grid")
-    p.add_argument("--eps", type=float, default=DiagnoseConfig.eps, help="threshold of the eps-effective support")
-    p.add_argument("--method", choices=("exact", "mc"), default="exact")
-    p.add_argument("--mc-samples", type=int, default=DiagnoseConfig.mc_samples)
-    p.add_argument("--mask-id", type=int, default=None, help="[MASK] id (default: from the tokenizer)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output artifact directory")
-    p.add_argument("--force", action="store_true")
-    return p
+def run_diagnose(cfg: DiagnoseConfig, neighbors: str | os.PathLike, out: str | os.PathLike,
+                 force: bool = False, log=print) -> Path:
+    """Diagnose the kernels of ``cfg`` on the neighbour artifact ``neighbors`` into the artifact ``out``
+    (diagnostics.csv, summary.md, diagnostics.png); logs the summary table."""
+    from pipeline.common.neighbor_artifact import load_neighbor_tables
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with stage_errors("diagnose"):
-        from pipeline.common.neighbor_artifact import load_neighbor_tables
-
-        cfg = DiagnoseConfig(kernels=tuple(k.strip() for k in args.kernels.split(",") if k.strip()),
-                             num_t=args.num_t, eps=args.eps, method=args.method, mc_samples=args.mc_samples,
-                             seed=args.seed)
-        nb = load_neighbor_tables(args.neighbors)
-        mask_id = _resolve_mask_id(args.mask_id, nb.manifest) if "mask" in cfg.kernels else None
-        run = StageRun("diagnose", Path(args.out), config={**asdict(cfg), "mask_id": mask_id},
-                       upstream={"neighbor_index": Path(args.neighbors)}, force=args.force)
-        if run.is_up_to_date():
-            print(f"{args.out}: up to date")
-            print((Path(args.out) / "summary.md").read_text())
-            return 0
-        tables = {"neighbors": nb.neighbors, "valid_vocab": nb.valid_vocab, "unigram_prior": nb.unigram_prior,
-                  "similarities": nb.similarities}
-        rows, summary = diagnose(tables, mask_id, cfg)
-        text = markdown_summary(summary, cfg, f"V={nb.vocab_size}, table k={nb.k_max}, "
-                                f"|S|={int((nb.unigram_prior > 0).sum())}")
-        with run as tmp:
-            write_csv(tmp / "diagnostics.csv", rows)
-            (tmp / "summary.md").write_text(text)
-            plot(rows, tmp / "diagnostics.png", cfg.kernels)
-            run.extra["summary"] = summary
-        print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    out = Path(out)
+    nb = load_neighbor_tables(neighbors)
+    mask_id = resolve_mask_id(cfg.mask_id, nb.manifest) if "mask" in cfg.kernels else None
+    run = StageRun(STAGE, out, config={**cfg.artifact_config(), "mask_id": mask_id},
+                   upstream={"neighbor_index": Path(neighbors)}, force=force)
+    if run.is_up_to_date():
+        log(f"{out}: up to date")
+        log((out / "summary.md").read_text())
+        return out
+    rows, summary = diagnose(nb, mask_id, cfg)
+    text = markdown_summary(summary, cfg, f"V={nb.vocab_size}, table k={nb.k_max}, "
+                            f"|S|={int((nb.unigram_prior > 0).sum())}")
+    with run as tmp:
+        write_csv(tmp / "diagnostics.csv", rows)
+        (tmp / "summary.md").write_text(text)
+        plot(rows, tmp / "diagnostics.png", cfg.kernels)
+        run.extra["summary"] = summary
+    log(text)
+    return out

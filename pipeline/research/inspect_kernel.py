@@ -6,94 +6,86 @@
 Prints the top entries of the closed-form marginal next to the frequencies of N draws and, as its
 last line, ``tv=<total-variation distance between them>``. ``--vocab-size V`` skips the tokenizer
 (ids instead of words; ``--token`` is then an integer id), for tests and synthetic tables.
+Library of ``python -m pipeline.inspect_kernel`` (pipeline/inspect_kernel.py).
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import os
+from dataclasses import dataclass
 
 import torch
 
-from pipeline.common.artifacts import stage_errors
-from pipeline.core.kernels import PRESETS, KernelConfig, build_kernel
+from pipeline.common.artifacts import ConfigError
 from pipeline.common.neighbor_artifact import load_neighbor_tables
+from pipeline.core.kernels import PRESETS, KernelConfig, make_kernel
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.inspect_kernel", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", required=True, choices=sorted(PRESETS), help="kernel preset")
-    p.add_argument("--neighbors", help="neighbour-table artifact directory (needed by the semdlm kernels)")
-    p.add_argument("--token", required=True, help="the clean token x0 (a word, or an id with --vocab-size)")
-    p.add_argument("--t", type=float, required=True, help="diffusion time in [0, 1]")
-    p.add_argument("--samples", type=int, default=10_000, help="number of draws of x_t (default 10000)")
-    p.add_argument("--top", type=int, default=10, help="entries to print (default 10)")
-    p.add_argument("--k-max", type=int, default=None, help="override the preset's k_max")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path (default: offline bert-base-uncased)")
-    p.add_argument("--vocab-size", type=int, default=None, help="synthetic vocabulary: ids, no tokenizer")
-    p.add_argument("--mask-id", type=int, default=None, help="[MASK] id with --vocab-size (default V - 1)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if not 0.0 <= args.t <= 1.0:
-        p.error(f"--t must be in [0, 1], got {args.t}")
-    if args.samples < 1 or args.top < 1:
-        p.error("--samples and --top must be positive")
-    return args
+@dataclass(frozen=True)
+class InspectConfig:
+    """What ``python -m pipeline.inspect_kernel`` compares (see the module docstring)."""
+
+    kernel: str  # a preset of pipeline.core.kernels.PRESETS
+    token: str  # the clean token x0: a word, or an integer id with vocab_size
+    t: float
+    samples: int = 10_000
+    top: int = 10
+    k_max: int | None = None  # None: the preset's, fitted to the stored table (KernelConfig.fitted_to_table)
+    tokenizer: str | None = None  # None: the offline default (bert-base-uncased WordPiece)
+    vocab_size: int | None = None  # synthetic vocabulary: ids, no tokenizer
+    mask_id: int | None = None  # [MASK] id with vocab_size (default V - 1)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kernel not in PRESETS:
+            raise ConfigError(f"unknown kernel preset {self.kernel!r}; choose from {sorted(PRESETS)}")
+        if not 0.0 <= self.t <= 1.0:
+            raise ConfigError(f"--t must be in [0, 1], got {self.t}")
+        if self.samples < 1 or self.top < 1:
+            raise ConfigError("--samples and --top must be positive")
 
 
-def inspect(args: argparse.Namespace) -> list[str]:
+def inspect(cfg: InspectConfig, neighbors: str | os.PathLike | None = None) -> list[str]:
     """Build the kernel, compare analytic and empirical q_t(. | token); return the lines to print."""
-    tables = load_neighbor_tables(args.neighbors) if args.neighbors else None
-    if args.vocab_size is not None:
-        vocab_size, mask_id = args.vocab_size, (args.mask_id if args.mask_id is not None else args.vocab_size - 1)
+    tables = load_neighbor_tables(neighbors) if neighbors else None
+    if cfg.vocab_size is not None:
+        vocab_size, mask_id = cfg.vocab_size, (cfg.mask_id if cfg.mask_id is not None else cfg.vocab_size - 1)
         decode = str
         try:
-            token_id = int(args.token)
+            token_id = int(cfg.token)
         except ValueError:
-            raise ValueError(f"with --vocab-size, --token must be an integer id, got {args.token!r}") from None
+            raise ConfigError(f"with --vocab-size, --token must be an integer id, got {cfg.token!r}") from None
     else:
         from pipeline.common.hf_assets import load_tokenizer
 
-        tok = load_tokenizer(args.tokenizer)
+        tok = load_tokenizer(cfg.tokenizer)
         vocab_size, mask_id = len(tok), tok.mask_token_id
-        token_id = tok.convert_tokens_to_ids(args.token)
-        if token_id is None or token_id == tok.unk_token_id and args.token != tok.unk_token:
-            raise ValueError(f"token {args.token!r} is not in the tokenizer's vocabulary (use a WordPiece, "
-                             "e.g. 'king' or '##ing')")
+        token_id = tok.convert_tokens_to_ids(cfg.token)
+        if token_id is None or token_id == tok.unk_token_id and cfg.token != tok.unk_token:
+            raise ConfigError(f"token {cfg.token!r} is not in the tokenizer's vocabulary (use a WordPiece, "
+                              "e.g. 'king' or '##ing')")
         decode = lambda i: tok.convert_ids_to_tokens(int(i))  # noqa: E731
     if not 0 <= token_id < vocab_size:
-        raise ValueError(f"token id {token_id} outside [0, {vocab_size})")
+        raise ConfigError(f"token id {token_id} outside [0, {vocab_size})")
     if tables is not None and tables.vocab_size != vocab_size:
-        raise ValueError(f"neighbour table has V={tables.vocab_size}, the vocabulary has {vocab_size}")
-    overrides = {"k_max": args.k_max} if args.k_max else {}
-    if tables is not None and not args.k_max:  # default: the neighbourhood the stored table supports
-        overrides["k_max"] = min(PRESETS[args.kernel].k_max, tables.k_max)
-    cfg = KernelConfig.preset(args.kernel, **overrides)
-    kernel = build_kernel(cfg, vocab_size, mask_id=mask_id, **(tables.kernel_inputs() if tables else {}))
+        raise ConfigError(f"neighbour table has V={tables.vocab_size}, the vocabulary has {vocab_size}")
+    kernel_cfg = KernelConfig.preset(cfg.kernel, **({"k_max": cfg.k_max} if cfg.k_max else {}))
+    if tables is not None and not cfg.k_max:  # default: the preset as training builds it on this table
+        kernel_cfg = kernel_cfg.fitted_to_table(tables.k_max)
+    kernel = make_kernel(kernel_cfg, vocab_size, mask_id, tables)
 
-    analytic = kernel.marginal_rows(torch.tensor([token_id]), args.t)[0]
-    gen = torch.Generator().manual_seed(args.seed)
-    x0 = torch.full((1, args.samples), token_id)
-    xt, _ = kernel.sample_xt(x0, torch.tensor([args.t]), generator=gen)
-    empirical = torch.bincount(xt.flatten(), minlength=vocab_size).double() / args.samples
+    analytic = kernel.marginal_rows(torch.tensor([token_id]), cfg.t)[0]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x0 = torch.full((1, cfg.samples), token_id)
+    xt, _ = kernel.sample_xt(x0, torch.tensor([cfg.t]), generator=gen)
+    empirical = torch.bincount(xt.flatten(), minlength=vocab_size).double() / cfg.samples
     tv = 0.5 * (analytic - empirical).abs().sum().item()
 
-    alpha, beta, lam = (float(x) for x in kernel.branch_weights(args.t))
-    lines = [f"kernel={cfg.name} token={args.token} (id {token_id}) t={args.t} samples={args.samples}",
+    alpha, beta, lam = (float(x) for x in kernel.branch_weights(cfg.t))
+    lines = [f"kernel={kernel_cfg.name} token={cfg.token} (id {token_id}) t={cfg.t} samples={cfg.samples}",
              f"alpha_t={alpha:.4f} local={lam:.4f} global={beta:.4f}",
              f"{'rank':>4}  {'token':<20} {'id':>7}  {'q_t':>9}  {'empirical':>9}"]
-    top = torch.argsort(analytic, descending=True)[: args.top]
+    top = torch.argsort(analytic, descending=True)[: cfg.top]
     for rank, j in enumerate(top.tolist(), 1):
         lines.append(f"{rank:>4}  {decode(j):<20} {j:>7}  {analytic[j].item():9.5f}  {empirical[j].item():9.5f}")
     lines.append(f"tv={tv:.6f}")
     return lines
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    with stage_errors("inspect_kernel"):
-        print("\n".join(inspect(args)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Exact-KL harness for unmasking schedules on Reed–Solomon codes (``python -m pipeline.rs_harness``).
+"""Exact-KL harness for unmasking schedules on Reed–Solomon codes (library of ``python -m pipeline.rs_harness``).
 
 Setting (Cai & Zhao 2026, experiments): the data distribution is uniform over the codewords of
 RS(n, k) over GF(q); the mask predictor is an oracle returning the exact conditional marginals;
@@ -25,20 +25,23 @@ computed from the table when enumerable and equal (n - k) log q and k log q (k <
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pipeline.common.artifacts import StageRun, stage_errors, write_csv
+from pipeline.common.artifacts import ConfigError, StageRun, write_csv
 from pipeline.research.reed_solomon import RSCode, RSOracle, all_configurations, code_distribution
 from pipeline.sampling.unmasking import SCHEDULES, select_positions, size_distribution
 
+STAGE = "rs_harness"
 DEFAULT_EXACT_LIMIT = 200_000
+DEFAULT_MC_SAMPLES = 20_000  # Monte Carlo runs per (schedule, K) when the code is too large to enumerate
 
 
 # --------------------------------------------------------------------------- information measures
@@ -175,58 +178,85 @@ def monte_carlo_kl(code: RSCode, schedule: str, K: int, num_samples: int, seed: 
     return -math.log(p_hat), math.sqrt((1.0 - p_hat) / (num_samples * p_hat))
 
 
-# --------------------------------------------------------------------------- CLI
-def _parse_iterations(text: str | None, n: int) -> list[int]:
-    if not text:
-        return list(range(1, n + 1))
-    values = sorted({int(v) for v in text.split(",") if v.strip()})
-    bad = [v for v in values if not 1 <= v <= n]
-    if bad:
-        raise ValueError(f"iterations {bad} outside [1, n={n}]")
-    return values
+# --------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class RsHarnessConfig:
+    """What ``python -m pipeline.rs_harness`` computes; ``progress`` is runtime-only."""
+
+    q: int = 7  # prime field size
+    n: int = 6  # code length, <= q
+    k: int = 3  # code dimension
+    iterations: tuple[int, ...] | None = None  # K values; None: 1..n
+    schedules: tuple[str, ...] = SCHEDULES
+    exact_limit: int = DEFAULT_EXACT_LIMIT  # largest q^n for the exact dynamic programme
+    mc_samples: int | None = None  # None: DEFAULT_MC_SAMPLES beyond the exact limit, 0 within
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        RSCode(self.q, self.n, self.k)  # raises ValueError naming the invalid parameter
+        object.__setattr__(self, "schedules", tuple(self.schedules))
+        unknown = [s for s in self.schedules if s not in SCHEDULES]
+        if unknown or not self.schedules:
+            raise ConfigError(f"unknown schedules {unknown}; choose from {SCHEDULES}")
+        if self.iterations is not None:
+            values = tuple(sorted(set(self.iterations)))
+            bad = [v for v in values if not 1 <= v <= self.n]
+            if bad or not values:
+                raise ConfigError(f"iterations {bad} outside [1, n={self.n}]")
+            object.__setattr__(self, "iterations", values)
+        if self.mc_samples is not None and self.mc_samples < 0:
+            raise ConfigError(f"mc_samples must be >= 0, got {self.mc_samples}")
+
+    @property
+    def code(self) -> RSCode:
+        return RSCode(self.q, self.n, self.k)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the sampler law is enumerated (q^n <= exact_limit)."""
+        return self.q ** self.n <= self.exact_limit
+
+    @property
+    def resolved_iterations(self) -> tuple[int, ...]:
+        return self.iterations if self.iterations is not None else tuple(range(1, self.n + 1))
+
+    @property
+    def resolved_mc_samples(self) -> int:
+        if self.mc_samples is not None:
+            return self.mc_samples
+        return 0 if self.exact else DEFAULT_MC_SAMPLES
+
+    def artifact_config(self) -> dict:
+        """The result-determining fields, resolved: ``exact`` instead of the limit that decided it,
+        the seed only when Monte Carlo runs."""
+        cfg = {"q": self.q, "n": self.n, "k": self.k, "iterations": list(self.resolved_iterations),
+               "schedules": list(self.schedules), "exact": self.exact, "mc_samples": self.resolved_mc_samples}
+        if cfg["mc_samples"] > 0:
+            cfg["seed"] = self.seed
+        return cfg
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.rs_harness", description=__doc__.split("\n\n")[0])
-    p.add_argument("--q", type=int, default=7, help="prime field size (default 7)")
-    p.add_argument("--n", type=int, default=6, help="code length, <= q (default 6)")
-    p.add_argument("--k", type=int, default=3, help="code dimension (default 3)")
-    p.add_argument("--iterations", default=None, help="comma-separated K values (default 1..n)")
-    p.add_argument("--schedules", default=",".join(SCHEDULES), help="comma-separated subset of " + ",".join(SCHEDULES))
-    p.add_argument("--exact-limit", type=int, default=DEFAULT_EXACT_LIMIT,
-                   help="largest q^n for the exact dynamic programme (default %(default)s)")
-    p.add_argument("--mc-samples", type=int, default=None,
-                   help="Monte Carlo runs per (schedule, K); default 20000 beyond the exact limit, 0 within")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output artifact directory")
-    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    return p
+def compute(cfg: RsHarnessConfig) -> tuple[list[dict], dict]:
+    """(one row per (schedule, K), info {tc, dtc, exact, mc_samples}) of the harness."""
+    from tqdm import tqdm
 
-
-def run(args: argparse.Namespace) -> list[dict]:
-    code = RSCode(args.q, args.n, args.k)
-    schedules = [s.strip() for s in args.schedules.split(",") if s.strip()]
-    unknown = [s for s in schedules if s not in SCHEDULES]
-    if unknown:
-        raise ValueError(f"unknown schedules {unknown}; choose from {SCHEDULES}")
-    iterations = _parse_iterations(args.iterations, code.n)
-    exact = code.q ** code.n <= args.exact_limit
-    mc_samples = args.mc_samples if args.mc_samples is not None else (0 if exact else 20000)
+    code, exact, mc_samples = cfg.code, cfg.exact, cfg.resolved_mc_samples
     data = code_distribution(code) if exact else None
     if exact:
         tc, dtc = total_correlation(data, code.q, code.n), dual_total_correlation(data, code.q, code.n)
     else:
         tc, dtc = rs_tc_dtc(code)
     rows = []
-    from tqdm import tqdm
-    for schedule, K in tqdm([(s, K) for s in schedules for K in iterations], desc="rs_harness", file=sys.stderr):
+    jobs = [(s, K) for s in cfg.schedules for K in cfg.resolved_iterations]
+    for schedule, K in tqdm(jobs, desc="rs_harness", file=sys.stderr, disable=not cfg.progress):
         row = {"schedule": schedule, "K": K, "kl_exact": math.nan,
                "kl_closed_form": closed_form_kl(code, schedule, K), "kl_mc": math.nan,
                "kl_mc_stderr": math.nan, "tc_over_K": tc / K, "dtc_over_K": dtc / K}
         if exact:
             row["kl_exact"] = exact_kl(code, schedule, K, data)
         if mc_samples > 0:
-            row["kl_mc"], row["kl_mc_stderr"] = monte_carlo_kl(code, schedule, K, mc_samples, args.seed)
+            row["kl_mc"], row["kl_mc_stderr"] = monte_carlo_kl(code, schedule, K, mc_samples, cfg.seed)
         rows.append(row)
     return rows, {"tc": tc, "dtc": dtc, "exact": exact, "mc_samples": mc_samples}
 
@@ -263,27 +293,22 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with stage_errors("rs_harness"):
-        config = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
-        stage = StageRun("rs_harness", Path(args.out), config=config, force=args.force)
-        if stage.is_up_to_date():
-            print(f"{args.out}: up to date")
-            print((Path(args.out) / "summary.md").read_text())
-            return 0
-        started = time.time()
-        rows, info = run(args)
-        desc = f"RS(n={args.n}, k={args.k}) over GF({args.q})"
-        table = markdown_table(rows, info, desc)
-        with stage as tmp:
-            write_csv(tmp / "kl.csv", rows)
-            (tmp / "summary.md").write_text(table)
-            plot(rows, tmp / "kl_vs_K.png", desc)
-            stage.extra["stats"] = {**info, "seconds": round(time.time() - started, 2)}
-        print(table)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run_rs_harness(cfg: RsHarnessConfig, out: str | os.PathLike, force: bool = False, log=print) -> Path:
+    """Run the harness into the artifact ``out`` (kl.csv, summary.md, kl_vs_K.png); logs the table."""
+    out = Path(out)
+    stage = StageRun(STAGE, out, config=cfg.artifact_config(), force=force)
+    if stage.is_up_to_date():
+        log(f"{out}: up to date")
+        log((out / "summary.md").read_text())
+        return out
+    started = time.time()
+    rows, info = compute(cfg)
+    desc = f"RS(n={cfg.n}, k={cfg.k}) over GF({cfg.q})"
+    table = markdown_table(rows, info, desc)
+    with stage as tmp:
+        write_csv(tmp / "kl.csv", rows)
+        (tmp / "summary.md").write_text(table)
+        plot(rows, tmp / "kl_vs_K.png", desc)
+        stage.extra["stats"] = {**info, "seconds": round(time.time() - started, 2)}
+    log(table)
+    return out

@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .base import SamplerConfig, generate
+from pipeline.common.artifacts import StageError
+
+from .base import SamplerConfig
+from .generate import generate
+
+
+class GatherTimeoutError(StageError, TimeoutError):
+    """Rank 0 waited longer than its timeout for the other ranks' parts (a user/cluster error)."""
 
 
 def dist_info() -> tuple[int, int]:
@@ -73,7 +80,7 @@ def gather_parts(parts_dir: Path, world: int, timeout_s: float = 24 * 3600, poll
     while not all(p.is_file() for p in paths):
         if time.time() > deadline:
             missing = [p.name for p in paths if not p.is_file()]
-            raise TimeoutError(f"{parts_dir}: parts {missing} did not arrive in {timeout_s:.0f}s")
+            raise GatherTimeoutError(f"{parts_dir}: parts {missing} did not arrive in {timeout_s:.0f}s")
         time.sleep(poll_s)
     records = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line]
     return sorted(records, key=lambda r: r["index"])

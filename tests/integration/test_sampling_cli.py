@@ -18,11 +18,12 @@ def exports(tmp_path_factory, tokenizer):
     """A neighbour artifact, an MDS test split and three exports: semdlm_plus, mask, AR (judge)."""
     from streaming import MDSWriter
 
-    from pipeline.common.artifacts import StageRun
     from pipeline.common.export_artifact import save_export
     from pipeline.common.hf_assets import tokenizer_info
     from pipeline.core.kernels import KernelConfig
     from pipeline.core.model import AutoregressiveLM, DiffusionTransformer, ModelConfig
+
+    from neighbor_tables import write_neighbor_artifact
 
     root = tmp_path_factory.mktemp("exports")
     info, V = tokenizer_info(tokenizer), len(tokenizer)
@@ -34,11 +35,9 @@ def exports(tmp_path_factory, tokenizer):
     rng = np.random.default_rng(0)
     neighbors = np.stack([rng.choice(valid_ids, 4, replace=False) for _ in range(V)]).astype(np.int32)
     neighbors[neighbors == np.arange(V)[:, None]] = valid_ids[0] if valid_ids[0] else valid_ids[1]
-    with StageRun("neighbor_index", root / "neighbors", config={"test": True}) as tmp:
-        np.save(tmp / "neighbors.npy", neighbors)
-        np.save(tmp / "similarities.npy", np.tile(np.float32([0.9, 0.8, 0.7, 0.6]), (V, 1)))
-        np.save(tmp / "valid_vocab.npy", valid)
-        np.save(tmp / "unigram_prior.npy", valid / valid.sum())
+    write_neighbor_artifact(root / "neighbors", dict(neighbors=neighbors, valid_vocab=valid,
+                                                     similarities=np.tile(np.float32([0.9, 0.8, 0.7, 0.6]), (V, 1)),
+                                                     unigram_prior=valid / valid.sum()))
     with MDSWriter(out=str(root / "test"), columns={"tokens": f"ndarray:int32:{L}"}) as w:
         for i in range(4):
             x = np.zeros(L, np.int32)
@@ -138,3 +137,29 @@ def test_evaluate_cli_on_given_samples_and_ar_model(exports, tmp_path):
                               "--test-split", str(exports["test"]), "--quiet"]) == 0
     nelbo = json.loads((out_ar / "results.json").read_text())["nelbo"]
     assert nelbo["bound"] == "ar_exact_nll" and nelbo["tokens"] == sum(9 + i for i in range(4))
+
+
+def test_runtime_only_options_do_not_rerun_the_stages(exports, tmp_path, capsys):
+    """--judge-batch-size / --device / --quiet are runtime-only; the batch sizes decide the numbers."""
+    samples = tmp_path / "s"
+    base = ["--model", str(exports["mask"]), "--out", str(samples), "--steps", "4", "--num-samples", "3",
+            "--seq-len", str(L), "--quiet"]
+    assert sample_cli.main(base + ["--batch-size", "2", "--device", "cpu"]) == 0
+    first = read_jsonl(samples / "samples.jsonl")
+    capsys.readouterr()
+    assert sample_cli.main(base + ["--batch-size", "2"]) == 0 and "up to date" in capsys.readouterr().out
+    assert sample_cli.main(base + ["--batch-size", "3"]) == 0 and "up to date" not in capsys.readouterr().out
+    # batch k is seeded from (seed, k): another batch size draws other samples
+    assert [r["ids"] for r in read_jsonl(samples / "samples.jsonl")] != [r["ids"] for r in first]
+    out = tmp_path / "e"
+    args = ["--model", str(exports["mask"]), "--out", str(out), "--judge", str(exports["ar"]),
+            "--test-split", str(exports["test"]), "--t-draws", "1", "--samples", str(samples)]
+    assert evaluate_cli.main(args + ["--judge-batch-size", "1", "--eval-batch-size", "2"]) == 0
+    capsys.readouterr()
+    assert evaluate_cli.main(args + ["--judge-batch-size", "4", "--eval-batch-size", "2", "--quiet",
+                                     "--device", "cpu"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    nelbo = json.loads((out / "results.json").read_text())["nelbo"]["nelbo_nats"]
+    assert evaluate_cli.main(args + ["--eval-batch-size", "4", "--quiet"]) == 0
+    assert "up to date" not in capsys.readouterr().out  # the NELBO draws t and x_t batch by batch
+    assert json.loads((out / "results.json").read_text())["nelbo"]["nelbo_nats"] != nelbo

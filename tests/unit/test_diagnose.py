@@ -2,14 +2,23 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from pipeline.common.artifacts import StageRun
-from pipeline.research.diagnose import (DiagnoseConfig, diagnose, exact_expected_metrics, kernel_dispersion, main,
-                               monte_carlo_expected_metrics, posterior_eq57, posterior_metrics)
+from pipeline.common.neighbor_artifact import NeighborTables
 from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.diagnose import main
+from pipeline.research.diagnose import (
+    DiagnoseConfig,
+    diagnose,
+    exact_expected_metrics,
+    kernel_dispersion,
+    monte_carlo_expected_metrics,
+    posterior_eq57,
+    posterior_metrics,
+)
+
+from neighbor_tables import write_neighbor_artifact
 
 V, K, MASK = 14, 5, 3
 
@@ -104,9 +113,11 @@ def test_duplicate_neighbours_are_refused():
 
 def test_summary_states_the_ordering():
     tables = small_tables()
-    rows, summary = diagnose(tables, MASK, DiagnoseConfig(num_t=4), progress=False)
+    nb = NeighborTables(**tables, assoc_indices=None, assoc_weights=None, manifest={})  # S+ is not used
+    rows, summary = diagnose(nb, MASK, DiagnoseConfig(num_t=4), progress=False)
     assert len(rows) == 16
-    assert set(summary["ordering"]) == {f"{s}:{m}" for s in ("semdlm", "semdlm_plus") for m in ("d_act", "d_act_eps", "I1")}
+    assert set(summary["ordering"]) == {f"{s}:{m}" for s in ("semdlm", "semdlm_plus")
+                                        for m in ("d_act", "d_act_eps", "I1")}
     d = summary["kernels"]
     assert d["uniform"]["mean_d_act"] >= d["semdlm"]["mean_d_act"]
 
@@ -114,11 +125,7 @@ def test_summary_states_the_ordering():
 def test_cli_on_a_neighbour_artifact(tmp_path, capsys):
     tables = small_tables()
     nb_dir = tmp_path / "nb"
-    with StageRun("neighbor_index", nb_dir, config={"test": True}) as tmp:
-        np.save(tmp / "neighbors.npy", tables["neighbors"].numpy().astype(np.int32))
-        np.save(tmp / "similarities.npy", tables["similarities"].numpy().astype(np.float32))
-        np.save(tmp / "valid_vocab.npy", tables["valid_vocab"].numpy())
-        np.save(tmp / "unigram_prior.npy", tables["unigram_prior"].numpy())
+    write_neighbor_artifact(nb_dir, tables)
     out = tmp_path / "diag"
     args = ["--neighbors", str(nb_dir), "--mask-id", str(MASK), "--num-t", "3", "--out", str(out)]
     assert main(args) == 0
@@ -130,3 +137,19 @@ def test_cli_on_a_neighbour_artifact(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--neighbors", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert err.value.code == 2
+
+
+def test_runtime_only_fields_do_not_rerun(tmp_path):
+    from pipeline.research.diagnose import run_diagnose
+
+    write_neighbor_artifact(tmp_path / "nb", small_tables())
+    logs = []
+    cfg = DiagnoseConfig(num_t=3, mask_id=MASK, chunk=4, progress=False)
+    run_diagnose(cfg, tmp_path / "nb", tmp_path / "diag", log=logs.append)
+    assert not any("up to date" in line for line in logs)
+    logs.clear()
+    run_diagnose(DiagnoseConfig(num_t=3, mask_id=MASK), tmp_path / "nb", tmp_path / "diag", log=logs.append)
+    assert "up to date" in logs[0]  # chunk and progress change the speed, not the numbers
+    run_diagnose(DiagnoseConfig(num_t=4, mask_id=MASK, progress=False), tmp_path / "nb", tmp_path / "diag",
+                 log=logs.append)
+    assert "up to date" not in logs[-1]

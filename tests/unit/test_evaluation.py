@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation.diversity import (distinct_n, pooled_distinct_n, repetition_rate, sample_metrics,
-                                           semantic_basin_rate, unigram_entropy)
+from pipeline.evaluation.diversity import (
+    distinct_n,
+    pooled_distinct_n,
+    repetition_rate,
+    sample_metrics,
+    semantic_basin_rate,
+    unigram_entropy,
+)
 from pipeline.evaluation.genppl import chunk_for_judge, generative_perplexity, load_judge
 
 TEXTS = ["the cat sat on the mat and looked at the dog for a long time",
@@ -120,10 +126,10 @@ def test_unreachable_judge_is_a_clear_error(tmp_path):
 def test_nelbo_on_mds_split_reproducible(tmp_path, kernel_name, bound):
     from streaming import MDSWriter
 
-    from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
     from pipeline.common.export_artifact import Exported
     from pipeline.core.kernels import KernelConfig, build_kernel
     from pipeline.core.model import DiffusionTransformer, ModelConfig
+    from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
 
     V, L, PAD, MASK = 64, 12, 0, 63
     rng = np.random.default_rng(0)

@@ -6,9 +6,17 @@ import pytest
 import torch
 
 from pipeline.research.reed_solomon import RSCode, RSOracle, TableOracle, all_configurations, code_distribution
-from pipeline.research.rs_harness import (closed_form_kl, dual_total_correlation, exact_kl,
-                                 exact_output_distribution, kl_divergence, main, monte_carlo_kl,
-                                 rs_tc_dtc, total_correlation)
+from pipeline.research.rs_harness import (
+    closed_form_kl,
+    dual_total_correlation,
+    exact_kl,
+    exact_output_distribution,
+    kl_divergence,
+    monte_carlo_kl,
+    rs_tc_dtc,
+    total_correlation,
+)
+from pipeline.rs_harness import main
 from pipeline.sampling.unmasking import SCHEDULES
 
 
@@ -42,7 +50,8 @@ def test_algebraic_oracle_matches_brute_force_enumeration():
     assert torch.allclose(a.sum(-1), torch.ones(300, 4, dtype=torch.float64))
     # Fewer than k revealed: uniform marginals on masked positions (MDS).
     few = revealed.sum(1) < code.k
-    assert torch.allclose(a[few][~revealed[few]], torch.full((int((~revealed[few]).sum()), 5), 0.2, dtype=torch.float64))
+    uniform = torch.full((int((~revealed[few]).sum()), 5), 0.2, dtype=torch.float64)
+    assert torch.allclose(a[few][~revealed[few]], uniform)
 
 
 def test_one_token_per_step_is_exact_for_any_distribution():
@@ -105,3 +114,16 @@ def test_cli_writes_table_plot_and_manifest(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["--q", "6", "--n", "4", "--k", "2", "--out", str(tmp_path / "bad")])
     assert err.value.code == 2
+
+
+def test_runtime_only_fields_and_equivalent_spellings_do_not_rerun(tmp_path, capsys):
+    from pipeline.research.rs_harness import RsHarnessConfig, run_rs_harness
+
+    out = tmp_path / "rs"
+    assert main(["--q", "5", "--n", "4", "--k", "2", "--iterations", "1,2", "--out", str(out)]) == 0
+    logs = []
+    cfg = RsHarnessConfig(q=5, n=4, k=2, iterations=(2, 1), exact_limit=10 ** 6, progress=False)
+    run_rs_harness(cfg, out, log=logs.append)
+    assert "up to date" in logs[0]
+    with pytest.raises(ValueError, match="unknown schedules"):
+        RsHarnessConfig(schedules=("fixed", "nope"))

@@ -1,0 +1,191 @@
+"""The evaluate stage as a library: :class:`EvaluateConfig` and :func:`run_evaluate`.
+
+``python -m pipeline.evaluate`` (pipeline/evaluate.py) parses its flags into an
+:class:`EvaluateConfig` and calls :func:`run_evaluate`: test NELBO / PPL of the export, then the
+samples of every sweep point (or of a given sample artifact) under Gen-PPL, entropy and diversity,
+written as results.json, report.md, sweep.csv, plots and samples/.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.common.artifacts import ConfigError, StageRun, load_manifest
+from pipeline.sampling.runner import draw_samples
+from pipeline.sampling.stage import SamplerOptions, decode_all, export_association, preprocessed_seq_len
+
+from .diversity import sample_metrics
+from .genppl import DEFAULT_JUDGE, generative_perplexity, load_judge
+from .report import plot_entropy_histogram, plot_sweep, write_report, write_sweep_csv
+
+STAGE = "evaluate"
+# Fields that change how fast the stage runs, not what it writes: left out of the freshness key.
+# judge_batch_size only groups the judge's chunks (each is scored on its own, right-padded under a
+# causal mask). The sampling batch_size and the NELBO eval_batch_size are NOT among them: batch k of
+# the samples is seeded from (seed, k), and the NELBO estimate draws t and x_t batch by batch from
+# one seeded generator, so either batch size changes the numbers.
+RUNTIME_ONLY = ("judge_batch_size", "device", "progress")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What ``python -m pipeline.evaluate`` measures, and how."""
+
+    judge: str = DEFAULT_JUDGE  # HF causal LM id/dir, an AR export of this pipeline, or "none"
+    judge_batch_size: int = 8
+    nelbo: bool = True
+    test_split: str | None = None  # None: PREPROCESSED/test of the export
+    max_test_sequences: int = 256
+    eval_batch_size: int = 16
+    t_draws: int = 4
+    nelbo_steps: int = 1000
+    nelbo_seed: int = 0
+    samples: str | None = None  # evaluate this sample artifact instead of sampling
+    sample: bool = True  # False: likelihood only
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    steps: tuple[int, ...] = (128,)
+    lambda_freq: tuple[float, ...] = (0.0,)
+    lambda_sem: tuple[float, ...] = (0.0,)
+    num_samples: int = 64
+    batch_size: int = 16
+    seed: int = 0
+    tokenizer: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "lambda_freq", "lambda_sem"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} needs at least one value")
+        for name in ("judge_batch_size", "max_test_sequences", "eval_batch_size", "t_draws", "nelbo_steps",
+                     "num_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.samples and not self.sample:
+            raise ConfigError("give --samples or --no-samples, not both")
+
+    @property
+    def use_judge(self) -> bool:
+        return self.judge not in ("none", "") and self.sample
+
+    def artifact_config(self) -> dict:
+        """The result-determining fields (what the manifest's config hash is taken of)."""
+        cfg = asdict(self)
+        for runtime_only in RUNTIME_ONLY:
+            cfg.pop(runtime_only)
+        return cfg
+
+
+def read_samples(directory: Path) -> list[dict]:
+    load_manifest(directory, stage="sample")
+    return [json.loads(line) for line in (directory / "samples.jsonl").read_text().splitlines() if line]
+
+
+def evaluate_point(records: list[dict], judge, neighbors, cfg: EvaluateConfig) -> dict:
+    """Metrics of one set of samples."""
+    ids = [r["ids"] for r in records]
+    row = sample_metrics(ids, neighbors, window=cfg.sampler.window)
+    if judge is not None:
+        g = generative_perplexity([r["text"] for r in records], judge, cfg.judge_batch_size)
+        row.update(gen_ppl=g["gen_ppl"], judge_tokens=g["judge_tokens"], per_sample_ppl=g["per_sample_ppl"])
+    return row
+
+
+def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log) -> tuple[list[dict], dict]:
+    """Draw and score the samples of every (steps, lambda_freq, lambda_sem) point."""
+    rows, point_samples = [], {}
+    seq_len = preprocessed_seq_len(exported.config)
+    needs_sem = any(ls > 0 for ls in cfg.lambda_sem)
+    association = export_association(exported.config, cfg.device) if needs_sem else None
+    for steps, lf, ls in itertools.product(cfg.steps, cfg.lambda_freq, cfg.lambda_sem):
+        sampler = cfg.sampler.resolve(exported.kernel.cfg.name, seq_len, steps, lf, ls)
+        if ls > 0 and association is None:
+            raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables")
+        start = time.time()
+        records = draw_samples(exported.model, exported.kernel, sampler, cfg.num_samples, cfg.batch_size,
+                               cfg.seed, association, progress=cfg.progress)
+        decode_all(records, cfg.tokenizer or exported.tokenizer_info.get("name_or_path"))
+        row = {"steps": steps, "lambda_freq": lf, "lambda_sem": ls, "num_samples": len(records),
+               "method": sampler.method, "seconds": round(time.time() - start, 2)}
+        row.update(evaluate_point(records, judge, neighbors, cfg))
+        rows.append(row)
+        point_samples[f"steps{steps}_lf{lf:g}_ls{ls:g}"] = records
+        log(f"steps={steps} lambda_freq={lf:g} lambda_sem={ls:g}: gen_ppl={row.get('gen_ppl')} "
+            f"entropy={row['entropy_mean']:.3f}")
+    return rows, point_samples
+
+
+def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.PathLike, force: bool = False,
+                 log=print) -> Path:
+    """Evaluate the export ``model`` into the artifact ``out`` (see the module docstring)."""
+    from pipeline.common.export_artifact import load_export
+    from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
+
+    exported = load_export(model, device=cfg.device)
+    artifacts = exported.config.get("artifacts") or {}
+    out = Path(out)
+    upstream = {"model": Path(model)}
+    if cfg.samples:  # pinned: a regenerated sample artifact makes this one stale
+        load_manifest(cfg.samples, stage="sample")
+        upstream["samples"] = Path(cfg.samples)
+    stage = StageRun(STAGE, out, config=cfg.artifact_config(), upstream=upstream,
+                     tokenizer=exported.tokenizer_info, force=force)
+    if stage.is_up_to_date():
+        log(f"{out}: up to date")
+        return out
+    judge = load_judge(cfg.judge, cfg.device) if cfg.use_judge and exported.kind == "diffusion" else None
+    results = {"model": str(Path(model).resolve()), "kind": exported.kind,
+               "kernel": exported.kernel.cfg.name if exported.kernel is not None else None,
+               "judge": judge.name if judge else None, "training": exported.config.get("training")}
+    if cfg.nelbo:
+        split = cfg.test_split or (Path(artifacts["preprocessed"]) / "test" if artifacts.get("preprocessed") else None)
+        if split is None:
+            raise ConfigError("no test split: pass --test-split or --no-nelbo (the export names no preprocessed data)")
+        seqs = read_test_sequences(split, cfg.max_test_sequences)
+        pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
+        results["nelbo"] = evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws,
+                                          cfg.nelbo_steps, cfg.nelbo_seed, progress=cfg.progress)
+    neighbors = None
+    if artifacts.get("neighbors"):
+        from pipeline.common.neighbor_artifact import load_neighbor_tables
+
+        neighbors = load_neighbor_tables(artifacts["neighbors"]).neighbors
+    rows, point_samples = [], {}
+    if exported.kind == "diffusion" and cfg.sample:
+        if cfg.samples:
+            records = read_samples(Path(cfg.samples))
+            sampled = records[0]["config"] if records else {}
+            penalty = sampled.get("penalty", {})
+            rows.append({"steps": sampled.get("steps"), "lambda_freq": penalty.get("lambda_freq", 0.0),
+                         "lambda_sem": penalty.get("lambda_sem", 0.0), "num_samples": len(records),
+                         **evaluate_point(records, judge, neighbors, cfg)})
+            point_samples["given"] = records
+        else:
+            rows, point_samples = _sweep(exported, cfg, judge, neighbors, log)
+    with stage as tmp:
+        plots = []
+        if rows:
+            write_sweep_csv(rows, tmp / "sweep.csv")
+            plot_entropy_histogram(rows[0]["entropy_per_sample"], tmp / "entropy_hist.png")
+            plots.append("entropy_hist.png")
+            if len({r["steps"] for r in rows}) > 1:
+                plot_sweep(rows, tmp / "sweep_steps.png")
+                plots.append("sweep_steps.png")
+            (tmp / "samples").mkdir()
+            for name, records in point_samples.items():
+                with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
+                    fh.writelines(json.dumps({k: r[k] for k in ("index", "ids", "text") if k in r}) + "\n"
+                                  for r in records)
+        results["sweep"] = rows
+        results["plots"] = plots
+        first = next(iter(point_samples.values()), [])
+        results["examples"] = [r["text"] for r in first[:3]]
+        results["max_sample_len"] = max((len(r["ids"]) for recs in point_samples.values() for r in recs), default=0)
+        write_report(tmp, results)
+    log(f"{out}: report at {out / 'report.md'}")
+    return out

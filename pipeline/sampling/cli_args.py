@@ -1,0 +1,66 @@
+"""The sampler flags shared by ``python -m pipeline.sample`` and ``python -m pipeline.evaluate``.
+
+:func:`add_sampler_args` adds them to a parser (``grid=True``: --steps, --lambda-freq and
+--lambda-sem take comma lists, the evaluate sweep); :func:`sampler_options` turns the parsed flags
+into the :class:`~pipeline.sampling.stage.SamplerOptions` both stage configs hold.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .base import MDLM_SCHEDULES, METHODS, REMASK
+from .stage import SamplerOptions
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in str(text).split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """Sampler options; with ``grid`` --steps/--lambda-freq/--lambda-sem take comma lists (sweeps)."""
+    p.add_argument("--method", choices=METHODS, default=None, help="default: mdlm for mask, else blockwise")
+    p.add_argument("--steps", type=_ints if grid else int, default=[128] if grid else 128,
+                   help="total denoising steps over all blocks" + (" (comma list)" if grid else ""))
+    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=None, help="default: the preprocessed sequence length, else 128")
+    p.add_argument("--strides", type=int, default=2, help="semi-autoregressive blocks (paper: 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--rho", type=float, default=1.0, help="exponent of Eq 121 (blockwise)")
+    p.add_argument("--freeze-threshold", type=float, default=None, help="blockwise: freeze tokens this confident")
+    p.add_argument("--schedule", choices=MDLM_SCHEDULES, default="ancestral", help="mdlm unmasking schedule")
+    p.add_argument("--remask", choices=REMASK, default="none", help="mdlm ancestral: ReMDM remasking")
+    p.add_argument("--remask-eta", type=float, default=0.02)
+    p.add_argument("--corrector-steps", type=int, default=1, help="tau_leaping corrector moves per step")
+    p.add_argument("--corrector-frac", type=float, default=0.1)
+    p.add_argument("--no-cache", action="store_true", help="mdlm: never reuse logits")
+    p.add_argument("--lambda-freq", type=_floats if grid else float, default=[0.0] if grid else 0.0,
+                   help="Eq 23 frequency penalty" + (" (comma list)" if grid else ""))
+    p.add_argument("--lambda-sem", type=_floats if grid else float, default=[0.0] if grid else 0.0,
+                   help="Eq 23 semantic penalty, needs neighbour tables" + (" (comma list)" if grid else ""))
+    p.add_argument("--window", type=int, default=16, help="Eq 23 window radius W")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for decoding (default: the export's)")
+    p.add_argument("--device", default=default_device())
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def sampler_options(args: argparse.Namespace) -> SamplerOptions:
+    """The SamplerOptions of parsed :func:`add_sampler_args` flags."""
+    return SamplerOptions(
+        method=args.method, seq_len=args.seq_len, strides=args.strides, top_k=args.top_k, top_p=args.top_p,
+        rho=args.rho, freeze_threshold=args.freeze_threshold, schedule=args.schedule, remask=args.remask,
+        remask_eta=args.remask_eta, corrector_steps=args.corrector_steps, corrector_frac=args.corrector_frac,
+        cache=not args.no_cache, window=args.window)

@@ -1,0 +1,201 @@
+"""The sample stage as a library: :class:`SampleConfig` and :func:`run_sample`, plus the helpers the
+evaluate stage shares (sampler options, the export's S+, its sequence length, decoding).
+
+``python -m pipeline.sample`` (pipeline/sample.py) parses its flags into a :class:`SampleConfig`
+and calls :func:`run_sample`; ``python -m pipeline.evaluate`` uses :class:`SamplerOptions`,
+:func:`export_association`, :func:`preprocessed_seq_len` and :func:`decode_all` for its sweep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.common.artifacts import ConfigError, StageRun
+
+from .base import MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
+from .penalty import PenaltyConfig, SemanticAssociation, association_by_columns
+from .runner import dist_info, draw_samples, gather_parts, write_part
+
+STAGE = "sample"
+DEFAULT_SEQ_LEN = 128  # when neither --seq-len nor the export's preprocessed data gives one
+
+
+def default_method(kernel_name: str) -> str:
+    """mdlm for the mask kernel, the paper's blockwise sampler for every other kernel."""
+    return "mdlm" if kernel_name == "mask" else "blockwise"
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """The sampler flags of ``pipeline.sample`` and ``pipeline.evaluate``: every field of
+    :class:`SamplerConfig` but ``steps`` and the Eq 23 weights (which evaluate sweeps). ``method``
+    and ``seq_len`` left at None are resolved from the export by :meth:`resolve`."""
+
+    method: str | None = None  # None: mdlm for the mask kernel, else blockwise
+    seq_len: int | None = None  # None: the preprocessed sequence length, else DEFAULT_SEQ_LEN
+    strides: int = 2
+    top_k: int | None = None
+    top_p: float | None = None
+    rho: float = 1.0
+    freeze_threshold: float | None = None
+    schedule: str = "ancestral"
+    remask: str = "none"
+    remask_eta: float = 0.02
+    corrector_steps: int = 1
+    corrector_frac: float = 0.1
+    cache: bool = True
+    window: int = 16  # Eq 23 window radius W (also the window of the evaluation's repetition metrics)
+
+    def __post_init__(self):
+        # The rest is checked by SamplerConfig once the export fixes method and seq_len.
+        for name, allowed in (("method", METHODS), ("schedule", MDLM_SCHEDULES), ("remask", REMASK)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"--{name} must be one of {allowed}, got {value!r}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"--seq-len must be >= 1, got {self.seq_len}")
+        if self.window < 0:
+            raise ConfigError(f"--window must be >= 0, got {self.window}")
+
+    def resolve(self, kernel_name: str, default_seq_len: int | None, steps: int, lambda_freq: float,
+                lambda_sem: float) -> SamplerConfig:
+        """The SamplerConfig of one (steps, lambda_freq, lambda_sem) point for a model with this kernel."""
+        return SamplerConfig(
+            method=self.method or default_method(kernel_name), steps=steps,
+            seq_len=self.seq_len or default_seq_len or DEFAULT_SEQ_LEN, strides=self.strides,
+            top_k=self.top_k, top_p=self.top_p, rho=self.rho, freeze_threshold=self.freeze_threshold,
+            schedule=self.schedule, remask=self.remask, remask_eta=self.remask_eta,
+            corrector_steps=self.corrector_steps, corrector_frac=self.corrector_frac, cache=self.cache,
+            penalty=PenaltyConfig(lambda_freq=lambda_freq, lambda_sem=lambda_sem, window=self.window))
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What ``python -m pipeline.sample`` draws, and how.
+
+    ``device`` and ``progress`` are runtime-only and stay out of the freshness key. ``batch_size``
+    is NOT runtime-only: batch k is drawn with a generator seeded from (seed, k) and sample i lies
+    in batch i // batch_size (pipeline/sampling/runner.py), so another batch size draws other
+    samples; it is part of :meth:`artifact_config`. (A CUDA generator yields another stream than a
+    CPU one, so samples are reproducible per device type; like every stage, the freshness key
+    treats the device as runtime-only.)
+    """
+
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)
+    steps: int = 128  # total denoising steps over all blocks
+    lambda_freq: float = 0.0
+    lambda_sem: float = 0.0
+    num_samples: int = 64
+    batch_size: int = 16
+    seed: int = 0
+    tokenizer: str | None = None  # for decoding; None: the export's
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.num_samples < 1 or self.batch_size < 1:
+            raise ConfigError("--num-samples and --batch-size must be >= 1")
+
+    def sampler_config(self, kernel_name: str, default_seq_len: int | None) -> SamplerConfig:
+        return self.sampler.resolve(kernel_name, default_seq_len, self.steps, self.lambda_freq, self.lambda_sem)
+
+    def artifact_config(self, sampler: SamplerConfig, tokenizer: str | None) -> dict:
+        """The fields that decide the samples, with the sampler resolved against the export and the
+        tokenizer that decodes them (device and progress left out)."""
+        return {"sampler": sampler.to_dict(), "num_samples": self.num_samples, "batch_size": self.batch_size,
+                "seed": self.seed, "tokenizer": tokenizer}
+
+
+# --------------------------------------------------------------------------- helpers shared with evaluate
+def load_association(neighbors_dir: str | os.PathLike, device="cpu") -> SemanticAssociation:
+    """S+ of Eq 114 (the artifact's semantic_assoc_*.npy) in the column form the penalty uses."""
+    from pipeline.common.neighbor_artifact import load_neighbor_tables
+
+    tables = load_neighbor_tables(neighbors_dir)
+    return association_by_columns(tables.assoc_indices.to(device), tables.assoc_weights.to(device))
+
+
+def export_association(export_config: dict, device="cpu") -> SemanticAssociation | None:
+    """S+ of the neighbour artifact an export names, or None when it names none."""
+    path = (export_config.get("artifacts") or {}).get("neighbors")
+    return load_association(path, device) if path else None
+
+
+def preprocessed_seq_len(export_config: dict) -> int | None:
+    """The sequence length of the preprocessed data an export was trained on (None if unknown)."""
+    path = (export_config.get("artifacts") or {}).get("preprocessed")
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text()) if path else {}
+    except OSError:
+        return None
+    return (manifest.get("config") or {}).get("seq_len")
+
+
+def decode_all(records: list[dict], tokenizer_name: str | None) -> None:
+    """Add ``text`` (special tokens skipped) to every record."""
+    from pipeline.common.hf_assets import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_name)
+    for rec in records:
+        rec["text"] = tok.decode(rec["ids"], skip_special_tokens=True)
+
+
+def resolve_device(device: str) -> str:
+    """``cuda`` under torchrun means this rank's GPU, cuda:LOCAL_RANK."""
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local}" if device == "cuda" and local is not None else device
+
+
+# --------------------------------------------------------------------------- the stage
+def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLike, force: bool = False,
+               log=print) -> Path:
+    """Draw ``cfg.num_samples`` samples from the export ``model`` into the artifact ``out``.
+
+    Under torchrun (RANK, WORLD_SIZE) every rank draws its batches and rank 0 gathers and writes.
+    """
+    from pipeline.common.export_artifact import load_export
+
+    device = resolve_device(cfg.device)
+    exported = load_export(model, device=device)
+    if exported.kind != "diffusion":
+        raise ConfigError(f"{model}: kind {exported.kind!r} cannot be sampled by this stage (needs 'diffusion')")
+    kernel = exported.kernel
+    sampler = cfg.sampler_config(kernel.cfg.name, preprocessed_seq_len(exported.config))
+    if sampler.seq_len > exported.model_cfg.max_seq_len:
+        raise ConfigError(f"--seq-len {sampler.seq_len} exceeds the model's max_seq_len "
+                          f"{exported.model_cfg.max_seq_len}")
+    association = export_association(exported.config, device) if sampler.penalty.lambda_sem > 0 else None
+    if sampler.penalty.lambda_sem > 0 and association is None:
+        raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables (config.json artifacts.neighbors)")
+    tokenizer_name = cfg.tokenizer or exported.tokenizer_info.get("name_or_path")
+    out = Path(out)
+    stage = StageRun(STAGE, out, config=cfg.artifact_config(sampler, tokenizer_name),
+                     upstream={"model": Path(model)}, tokenizer=exported.tokenizer_info, force=force)
+    rank, world = dist_info()
+    if stage.is_up_to_date():  # every rank sees the same manifest, so all skip together
+        log(f"{out}: up to date")
+        return out
+    records = draw_samples(exported.model, kernel, sampler, cfg.num_samples, cfg.batch_size, cfg.seed,
+                           association, rank, world, progress=cfg.progress)
+    if world > 1:
+        parts = out.parent / f".{out.name}.parts"
+        write_part(parts, rank, records)
+        if rank != 0:
+            return out
+        records = gather_parts(parts, world)
+        shutil.rmtree(parts, ignore_errors=True)
+    decode_all(records, tokenizer_name)
+    line_cfg = sampler.to_dict()
+    with stage as tmp:
+        with open(tmp / "samples.jsonl", "w") as fh:
+            for rec in records:
+                fh.write(json.dumps({"index": rec["index"], "ids": rec["ids"], "text": rec["text"],
+                                     "seed": {"run": rec["seed"], "batch": rec["batch_seed"], "row": rec["row"]},
+                                     "config": line_cfg}) + "\n")
+        stage.extra["stats"] = {"samples": len(records), "world_size": world,
+                                "network_calls_per_batch": records[0]["network_calls"] if records else 0}
+    log(f"{out}: {len(records)} samples ({sampler.method}, {sampler.steps} steps)")
+    return out
