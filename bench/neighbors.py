@@ -73,10 +73,10 @@ def main() -> int:
         load_after = os.getloadavg()[0]
         manifest = json.loads((work / "neighbors" / "manifest.json").read_text())
         sys.path.insert(0, str(REPO))
-        from neighbor_index import load_neighbor_tables
         from neighbor_index.vocab import vocabulary_from_tokenizer
+        from pipeline.common.neighbor_artifact import read_neighbor_arrays
 
-        tables = load_neighbor_tables(work / "neighbors")
+        tables, _ = read_neighbor_arrays(work / "neighbors")
         tokens = vocabulary_from_tokenizer(None).tokens
 
     stats = manifest["stats"]

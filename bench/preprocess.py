@@ -24,8 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from statistics import median
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = REPO.parent / "shared" / "corpora"
@@ -39,8 +39,8 @@ def _texts(path: Path) -> list[str]:
 
 
 def raw_tokens_per_s(texts: list[str]) -> tuple[float, int]:
-    from preprocess.tokenize import make_backend
     from pipeline.common.hf_assets import load_tokenizer
+    from preprocess.tokenize import make_backend
 
     backend = make_backend(load_tokenizer().backend_tokenizer.to_str())
     start = time.perf_counter()
@@ -96,7 +96,8 @@ def main() -> int:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
-        print(f"| corpus | raw tokenizers tok/s | stage tok/s (--workers {args.workers} --worker-kind {args.worker_kind}) | "
+        print("| corpus | raw tokenizers tok/s | "
+              f"stage tok/s (--workers {args.workers} --worker-kind {args.worker_kind}) | "
               f"ratio (median of {args.trials}; min–max) | "
               "CLI wall s (interpreter + imports + stage) | CLI ratio |")
         print("|---|---:|---:|---:|---:|---:|")

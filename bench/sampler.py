@@ -24,10 +24,11 @@ import time
 import torch
 
 from bench.kernels import BERT_MASK_ID, random_neighbor_tables
+from pipeline.common.neighbor_artifact import semantic_association_rows
 from pipeline.core.kernels import KernelConfig, build_kernel
 from pipeline.core.model import BERT_VOCAB_SIZE, DiffusionTransformer, ModelConfig
 from pipeline.sampling.draws import categorical
-from pipeline.sampling.penalty import PenaltyConfig, apply_semantic_frequency_penalty, association_from_neighbors
+from pipeline.sampling.penalty import PenaltyConfig, apply_semantic_frequency_penalty, association_by_columns
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     neighbors, sims, valid, unigram = random_neighbor_tables(V, args.k_max)
     kernel = build_kernel(KernelConfig.preset("semdlm_plus", k_max=args.k_max), V, mask_id=BERT_MASK_ID,
                           neighbors=neighbors, valid_vocab=valid, unigram_prior=unigram)
-    association = association_from_neighbors(neighbors, sims, args.assoc_k)
+    association = association_by_columns(*semantic_association_rows(neighbors.numpy(), sims.numpy(), args.assoc_k))
     penalty = PenaltyConfig(lambda_freq=1.0, lambda_sem=1.0, window=args.window)
 
     model = DiffusionTransformer(ModelConfig.preset("small")).eval()

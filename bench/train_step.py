@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         " ".join(f"{p:>16}" for p in PHASES) + ("  mfu" if rows and "mfu" in rows[0] else "")
     print(header)
     for (model, batch, seq_len, _), r in zip(cases, rows):
-        line = f"{model:6} {f'{batch}x{seq_len}':>8} {r['steps']:5d} {r['step_time_s']:8.3f} {r['tokens_per_s']:10.1f} " + \
-            " ".join(f"{100 * r[f'{p}_share']:15.2f}%" for p in PHASES)
+        line = (f"{model:6} {f'{batch}x{seq_len}':>8} {r['steps']:5d} {r['step_time_s']:8.3f} "
+                f"{r['tokens_per_s']:10.1f} " + " ".join(f"{100 * r[f'{p}_share']:15.2f}%" for p in PHASES))
         if "mfu" in r:
             line += f"  {100 * r['mfu']:.1f}%"
         print(line)

@@ -17,8 +17,16 @@ from .embed import embed_texts, find_embedding_tensor, load_embedding_matrix, mo
 from .prior import prior_support, unigram_prior
 from .report import render_report
 from .search import search_neighbors
-from .vocab import (Vocabulary, check_identity, classify_tokens, has_tokenizer, model_vocab_identity,
-                    surface_form, upstream_vocabulary, vocabulary_from_tokenizer)
+from .vocab import (
+    Vocabulary,
+    check_identity,
+    classify_tokens,
+    has_tokenizer,
+    model_vocab_identity,
+    surface_form,
+    upstream_vocabulary,
+    vocabulary_from_tokenizer,
+)
 
 SCHEMA_VERSION = 1
 

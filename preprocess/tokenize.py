@@ -18,8 +18,8 @@ import itertools
 import multiprocessing as mp
 import os
 import re
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Iterable, Iterator
 
 import numpy as np
 

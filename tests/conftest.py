@@ -1,4 +1,11 @@
-"""Shared fixtures: where the shared corpora live, offline HF, small corpus slices."""
+"""Shared fixtures: where the shared corpora live, offline HF, small corpus slices, folder markers.
+
+Layout: ``tests/unit`` (fast: no subprocess, no DeepSpeed, no CLI runs; ``make test-fast``) and
+``tests/integration`` (CLIs, subprocesses, DeepSpeed); every test is marked with its folder's name
+(``pytest -m "not integration"``). Helper modules here (this folder is on sys.path):
+``neighbor_tables`` (the one neighbour-table maker and artifact writer, the kernel maker),
+``cli_utils`` (running a stage CLI in-process), ``mds_utils`` (reading MDS splits back).
+"""
 from __future__ import annotations
 
 import os
@@ -13,6 +20,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CORPORA = SHARED / "corpora"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).parent
+        if folder.parent == Path(__file__).parent:
+            item.add_marker(folder.name)  # unit / integration (declared in setup.cfg)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The preprocess stage on real text, the real tokenizer and real MDS shards."""
+"""The preprocess stage on real text, the real tokenizer and real MDS shards (CLI runs, a killed run,
+worker pools; the stage's pure parts are in tests/unit/test_preprocess_parts.py)."""
 from __future__ import annotations
 
 import gzip
@@ -13,19 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mds_utils import read_split
 from pipeline.common.artifacts import ArtifactError, load_manifest
 from preprocess.__main__ import main
-from preprocess.build import token_dtype, token_row_writer
+
+from cli_utils import run_main
+from mds_utils import read_split
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*args) -> int:
-    try:
-        return main([str(a) for a in args] + ["--no-progress"])
-    except SystemExit as exc:  # argparse / stage_errors exit
-        return int(exc.code)
+    return run_main(main, *args)
 
 
 def _write_lines(path: Path, lines: list[str]) -> Path:
@@ -219,25 +218,6 @@ def test_multi_node_groups_merge_to_the_single_run(tmp_path, lm1b_lines):
         assert sorted(map(tuple, a)) == sorted(map(tuple, b))
     np.testing.assert_array_equal(np.load(single / "unigram_counts.npy"), np.load(grouped / "unigram_counts.npy"))
     assert load_manifest(grouped)["stats"]["train"]["documents"] == load_manifest(single)["stats"]["train"]["documents"]
-
-
-def test_light_tokenizer_spec_matches_transformers_and_dtype_choice(tokenizer):
-    from pipeline.common.hf_assets import load_tokenizer_spec, tokenizer_info
-
-    assert load_tokenizer_spec().info() == tokenizer_info(tokenizer)  # identity, size, special ids
-    assert token_dtype(30522) == "uint16" and token_dtype(65535) == "uint16" and token_dtype(65536) == "int32"
-
-
-def test_fast_row_encoding_equals_mdswriter(tmp_path):
-    from streaming import MDSWriter
-
-    columns = {"tokens": "ndarray:uint16:16"}
-    fast = token_row_writer(out=str(tmp_path / "a"), columns=columns)
-    generic = MDSWriter(out=str(tmp_path / "b"), columns=columns)
-    row = np.arange(16, dtype=np.uint16) * 4099
-    assert fast.encode_sample({"tokens": row}) == generic.encode_sample({"tokens": row})
-    with pytest.raises(ValueError):
-        fast.encode_sample({"tokens": row.astype(np.int32)})
 
 
 def test_encoder_threads_and_processes_keep_order_and_restore_parallelism(lm1b_lines, tokenizer, monkeypatch):

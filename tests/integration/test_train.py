@@ -22,6 +22,8 @@ import torch
 
 from pipeline.core.model import build_model
 
+from neighbor_tables import shifted_tables, write_neighbor_artifact
+
 pytestmark = pytest.mark.slow  # every test here launches DeepSpeed (or needs a run that did)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,29 +44,17 @@ def build_neighbor_artifact(preprocessed: Path, out: Path, k_max: int = 8) -> Pa
     Row v lists the k_max next valid ids after v (never v itself); the prior is the smoothed unigram
     distribution of the training split restricted to valid tokens (Eq 119's support).
     """
-    from pipeline.common.artifacts import StageRun, load_manifest
+    from pipeline.common.artifacts import load_manifest
 
     manifest = load_manifest(preprocessed, stage="preprocess")
     tokenizer = manifest["tokenizer"]
     V = int(tokenizer["vocab_size"])
     valid = np.ones(V, dtype=bool)
     valid[list(tokenizer["special_ids"].values())] = False
-    valid_ids = np.flatnonzero(valid)
-    start = np.searchsorted(valid_ids, np.arange(V), side="right")  # first valid id after v
-    cols = (start[:, None] + np.arange(k_max)[None, :]) % valid_ids.size
-    neighbors = valid_ids[cols].astype(np.int32)
-    sims = np.tile(np.linspace(0.9, 0.5, k_max, dtype=np.float32), (V, 1))
     counts = np.load(preprocessed / "unigram_counts.npy", allow_pickle=False).astype(np.float64)[:V]
-    prior = np.where(valid, counts + 1.0, 0.0)
-    prior /= prior.sum()
-    run = StageRun("neighbor_index", out, config={"synthetic": True, "k_max": k_max},
-                   upstream={"preprocessed": preprocessed}, tokenizer=tokenizer)
-    with run as tmp:
-        np.save(tmp / "neighbors.npy", neighbors)
-        np.save(tmp / "similarities.npy", sims)
-        np.save(tmp / "valid_vocab.npy", valid)
-        np.save(tmp / "unigram_prior.npy", prior)
-    return out
+    tables = shifted_tables(valid, k_max, (0.9, 0.5), prior=np.where(valid, counts + 1.0, 0.0))
+    return write_neighbor_artifact(out, tables, config={"synthetic": True, "k_max": k_max},
+                                   upstream={"preprocessed": preprocessed}, tokenizer=tokenizer)
 
 
 def free_port() -> int:
@@ -247,7 +237,8 @@ def test_validation_probe_and_perf_metrics_are_logged(reference_run):
     records = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val/nelbo" in r]
     assert val and val[-1]["step"] == 8
-    assert 0 < val[-1]["val/nelbo"] < np.log(30522) * 1.5 and np.isclose(val[-1]["val/ppl"], np.exp(val[-1]["val/nelbo"]))
+    assert 0 < val[-1]["val/nelbo"] < np.log(30522) * 1.5
+    assert np.isclose(val[-1]["val/ppl"], np.exp(val[-1]["val/nelbo"]))
     perf = [r for r in records if "perf/data_wait_share" in r]
     assert perf and all(0 <= r["perf/data_wait_share"] < 1 for r in perf)
     assert (reference_run / "tensorboard").is_dir() and any((reference_run / "tensorboard").iterdir())
@@ -313,8 +304,8 @@ def test_zero3_trains_resumes_and_exports_like_zero2(reference_run, preprocessed
 
 def test_autoregressive_baseline_trains_exports_and_judges(preprocessed, tmp_path):
     """model.causal=true trains the AR baseline through the same trainer; its export is a Gen-PPL judge."""
-    from pipeline.evaluation.genppl import generative_perplexity, load_judge
     from pipeline.common.export_artifact import load_export
+    from pipeline.evaluation.genppl import generative_perplexity, load_judge
 
     run_dir = tmp_path / "ar"
     cmd = train_command(run_dir, preprocessed, [*TINY, "max_steps=12", "val_every=12", "model_args.causal=true"])

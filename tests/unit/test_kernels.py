@@ -1,16 +1,16 @@
 """Transition kernels: sampled marginals vs closed form, schedule boundaries, validation, fractional k_t."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from kernel_tables import random_tables as shared_random_tables
 
-from pipeline import schedules as sch
-from pipeline import inspect_kernel
-from pipeline.common.artifacts import ArtifactError, StageRun
-from pipeline.core.kernels import KernelConfig, build_kernel
+from pipeline.common.artifacts import ArtifactError
 from pipeline.common.neighbor_artifact import load_neighbor_tables
+from pipeline.core import schedules as sch
+from pipeline.core.kernels import KernelConfig, build_kernel
+
+from neighbor_tables import make_test_kernel, write_neighbor_artifact
+from neighbor_tables import random_tables as shared_random_tables
 
 V, K, MASK = 12, 5, 0
 PRESETS = ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm_plus_eq118"]
@@ -22,7 +22,7 @@ def random_tables(vocab=V, k=K, seed=0):
 
 def make_kernel(preset, **overrides):
     overrides.setdefault("k_max", K if preset != "semdlm_plus" else K + 3)  # + 3: mass beyond the table
-    return build_kernel(KernelConfig.preset(preset, **overrides), V, mask_id=MASK, **random_tables())
+    return make_test_kernel(preset, V, MASK, random_tables(), **overrides)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -138,39 +138,18 @@ def test_self_is_never_a_neighbour():
     assert torch.equal(changed, xt != 5)
 
 
-def write_artifact(out, tables, stage="neighbor_index"):
-    run = StageRun(stage, out, config={"k": K})
-    with run as tmp:
-        np.save(tmp / "neighbors.npy", tables["neighbors"].numpy().astype(np.int32))
-        np.save(tmp / "similarities.npy", tables["similarities"].numpy().astype(np.float32))
-        np.save(tmp / "valid_vocab.npy", tables["valid_vocab"].numpy())
-        np.save(tmp / "unigram_prior.npy", tables["unigram_prior"].numpy())
-
-
 def test_load_neighbor_tables_round_trip_and_refusals(tmp_path):
     tables = random_tables()
-    write_artifact(tmp_path / "nb", tables)
+    write_neighbor_artifact(tmp_path / "nb", tables, config={"k": K})
     loaded = load_neighbor_tables(tmp_path / "nb")
     assert torch.equal(loaded.neighbors, tables["neighbors"]) and loaded.k_max == K
     kernel = build_kernel(KernelConfig.preset("semdlm_plus", k_max=K), loaded.vocab_size, **loaded.kernel_inputs())
     assert kernel.num_ranks == K
-    write_artifact(tmp_path / "other", tables, stage="preprocess")
+    write_neighbor_artifact(tmp_path / "other", tables, config={"k": K}, stage="preprocess")
     with pytest.raises(ArtifactError):
         load_neighbor_tables(tmp_path / "other")
     bad = dict(tables, neighbors=tables["neighbors"].clone())
     bad["neighbors"][0, 0] = 0
-    write_artifact(tmp_path / "bad", bad)
+    write_neighbor_artifact(tmp_path / "bad", bad, config={"k": K}, check=False)
     with pytest.raises(ArtifactError, match="own neighbour"):
         load_neighbor_tables(tmp_path / "bad")
-
-
-def test_inspect_kernel_cli(tmp_path, capsys):
-    write_artifact(tmp_path / "nb", random_tables())
-    args = ["--neighbors", str(tmp_path / "nb"), "--vocab-size", str(V), "--mask-id", str(MASK), "--t", "0.6"]
-    assert inspect_kernel.main(["--kernel", "semdlm_plus", "--token", "3", "--samples", "20000", *args]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("tv=") and float(lines[-1][3:]) < 0.03
-    assert len(lines) == 3 + 10 + 1  # header, 10 entries, tv
-    with pytest.raises(SystemExit) as exc:  # a bad token is one clear error line and exit status 2
-        inspect_kernel.main(["--kernel", "semdlm", "--token", "not-an-id", *args])
-    assert exc.value.code == 2 and "integer id" in capsys.readouterr().err

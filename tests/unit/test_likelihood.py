@@ -6,11 +6,22 @@ import math
 import numpy as np
 import pytest
 import torch
-from kernel_tables import random_tables
 
 from pipeline.core.kernels import KernelConfig, build_kernel
-from pipeline.core.likelihood import (bits_per_token, discrete_nelbo, mdlm_integrand, mdlm_nelbo, perplexity,
-                                 prior_kl, reverse_step, reverse_step_probs, step_kl, udlm_integrand)
+from pipeline.core.likelihood import (
+    bits_per_token,
+    discrete_nelbo,
+    mdlm_integrand,
+    mdlm_nelbo,
+    perplexity,
+    prior_kl,
+    reverse_step,
+    reverse_step_probs,
+    step_kl,
+    udlm_integrand,
+)
+
+from neighbor_tables import make_test_kernel, random_tables
 
 V, K, L, MASK = 5, 3, 3, 0
 PRESETS = ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm_plus_eq118"]
@@ -22,7 +33,7 @@ def tables(seed=0):
 
 def make_kernel(preset, **overrides):
     overrides.setdefault("k_max", K if preset != "semdlm_plus" else K + 1)
-    return build_kernel(KernelConfig.preset(preset, **overrides), V, mask_id=MASK, **tables())
+    return make_test_kernel(preset, V, MASK, tables(), **overrides)
 
 
 class TinyDenoiser:

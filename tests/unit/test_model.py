@@ -2,9 +2,15 @@
 import pytest
 import torch
 
+from pipeline.core.model import (
+    AutoregressiveLM,
+    DiffusionTransformer,
+    ModelConfig,
+    count_parameters,
+    flops_per_token,
+    parameter_count_formula,
+)
 from pipeline.core.objectives import AutoregressiveObjective
-from pipeline.core.model import (AutoregressiveLM, DiffusionTransformer, ModelConfig, count_parameters,
-                            flops_per_token, parameter_count_formula)
 
 VARIANTS = [dict(), dict(tie_embeddings=True), dict(adaln=False), dict(tie_embeddings=True, adaln=False),
             dict(time_conditioning=False)]

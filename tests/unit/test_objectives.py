@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from pipeline.core.kernels import KernelConfig, build_kernel
-from pipeline.core.objectives import (AutoregressiveObjective, DiffusionObjective, LossConfig, change_aware_weights,
-                                      next_token_nll, per_token_cross_entropy)
+from pipeline.core.objectives import (
+    AutoregressiveObjective,
+    DiffusionObjective,
+    LossConfig,
+    change_aware_weights,
+    next_token_nll,
+    per_token_cross_entropy,
+)
 
 MASK_KERNEL = build_kernel(KernelConfig.preset("mask"), 5, mask_id=4)
 

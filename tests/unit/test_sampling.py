@@ -4,13 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.common.neighbor_artifact import semantic_association_rows
 from pipeline.core.kernels import KernelConfig, build_kernel
 from pipeline.core.model import DiffusionTransformer, ModelConfig
-from pipeline.sampling import PenaltyConfig, SamplerConfig, association_from_neighbors, generate, semantic_association
+from pipeline.evaluation.diversity import repetition_rate
+from pipeline.sampling import PenaltyConfig, SamplerConfig, association_by_columns, generate
 from pipeline.sampling.blockwise import replacement_probability
 from pipeline.sampling.draws import categorical, truncate
 from pipeline.sampling.penalty import apply_semantic_frequency_penalty
-from pipeline.evaluation.diversity import repetition_rate
 
 V, MASK = 64, 63
 
@@ -72,7 +73,7 @@ def test_penalty_matches_dense_definition():
     # row form as the neighbour artifact stores it: S+(k, idx[k, j]) = w[k, j] (diagonal first)
     idx = torch.cat([torch.arange(V)[:, None], nb], 1)
     w = torch.cat([torch.ones(V, 1), vals.clamp_min(0)], 1)
-    assoc = semantic_association(idx, w)
+    assoc = association_by_columns(idx, w)
     S = torch.zeros(V, V)  # dense S+(k, l)
     for k in range(V):
         S[k, idx[k]] = w[k]
@@ -100,7 +101,7 @@ def test_penalty_matches_dense_definition():
 def test_penalty_reduces_repeated_tokens():
     model, kernel = tiny_model(bias_tokens=[1, 2, 3]), semantic_kernel()
     nb, vals, _ = tables()
-    assoc = association_from_neighbors(nb, vals)
+    assoc = association_by_columns(*semantic_association_rows(nb.numpy(), vals.numpy(), nb.shape[1]))
     rates = {}
     for lam in (0.0, 3.0):
         cfg = SamplerConfig(method="blockwise", steps=8, seq_len=32, strides=2,
@@ -203,20 +204,22 @@ def test_config_validation_messages():
         PenaltyConfig(lambda_freq=-1.0)
 
 
-def test_load_association_reads_the_artifact_files(tmp_path):
+def test_association_is_read_from_the_artifact_files(tmp_path):
     import numpy as np
 
-    from pipeline.common.artifacts import StageRun
-    from pipeline.sampling import load_association
+    from pipeline.common.neighbor_artifact import load_neighbor_tables
+
+    from neighbor_tables import write_neighbor_artifact
 
     nb, vals, valid = tables(k=4)
     idx = np.concatenate([np.arange(V)[:, None], nb.numpy()[:, :2]], 1).astype(np.int32)
     w = np.concatenate([np.ones((V, 1)), vals.clamp_min(0).numpy()[:, :2]], 1).astype(np.float32)
-    with StageRun("neighbor_index", tmp_path / "nbr", config={}) as tmp:
-        np.save(tmp / "semantic_assoc_indices.npy", idx)
-        np.save(tmp / "semantic_assoc_weights.npy", w)
-    got = load_association(tmp_path / "nbr")
-    want = semantic_association(torch.from_numpy(idx), torch.from_numpy(w))
+    prior = valid.double() / valid.sum()
+    write_neighbor_artifact(tmp_path / "nbr", dict(neighbors=nb, similarities=vals, valid_vocab=valid,
+                                                   unigram_prior=prior), assoc_k=2, config={})
+    loaded = load_neighbor_tables(tmp_path / "nbr")
+    got = association_by_columns(loaded.assoc_indices, loaded.assoc_weights)
+    want = association_by_columns(torch.from_numpy(idx), torch.from_numpy(w))
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert int(got.ptr[-1]) == int((w > 0).sum())  # the two-neighbour S+ of the files, not the 4-wide table
 

@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from pipeline.core.time_sampling import (TimeSampler, TimeSamplerConfig, global_indices, iid_times, step_seed,
-                                    stratified_times)
+from pipeline.core.time_sampling import (
+    TimeSampler,
+    TimeSamplerConfig,
+    global_indices,
+    iid_times,
+    step_seed,
+    stratified_times,
+)
 
 
 def _union(cfg: TimeSamplerConfig, step: int) -> torch.Tensor:

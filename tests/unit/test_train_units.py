@@ -12,12 +12,15 @@ import torch
 
 from pipeline.core.kernels import KernelConfig, build_kernel
 from pipeline.core.model import ModelConfig, build_model
+from pipeline.core.objectives import mdlm_time_weights
 from pipeline.training.checkpoint import check_identity, rng_state, set_rng_state
 from pipeline.training.config import TrainConfig, load_config, parse_overrides
 from pipeline.training.ds_config import load_ds_config, patch_ds_config, resolve_precision
 from pipeline.training.ema import EMA
-from pipeline.training.loop import lr_multiplier, nelbo_weights, noise_seed
+from pipeline.training.loop import lr_multiplier, noise_seed
 from pipeline.training.metrics import gradient_variance_probe, model_flops_utilization
+
+from neighbor_tables import shifted_tables, write_neighbor_artifact
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,7 +107,7 @@ def test_nelbo_weights_of_the_mask_kernel_are_one_over_t():
     t = torch.tensor([0.1, 0.5, 0.9])
     changed = torch.tensor([[True, False], [True, True], [False, True]])
     real = torch.tensor([[True, True], [True, False], [True, True]])
-    w = nelbo_weights(kernel, t, changed, real)  # alpha_t = 1 - t: -alpha'/(1 - alpha) = 1/t
+    w = mdlm_time_weights(kernel, t, changed, real)  # alpha_t = 1 - t: -alpha'/(1 - alpha) = 1/t
     expected = (1.0 / t)[:, None] * (changed & real)
     assert torch.allclose(w, expected.float(), rtol=1e-5)
 
@@ -174,17 +177,12 @@ def test_gradient_variance_probe_is_positive_and_leaves_grads_alone():
 
 # --------------------------------------------------------------------------- export
 def test_export_round_trip_with_a_neighbour_kernel(tmp_path):
-    from pipeline.common.artifacts import StageRun
     from pipeline.common.export_artifact import load_export, save_export
 
     V, K = 40, 4
     tokenizer = {"identity": "vocab-sha256:test", "special_ids": {"mask": 3, "pad": 0}, "vocab_size": V}
-    nn_dir = tmp_path / "nn"
-    with StageRun("neighbor_index", nn_dir, config={"test": 1}, tokenizer=tokenizer) as tmp:
-        np.save(tmp / "neighbors.npy", ((np.arange(V)[:, None] + np.arange(1, K + 1)) % V).astype(np.int32))
-        np.save(tmp / "similarities.npy", np.tile(np.linspace(0.9, 0.6, K, dtype=np.float32), (V, 1)))
-        np.save(tmp / "valid_vocab.npy", np.ones(V, dtype=bool))
-        np.save(tmp / "unigram_prior.npy", np.full(V, 1.0 / V))
+    nn_dir = write_neighbor_artifact(tmp_path / "nn", shifted_tables(np.ones(V, dtype=bool), K, (0.9, 0.6)),
+                                     config={"test": 1}, tokenizer=tokenizer)
     model_cfg = ModelConfig.preset("tiny", vocab_size=V)
     torch.manual_seed(0)
     model = build_model(model_cfg)
@@ -222,14 +220,8 @@ def _fake_preprocessed(directory: Path, identity: str, splits=("train", "validat
 
 
 def _fake_neighbors(directory: Path, identity: str, V: int = 40, K: int = 4) -> Path:
-    from pipeline.common.artifacts import StageRun
-
-    with StageRun("neighbor_index", directory, config={"test": True}, tokenizer={"identity": identity}) as tmp:
-        np.save(tmp / "neighbors.npy", ((np.arange(V)[:, None] + np.arange(1, K + 1)) % V).astype(np.int32))
-        np.save(tmp / "similarities.npy", np.ones((V, K), dtype=np.float32))
-        np.save(tmp / "valid_vocab.npy", np.ones(V, dtype=bool))
-        np.save(tmp / "unigram_prior.npy", np.full(V, 1.0 / V))
-    return directory
+    return write_neighbor_artifact(directory, shifted_tables(np.ones(V, dtype=bool), K, np.ones(K)),
+                                   tokenizer={"identity": identity})
 
 
 def test_upstream_artifacts_are_validated_against_each_other(tmp_path):

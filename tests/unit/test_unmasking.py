@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.sampling.unmasking import (SCHEDULES, fixed_sizes, schedule_sizes, select_positions,
-                                size_distribution, sizes_from_shift)
+from pipeline.sampling.unmasking import (
+    SCHEDULES,
+    fixed_sizes,
+    schedule_sizes,
+    select_positions,
+    size_distribution,
+    sizes_from_shift,
+)
 
 
 @pytest.mark.parametrize("L,K", [(1, 1), (7, 3), (32, 6), (64, 64), (100, 7)])
