@@ -113,7 +113,8 @@ def find_embedding_tensor(path: str | os.PathLike, vocab_size: int, key: str | N
         seen += [f"{k} {list(shapes[k])}" for k in names]
         fits = [k for k in names if shapes[k][0] == vocab_size]
         if fits:
-            best = min(fits, key=lambda k: next((i for i, p in enumerate(_PREFERRED_KEYS) if p in k), len(_PREFERRED_KEYS)))
+            rank = lambda k: next((i for i, p in enumerate(_PREFERRED_KEYS) if p in k), len(_PREFERRED_KEYS))  # noqa: E731
+            best = min(fits, key=rank)
             return EmbeddingTensor(file, best, shapes[best])
     if key is not None:
         raise ValueError(f"--embedding-key {key!r} is not a tensor of {str(path)!r}")

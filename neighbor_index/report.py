@@ -8,7 +8,8 @@ _SHOWN_NEIGHBORS = 8
 
 
 def _fmt_row(tokens: list[str], neighbors: np.ndarray, sims: np.ndarray, i: int) -> str:
-    pairs = ", ".join(f"`{tokens[j]}` {s:.2f}" for j, s in zip(neighbors[i, :_SHOWN_NEIGHBORS], sims[i, :_SHOWN_NEIGHBORS]))
+    shown = zip(neighbors[i, :_SHOWN_NEIGHBORS], sims[i, :_SHOWN_NEIGHBORS])
+    pairs = ", ".join(f"`{tokens[j]}` {s:.2f}" for j, s in shown)
     return f"| `{tokens[i]}` ({i}) | {pairs} |"
 
 
@@ -29,15 +30,17 @@ def render_report(*, tokens: list[str], neighbors: np.ndarray, similarities: np.
         "# neighbor_index report", "",
         f"- vocabulary: {V} tokens; embeddings: {stats['embedding_source']} (dim {stats['embedding_dim']})",
         f"- neighbours: top-{k} by cosine, index `{stats['index']}`"
-        + (f", recall@{k} vs exact on {stats['recall_rows']} rows: {stats['recall']:.4f}" if stats.get("recall") is not None else " (exact)"),
+        + (f", recall@{k} vs exact on {stats['recall_rows']} rows: {stats['recall']:.4f}"
+           if stats.get("recall") is not None else " (exact)"),
         f"- time: embedding {stats['embed_seconds']:.1f} s, search {stats['search_seconds']:.1f} s", "",
         "## Coverage", "",
         "| set | tokens | share of train tokens |", "|---|---:|---:|",
-        f"| special ([PAD] [CLS] [SEP] [MASK] [UNK], [unusedN]) | {int(classes.special.sum())} | {counts[classes.special].sum() / total:.2%} |",
-        f"| continuation pieces (##x) | {int(classes.continuation.sum())} | {counts[classes.continuation].sum() / total:.2%} |",
-        f"| punctuation-only (no letter/digit) | {int(classes.punctuation.sum())} | {counts[classes.punctuation].sum() / total:.2%} |",
-        f"| **valid** (neighbour targets) | {int(valid.sum())} | {counts[valid].sum() / total:.2%} |",
-        f"| prior support (valid, count >= {stats['min_count']}) | {int(support.sum())} | {counts[support].sum() / total:.2%} |",
+        *(f"| {name} | {int(rows.sum())} | {counts[rows].sum() / total:.2%} |" for name, rows in (
+            ("special ([PAD] [CLS] [SEP] [MASK] [UNK], [unusedN])", classes.special),
+            ("continuation pieces (##x)", classes.continuation),
+            ("punctuation-only (no letter/digit)", classes.punctuation),
+            ("**valid** (neighbour targets)", valid),
+            (f"prior support (valid, count >= {stats['min_count']})", support))),
         "",
         f"- distinct tokens used as neighbours: {used_targets} of {int(valid.sum())} valid",
         f"- train tokens counted: {int(counts.sum())}; prior tau = {stats['tau']}, "

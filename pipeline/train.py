@@ -92,12 +92,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     import deepspeed
 
-    from pipeline.core.kernels import KernelConfig
+    from pipeline.core.kernels import KernelConfig, make_kernel
     from pipeline.core.model import build_model, count_parameters, flops_per_token
     from pipeline.core.objectives import build_objective
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
-    from pipeline.core.kernels import make_kernel
     from pipeline.training.components import load_upstream
     from pipeline.training.config import load_config
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
@@ -156,7 +155,8 @@ def run(args) -> int:
                                                                    "world_size": env.world_size}) + "\n")
         precision = "bf16 autocast" if ds_config["torch_autocast"]["enabled"] else "fp32"
         print(f"model {cfg.model}: {n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding); "
-              f"{'autoregressive' if model_cfg.causal else 'kernel ' + kernel_cfg.name}; world {env.world_size} x micro {cfg.micro_batch} x accum "
+              f"{'autoregressive' if model_cfg.causal else 'kernel ' + kernel_cfg.name}; "
+              f"world {env.world_size} x micro {cfg.micro_batch} x accum "
               f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {precision}", flush=True)
     trainer = Trainer(cfg, engine, objective, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,

@@ -19,10 +19,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.common.artifacts import ArtifactError, load_manifest
+
+if TYPE_CHECKING:  # torch is imported lazily: preprocess/neighbor_index need only the numpy side
+    import torch
 
 STAGE = "neighbor_index"
 TABLE_FILES = ("neighbors", "similarities", "valid_vocab", "prior_support", "unigram_prior",
@@ -65,7 +69,7 @@ def validate_neighbor_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
     if missing:
         raise ArtifactError(f"{where}: missing {', '.join(f'{m}.npy' for m in missing)}")
     nb, sims = arrays["neighbors"], arrays["similarities"]
-    valid, prior = arrays["valid_vocab"], arrays["unigram_prior"]
+    prior = arrays["unigram_prior"]
     assoc_idx, assoc_w = arrays["semantic_assoc_indices"], arrays["semantic_assoc_weights"]
     V = nb.shape[0] if nb.ndim == 2 else -1
     problems = []
@@ -124,12 +128,12 @@ def read_neighbor_arrays(directory: str | os.PathLike) -> tuple[dict[str, np.nda
 class NeighborTables:
     """A neighbour artifact as CPU torch tensors, plus the manifest it came with."""
 
-    neighbors: "torch.Tensor"  # long [V, k_max]  # noqa: F821 - torch is imported lazily
-    similarities: "torch.Tensor"  # float32 [V, k_max]
-    valid_vocab: "torch.Tensor"  # bool [V]
-    unigram_prior: "torch.Tensor"  # float64 [V]
-    assoc_indices: "torch.Tensor"  # long [V, 1 + assoc_k]: S+ in row form (Eq 114)
-    assoc_weights: "torch.Tensor"  # float32 [V, 1 + assoc_k]
+    neighbors: torch.Tensor  # long [V, k_max]
+    similarities: torch.Tensor  # float32 [V, k_max]
+    valid_vocab: torch.Tensor  # bool [V]
+    unigram_prior: torch.Tensor  # float64 [V]
+    assoc_indices: torch.Tensor  # long [V, 1 + assoc_k]: S+ in row form (Eq 114)
+    assoc_weights: torch.Tensor  # float32 [V, 1 + assoc_k]
     manifest: dict
 
     @property

@@ -82,7 +82,7 @@ class ModelConfig:
         return self.adaln and self.time_conditioning and not self.causal
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ModelConfig":
+    def preset(cls, name: str, **overrides) -> ModelConfig:
         """``small``: MDLM / BD3-LM small (12 layers, 768 hidden, 12 heads); ``tiny``: tests and demo."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.sampling.unmasking import schedule_sizes, select_positions
+
 from .base import Denoiser, initial_block, time_grid
 from .draws import categorical, truncate
 

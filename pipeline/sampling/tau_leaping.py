@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.core.likelihood import reverse_step_probs
+
 from .base import Denoiser, initial_block, time_grid
 from .draws import categorical, truncate
 from .mdlm import ancestral_reveal_probability

@@ -28,14 +28,15 @@ number of positions still masked, DTC by the number already revealed; so
 The randomisation is a uniform random shift ``U ~ U[0, 1)`` of that grid: the K - 1 cuts sit at
 warped heights ``(k - 1 + U) / (K - 1)``, k = 1..K-1, so the first and last blocks share one grid
 cell at random (widths U and 1 - U cells) and the interior blocks are one cell each. Cuts are
-rounded to integers and projected so every iteration reveals at least one position. The sizes therefore vary across seeds, sum to ``L``, and for every shift the schedule is
-piecewise constant in ``U`` — which lets :func:`size_distribution` list the *exact* distribution
-of the size sequence (used by the exact-KL harness).
+rounded to integers and projected so every iteration reveals at least one position. The sizes
+therefore vary across seeds, sum to ``L``, and for every shift the schedule is piecewise constant
+in ``U`` — which lets :func:`size_distribution` list the *exact* distribution of the size sequence
+(used by the exact-KL harness).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -97,7 +97,8 @@ def check_identity(saved: dict, current: dict, where: str) -> None:
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
             diffs.append(f"{key}: {a!r} -> {b!r}")
     raise ValueError(f"refusing to resume {where}: the checkpoint was trained with a different configuration "
@@ -108,8 +109,11 @@ def check_identity(saved: dict, current: dict, where: str) -> None:
 def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, marker: dict, rank: int,
                     keep_last: int, barrier) -> str:
     """Collective save of tag global_step{step}; rank 0 then marks it complete and prunes old tags."""
-    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
-                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
 
     tag = tag_for(step)
     root = checkpoint_dir(run_dir)

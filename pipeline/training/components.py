@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.common.artifacts import ArtifactError, load_manifest, manifest_hash
-from pipeline.core.kernels import KernelConfig
 from pipeline.common.neighbor_artifact import NeighborTables, load_neighbor_tables
+from pipeline.core.kernels import KernelConfig
 
 
 @dataclass

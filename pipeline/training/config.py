@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.kernels import KernelConfig
-from pipeline.core.objectives import LOSSES, LossConfig
 from pipeline.core.model import ModelConfig
+from pipeline.core.objectives import LOSSES, LossConfig
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -75,8 +75,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         problems = []
-        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "val_mc_steps", "val_num_steps",
-                    "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
+        positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "val_mc_steps",
+                    "val_num_steps", "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")

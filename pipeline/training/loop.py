@@ -315,6 +315,7 @@ class Trainer:
                 self.logger.close()
                 return 0
         if env.rank == 0:  # slurm/train.sh requeues a job until this file exists
-            (self.run_dir / FINISHED).write_text(json.dumps({"step": self.step, "tokens_seen": self.tokens_seen}) + "\n")
+            finished = {"step": self.step, "tokens_seen": self.tokens_seen}
+            (self.run_dir / FINISHED).write_text(json.dumps(finished) + "\n")
         self.logger.close()
         return 0
