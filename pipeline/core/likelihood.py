@@ -5,6 +5,9 @@
 * :func:`discrete_nelbo` - a T-step variational upper bound on -log p(x0) valid for *every* kernel
   of pipeline.core.kernels (the one to report for ``semdlm``, ``semdlm_softmax`` and ``semdlm_plus``).
   It is an ELBO of exactly the generative process of :func:`reverse_step`.
+* :func:`ctelbo_nelbo` (integrand: pipeline.core.ct_elbo) - the continuous-time ELBO
+  of the conditional path, every kernel; MDLM's NELBO for ``mask``, far tighter than the T-step bound
+  for the semantic kernels.
 
 The denoiser is any callable ``model(xt: Long[B, L], t: Float[B]) -> logits Float[B, L, V]``.
 All bounds are returned in nats per sequence; :func:`bits_per_token` / :func:`perplexity` convert.
@@ -15,6 +18,8 @@ import math
 
 import torch
 
+# The continuous-time ELBO of the conditional path, every kernel (docs/likelihood.md Sec 6).
+from pipeline.core.ct_elbo import ctelbo_integrand, ctelbo_per_token  # noqa: F401 - re-exported for the objective
 from pipeline.core.kernels import Kernel, alpha_and_derivative
 
 
@@ -206,6 +211,15 @@ def prior_kl(kernel: Kernel, x0: torch.Tensor, mask: torch.Tensor | None = None)
     log_pi = kernel.prior_probs().clamp_min(1e-300).log()
     kl = torch.where(q1 > 0, q1 * (q1.clamp_min(1e-300).log() - log_pi), torch.zeros_like(q1)).sum(-1)
     return (kl.reshape(x0.shape) * _positions(x0, mask)).sum(-1)
+
+
+def ctelbo_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """One-sample estimate of the continuous-time ELBO per sequence, [B] nats, at the caller's t [B]
+    (t ~ U[0, 1], clamped to [t_min, 1] like MDLM), including the prior KL term."""
+    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    logits = model(xt, t)
+    return ctelbo_integrand(kernel, logits, x0, xt, t, mask) + prior_kl(kernel, x0, mask)
 
 
 @torch.no_grad()

@@ -1,0 +1,356 @@
+"""Continuous-time ELBO of the conditional path, for every kernel in branch form (docs/likelihood.md, Sec 6).
+
+Per position and clean token v, the forward marginal p_v(t) = q_t(. | v) has derivative
+pdot_v = d/dt q_t(. | v). The CTMC with reverse-time (generative-direction) rates
+
+    Rbar^v_t(z -> y) = [pdot_v(z)]_+ [-pdot_v(y)]_+ / (q_t(z | v) S_v(t)),   S_v = sum_y [pdot_v(y)]_+,
+
+realises these marginals. The model's reverse rates are the posterior mixture
+Rhat(z -> y) = sum_v p_theta(v | x_t) Rbar^v(z -> y), and with the path-measure KL (Campbell et al. 2022)
+
+    -log p(x0) <= KL(q_1(. | x0) || pi) + int_0^1 E_{x_t ~ q_t(.|x0)} sum_i sum_{y != z_i}
+                   [Rhat - Rbar^{x0} + Rbar^{x0} log(Rbar^{x0} / Rhat)] dt.
+
+Per position (z = x_t, w = p_theta(. | x_t) restricted to the v with q_t(z | v) > 0, SUBS for mask):
+
+    integrand = sum_v w_v [pdot_v(z)]_+ / q_t(z | v)  -  c  +  sum_{y in T} r_y log(r_y / Rhat(z -> y)),
+    c = [pdot_{x0}(z)]_+ / q_t(z | x0),   r_y = c [-pdot_{x0}(y)]_+ / S_{x0},   T = {x0} u N(x0).
+
+Sparsity (beta'_t >= 0, checked by KernelConfig): pdot_v(y) < 0 only for y in {v} u N(v), and for v
+with z not in {v} u N(v) the ratio pdot_v(z) / q_t(z | v) = beta' / beta is the same ("generic" v).
+So a position needs one logsumexp over V, the entries {z} u inv(z), and for Rhat the v in
+{y} u inv(y) for the y in T: O(V + K * in-degree), not O(V K). S_v is tabulated per distinct t
+(O(V K) per sequence). Accumulation is float64. :func:`ctelbo_integrand_dense` is the O(V^2)
+reference the tests check the sparse code against.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from pipeline.core.kernels import Kernel
+
+_CHUNK = 1 << 22  # elements of a [U, V, K] temporary built at once
+
+
+class _TimeTables(NamedTuple):
+    """Schedule values per distinct t (index u) and the forward outflow S_v(t), [U, V]."""
+
+    u: torch.Tensor  # [N] index of each position's t
+    alpha: torch.Tensor  # [U]
+    beta: torch.Tensor
+    dalpha: torch.Tensor
+    dbeta: torch.Tensor
+    local: torch.Tensor  # [U, 1 or V, K] lam_t s_t(r | v) (1: kNN kernels, independent of v)
+    dlocal: torch.Tensor  # same, d/dt
+    outflow: torch.Tensor  # [U, V] S_v
+    live: torch.Tensor  # [U] ranks >= live carry no local mass and no change: they act like generic v
+    losing: torch.Tensor  # [U] ranks >= losing never lose mass
+
+
+def _kernel_cache(kernel: Kernel) -> dict:
+    """nu at the table entries (computed once per kernel object)."""
+    cache = getattr(kernel, "_ctelbo_cache", None)
+    if cache is None:
+        nu = kernel.global_dist
+        nu_nb = nu[kernel.neighbors]  # [V, K]
+        cache = {"nu_nb": nu_nb, "nu_nb_t": nu_nb.T.contiguous(), "nu_max": float(nu.max()),
+                 # [K + 1, V]: sum of nu over each row's first r ranks
+                 "nu_nb_cum": torch.cat([torch.zeros_like(nu).unsqueeze(0), nu_nb.T.cumsum(0)]).contiguous()}
+        # the transposed table sorted by (token, rank): entries of z with rank < R are one slice
+        V, K = kernel.neighbors.shape
+        if K:
+            key = kernel.neighbors.reshape(-1) * K + torch.arange(V * K, device=nu.device) % K
+            order = torch.argsort(key, stable=True)
+            ptr = torch.zeros(V * K + 1, dtype=torch.long, device=nu.device)
+            ptr[1:] = torch.cumsum(torch.bincount(key, minlength=V * K), 0)
+            cache.update(inv_src=order // K, inv_rank=order % K, inv_ptr=ptr)
+        kernel._ctelbo_cache = cache
+    return cache
+
+
+def _time_tables(kernel: Kernel, t: torch.Tensor) -> _TimeTables:
+    tu, u = torch.unique(t, return_inverse=True)
+    (a, b, _), (da, db, _) = kernel.branch_weights_and_derivatives(tu)
+    if (db < -1e-12).any():
+        raise ValueError("the continuous-time ELBO needs a non-decreasing global weight beta_t")
+    V, K, nu = kernel.vocab_size, kernel.num_ranks, kernel.global_dist
+    U = tu.numel()
+    db = db.clamp_min(0.0)
+    # S_v = beta' nu(outside {v} u N(v)) + [alpha' + beta' nu(v)]_+ + sum_r [dlocal_r(v) + beta' nu(N(v)_r)]_+
+    outflow = db.unsqueeze(-1) * (1.0 - nu) + (da.unsqueeze(-1) + db.unsqueeze(-1) * nu).clamp_min(0.0)  # [U, V]
+    if not K:
+        local = dlocal = torch.zeros(U, 1, 0, dtype=torch.float64, device=kernel.device)
+        none = torch.zeros(U, dtype=torch.long, device=kernel.device)
+        return _TimeTables(u, a, b, da, db, local, dlocal, outflow, none, none)
+    cache = _kernel_cache(kernel)
+    nu_nb = cache["nu_nb"]
+    if kernel.cfg.name == "semdlm_softmax":  # s_t depends on v: [U, V, K], in chunks
+        local, dlocal = kernel.local_mass_and_derivative(tu.unsqueeze(-1), torch.arange(V, device=kernel.device))
+        step = max(1, _CHUNK // (V * K))
+        parts = [((dlocal[lo:lo + step] + db[lo:lo + step, None, None] * nu_nb).clamp_min(0.0)
+                  - db[lo:lo + step, None, None] * nu_nb).sum(-1) for lo in range(0, U, step)]
+        full = torch.full((U,), K, dtype=torch.long, device=kernel.device)
+        return _TimeTables(u, a, b, da, db, local.contiguous(), dlocal.contiguous(), outflow + torch.cat(parts),
+                           full, full)
+    # kNN kernels: s_t does not depend on v. A rank whose mass grows contributes linearly; one that loses
+    # more than beta' max(nu) contributes 0 for every v; only the (rare) others need the [V] relu.
+    local, dlocal = kernel.local_mass_and_derivative(tu)  # [U, K]
+    grows = dlocal >= 0
+    dead = dlocal + db.unsqueeze(-1) * cache["nu_max"] <= 0
+    losing = ~grows
+    n_losing = losing.sum(-1)
+    if bool((losing == (torch.arange(K, device=kernel.device) < n_losing.unsqueeze(-1))).all()):
+        lost_nu = cache["nu_nb_cum"].index_select(0, n_losing)  # kNN: the losing ranks are a prefix
+    else:
+        lost_nu = losing.to(torch.float64) @ cache["nu_nb_t"]
+    outflow = outflow + (dlocal * grows).sum(-1, keepdim=True) - db.unsqueeze(-1) * lost_nu
+    for i, r in torch.nonzero(~grows & ~dead).tolist():
+        outflow[i] += (dlocal[i, r] + db[i] * nu_nb[:, r]).clamp_min(0.0)
+    return _TimeTables(u, a, b, da, db, local.unsqueeze(1).contiguous(), dlocal.unsqueeze(1).contiguous(), outflow,
+                       _live_ranks(local, dlocal), _live_ranks(torch.zeros_like(local), dlocal.clamp_max(0.0)))
+
+
+def _g(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x.flatten()[idx] (index_select: much cheaper than advanced indexing on CPU)."""
+    return x.reshape(-1).index_select(0, idx.reshape(-1)).reshape(idx.shape)
+
+
+def _live_ranks(local: torch.Tensor, dlocal: torch.Tensor) -> torch.Tensor:
+    """1 + the last rank with local != 0 or dlocal != 0, per row of [U, K] (0 if none)."""
+    K = local.shape[-1]
+    alive = (local != 0) | (dlocal != 0)
+    last = torch.where(alive, torch.arange(1, K + 1, device=local.device), 0)
+    return last.amax(-1)
+
+
+def _local_at(tab: _TimeTables, kernel: Kernel, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor):
+    """(lam s_t(r | v), d/dt) at entries (u, v, r) (broadcast)."""
+    _, Vk, K = tab.local.shape
+    idx = (u * Vk + (v if Vk > 1 else 0)) * K + r
+    return _g(tab.local, idx), _g(tab.dlocal, idx)
+
+
+def _inverse_entries(kernel: Kernel, z: torch.Tensor, ranks: torch.Tensor):
+    """All (n, v, rank) with neighbors[v, rank] = z[n] and rank < ranks[n] (cf. kernel.inverse_entries)."""
+    cache, K = _kernel_cache(kernel), kernel.num_ranks
+    ptr = cache["inv_ptr"]
+    start, end = _g(ptr, z * K), _g(ptr, z * K + ranks)
+    counts = end - start
+    n = torch.repeat_interleave(torch.arange(z.numel(), device=z.device), counts)
+    offset = _g(start - (torch.cumsum(counts, 0) - counts), n)
+    e = offset + torch.arange(n.numel(), device=z.device)
+    return n, _g(cache["inv_src"], e), _g(cache["inv_rank"], e)
+
+
+def _logsumexp(lg: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim as float64 (computed in the logits' dtype: float32 logits lose nothing)."""
+    if lg.dtype == torch.float64:
+        return torch.logsumexp(lg, -1)
+    return torch.logsumexp(lg, -1).to(torch.float64)
+
+
+def _segment_logsumexp(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+    """logsumexp of values grouped by seg (-inf for empty segments), [n]."""
+    m = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device)
+    m = m.scatter_reduce(0, seg, values.detach(), "amax", include_self=True)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, seg, (values - m_safe[seg]).exp())
+    return s.log() + m_safe
+
+
+def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t,
+                     mask: torch.Tensor | None = None, chunk: int = 128) -> torch.Tensor:
+    """The continuous-time ELBO integrand per position, [B, L] nats/unit time (0 where not counted).
+
+    Differentiable in ``logits`` (the training loss); ``t`` is a scalar, [B] or [B, L]. Positions are
+    processed ``chunk`` at a time (the schedule tables once per call).
+    """
+    B, L = x0.shape
+    V = kernel.vocab_size
+    dev = x0.device
+    counted = torch.ones_like(x0, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    cidx = torch.nonzero(counted.reshape(-1)).flatten()
+    out = torch.zeros(B * L, dtype=torch.float64, device=dev)
+    if cidx.numel() == 0:
+        return out.reshape(B, L) + 0.0 * logits.sum()
+    tt = _g(kernel._broadcast_t(t, x0.shape).contiguous(), cidx)
+    z, x = _g(xt, cidx), _g(x0, cidx)
+    lg = logits.reshape(-1, V)
+    if cidx.numel() < B * L:
+        lg = lg.index_select(0, cidx)
+    if kernel.cfg.name == "mask":  # SUBS: never predict [MASK] as the clean token
+        lg = lg.index_fill(-1, torch.tensor([kernel.mask_id], device=dev), -math.inf)
+    tab = _time_tables(kernel, tt)
+    if z.numel() <= chunk:
+        val = _positions_integrand(kernel, tab, lg, z, x)
+    else:  # bounded working set (cache locality of the gathers, memory of the pair lists)
+        val = torch.cat([_positions_integrand(kernel, tab._replace(u=tab.u[lo:lo + chunk]), lg[lo:lo + chunk],
+                                              z[lo:lo + chunk], x[lo:lo + chunk])
+                         for lo in range(0, z.numel(), chunk)])
+    out = out.index_put((cidx,), val)
+    return out.reshape(B, L)
+
+
+def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor
+                         ) -> torch.Tensor:
+    """The integrand of N positions (flat), [N] float64."""
+    V, dev, N = kernel.vocab_size, z.device, z.numel()
+    u, nu = tab.u, kernel.global_dist
+    a, b, da, db = _g(tab.alpha, u), _g(tab.beta, u), _g(tab.dalpha, u), _g(tab.dbeta, u)
+    nu_z = _g(nu, z)
+    g_q, g_dp = b * nu_z, db * nu_z  # q_t(z | v), pdot_v(z) for a generic v
+    generic = g_q > 0
+    g_ratio = torch.where(generic, g_dp.clamp_min(0.0) / g_q.clamp_min(1e-300), torch.zeros_like(g_q))
+
+    # entries E_z: v = z (self) and v in inv(z) (z = N(v)[r]), with q_t(z | v) and pdot_v(z)
+    e_n, e_v, e_q, e_dp = torch.arange(N, device=dev), z, a + g_q, da + g_dp
+    if kernel.num_ranks:
+        n_inv, v_inv, r_inv = _inverse_entries(kernel, z, _g(tab.live, u))
+        l_inv, dl_inv = _local_at(tab, kernel, _g(u, n_inv), v_inv, r_inv)
+        e_n, e_v = torch.cat([e_n, n_inv]), torch.cat([e_v, v_inv])
+        e_q = torch.cat([e_q, l_inv + _g(g_q, n_inv)])
+        e_dp = torch.cat([e_dp, dl_inv + _g(g_dp, n_inv)])
+    keep = e_q > 0
+    if kernel.cfg.name == "mask":
+        keep &= e_v != kernel.mask_id
+    keep = torch.nonzero(keep).flatten()
+    e_n, e_v, e_q, e_dp = _g(e_n, keep), _g(e_v, keep), _g(e_q, keep), _g(e_dp, keep)
+
+    # normaliser of the restricted posterior: all of V when the global branch reaches z, else E_z only
+    lg_e = _g(lg, e_n * V + e_v).to(torch.float64)
+    lse_dense = _logsumexp(lg) if bool(generic.any()) else torch.zeros(N, dtype=torch.float64, device=dev)
+    lse = torch.where(generic, lse_dense, _segment_logsumexp(lg_e, e_n, N))
+    w_e = (lg_e - _g(lse, e_n)).exp()
+    ratio_e = e_dp.clamp_min(0.0) / e_q
+
+    # term 1: sum_v w_v [pdot_v(z)]_+ / q_t(z | v)
+    w_sum = torch.zeros(N, dtype=torch.float64, device=dev).index_add(0, e_n, w_e)
+    term1 = g_ratio * (1.0 - w_sum).clamp_min(0.0) + torch.zeros_like(w_sum).index_add(0, e_n, w_e * ratio_e)
+
+    # c = [pdot_{x0}(z)]_+ / q_t(z | x0)
+    is_self = z == x
+    q_x = torch.where(is_self, g_q + a, g_q)
+    dp_x = torch.where(is_self, g_dp + da, g_dp)
+    if kernel.num_ranks:
+        hit = kernel.neighbors.index_select(0, x) == z.unsqueeze(-1)  # [N, K]
+        in_row = hit.any(-1)
+        r_x = hit.to(torch.int8).argmax(-1)
+        l_x, dl_x = _local_at(tab, kernel, u, x, r_x)
+        q_x = torch.where(in_row, q_x + l_x, q_x)
+        dp_x = torch.where(in_row, dp_x + dl_x, dp_x)
+    c = dp_x.clamp_min(0.0) / q_x
+    val = term1 - c
+
+    act = torch.nonzero(c > 0).flatten()
+    if act.numel():
+        val = val + _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, x, c, N)
+    return val
+
+
+def _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, x, c, N):
+    """sum_{y in T} r_y log(r_y / Rhat(z -> y)) for the positions ``act`` (those with c > 0), [N]."""
+    dev, V, K, nu = x.device, kernel.vocab_size, kernel.num_ranks, kernel.global_dist
+    u, db, da = tab.u, tab.dbeta, tab.dalpha
+    ua, xa = _g(u, act), _g(x, act)
+    # targets y in {x0} u N(x0) with [-pdot_{x0}(y)]_+ > 0
+    y, neg, m_n = xa, -(_g(da, ua) + _g(db, ua) * _g(nu, xa)), act
+    if K:
+        y_nb = kernel.neighbors.index_select(0, xa)  # [A, K]
+        _, dl = _local_at(tab, kernel, ua.unsqueeze(-1), xa.unsqueeze(-1), torch.arange(K, device=dev))
+        y = torch.cat([y, y_nb.reshape(-1)])
+        neg = torch.cat([neg, (-(dl + _g(db, ua).unsqueeze(-1) * _g(nu, y_nb))).reshape(-1)])
+        m_n = torch.cat([m_n, act.repeat_interleave(K)])
+    sel = torch.nonzero(neg > 0).flatten()
+    y, neg, m_n = _g(y, sel), _g(neg, sel), _g(m_n, sel)
+    u_m = _g(u, m_n)
+    r = _g(c, m_n) * neg / _g(tab.outflow, u_m * V + _g(x, m_n))
+    M = y.numel()
+    # pairs (target m, clean v) with y in {v} u N(v) and [-pdot_v(y)]_+ > 0: v = y, and v in inv(y)
+    db_m = _g(db, u_m)
+    p_m, p_v, p_neg = torch.arange(M, device=dev), y, -(_g(da, u_m) + db_m * _g(nu, y))
+    if K:
+        j, v_inv, r_inv = _inverse_entries(kernel, y, _g(tab.losing, u_m))
+        _, dl = _local_at(tab, kernel, _g(u_m, j), v_inv, r_inv)
+        neg_inv = -(dl + _g(db_m * _g(nu, y), j))
+        ok = torch.nonzero(neg_inv > 0).flatten()
+        p_m = torch.cat([p_m, _g(j, ok)])
+        p_v = torch.cat([p_v, _g(v_inv, ok)])
+        p_neg = torch.cat([p_neg, _g(neg_inv, ok)])
+    ok = torch.nonzero(p_neg > 0).flatten()
+    p_m, p_v, p_neg = _g(p_m, ok), _g(p_v, ok), _g(p_neg, ok)
+    p_n = _g(m_n, p_m)
+    # w_v a_v(z) S_v: the entry's own ratio when v is in E_z, else the generic one
+    q_key = p_n * V + p_v
+    w_gen = (_g(lg, q_key).to(torch.float64) - _g(lse, p_n)).exp()
+    wa = w_gen * _g(torch.where(generic, g_ratio, torch.zeros_like(g_ratio)), p_n)
+    if e_n.numel():
+        e_sorted, order = torch.sort(e_n * V + e_v)
+        pos = torch.searchsorted(e_sorted, q_key).clamp_max(e_sorted.numel() - 1)
+        e_idx = _g(order, pos)
+        wa = torch.where(_g(e_sorted, pos) == q_key, _g(w_e * ratio_e, e_idx), wa)
+    rate = wa * p_neg / _g(tab.outflow, _g(u, p_n) * V + p_v)
+    r_hat = torch.zeros(M, dtype=torch.float64, device=dev).index_add(0, p_m, rate)
+    kl = r * (r.log() - r_hat.log())
+    return torch.zeros(N, dtype=torch.float64, device=dev).index_add(0, m_n, kl)
+
+
+def ctelbo_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The continuous-time ELBO integrand per sequence, [B] nats (sum of :func:`ctelbo_per_token`)."""
+    return ctelbo_per_token(kernel, logits, x0, xt, t, mask).sum(-1)
+
+
+def dense_rows(kernel: Kernel, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q_t(j | v), d/dt q_t(j | v)) as dense [v, j] matrices (small V)."""
+    allv = torch.arange(kernel.vocab_size, device=kernel.device)
+    return kernel.marginal_rows(allv, t), kernel.marginal_derivative_rows(allv, t)
+
+
+def _dense_rates(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None):
+    """Reference pieces: restricted posterior w [N, v], a_v(z) [N, v], and [-pdot_v(y)]_+ [v, y]."""
+    V = kernel.vocab_size
+    P, D = dense_rows(kernel, t) if rows is None else rows
+    S = D.clamp_min(0.0).sum(-1)  # [v]
+    Pz, Dz = P[:, z].T, D[:, z].T  # [N, v]
+    allowed = Pz > 0
+    if kernel.cfg.name == "mask":
+        allowed[:, kernel.mask_id] = False
+    w = torch.softmax(logits.to(torch.float64).reshape(-1, V).masked_fill(~allowed, -math.inf), -1)
+    w = torch.where(allowed.any(-1, keepdim=True), w, torch.zeros_like(w))  # x_t impossible under every v
+    a = torch.where(allowed, Dz.clamp_min(0.0) / (Pz.clamp_min(1e-300) * S.clamp_min(1e-300)), torch.zeros_like(Pz))
+    return w, a, (-D).clamp_min(0.0)
+
+
+def reverse_rates_dense(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None) -> torch.Tensor:
+    """The model's generative rates Rhat(z -> y) = sum_v w_v Rbar^v(z -> y), [N, V] (diagonal zeroed).
+
+    O(V^2) per position: a reference for tests and for integrating a small model's master equation.
+    ``rows``: :func:`dense_rows` at t, when already computed.
+    """
+    w, a, neg = _dense_rates(kernel, logits, z, t, rows)
+    r_hat = (w * a) @ neg
+    r_hat[torch.arange(z.numel(), device=z.device), z] = 0.0
+    return r_hat
+
+
+def ctelbo_integrand_dense(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
+                           t: float) -> torch.Tensor:
+    """Reference O(V^2) per position implementation of the integrand, [N] (flat inputs, one scalar t)."""
+    z, x = xt.reshape(-1), x0.reshape(-1)
+    w, a, neg = _dense_rates(kernel, logits, z, t)
+    rows = torch.arange(z.numel(), device=z.device)
+    r_hat = (w * a) @ neg  # [N, y]
+    r_bar = a[rows, x].unsqueeze(-1) * neg[x]  # [N, y]
+    off = torch.ones_like(r_hat, dtype=torch.bool)
+    off[rows, z] = False
+    kl = torch.where(r_bar > 0, r_bar * (r_bar.clamp_min(1e-300).log() - r_hat.clamp_min(1e-300).log()), 0.0)
+    return ((r_hat - r_bar) * off).sum(-1) + (kl * off).sum(-1)
+
+
+def antithetic_times(n: int, generator: torch.Generator | None = None, t_min: float = 1e-3) -> torch.Tensor:
+    """n low-discrepancy times t_i = (u + i / n) mod 1 clamped to [t_min, 1], float64 [n]."""
+    u0 = torch.rand((), generator=generator, dtype=torch.float64)
+    return torch.remainder(u0 + torch.arange(n, dtype=torch.float64) / n, 1.0).clamp(t_min, 1.0)

@@ -1,0 +1,300 @@
+"""How tight is a kernel's likelihood bound? A context-free toy with an exact NLL and an exact denoiser.
+
+    python -m pipeline.research.bound_check --kernel semdlm_plus [--vocab 60 --k-max 12 --valid 57 --seed 0]
+
+The toy: a random neighbour table (k_max ranks per row, self excluded), data = one token uniform over
+``valid`` tokens (token 0 is [MASK] and invalid), so the true NLL is log(valid); the denoiser is the
+exact posterior p(v | x_t) ∝ q_t(x_t | v) p_data(v). Printed: the exact NLL, the T-step bound
+(pipeline.core.likelihood.discrete_nelbo) at several T, the continuous-time ELBO of the conditional
+path (pipeline.core.ct_elbo) by quadrature and by antithetic Monte-Carlo over t, and UDLM's closed
+form for ``uniform``. Small vocabularies enumerate x0 and x_t exactly; large ones (> --exact-max)
+use Monte-Carlo over x0, t and x_t (mean ± standard error). Last line:
+``exact=<nats> tstep=<nats at the largest T> ctelbo=<nats>``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.core import ct_elbo
+from pipeline.core import likelihood as lk
+from pipeline.core.kernels import PRESETS, Kernel, KernelConfig, build_kernel
+
+
+@dataclass
+class Toy:
+    kernel: Kernel
+    p_data: torch.Tensor  # [V] float64
+    valid_ids: torch.Tensor  # [n_valid]
+
+    @property
+    def exact_nll(self) -> float:
+        return math.log(self.valid_ids.numel())
+
+    def denoiser(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """The exact posterior's logits, [..., V]: log q_t(x_t | v) + log p_data(v)."""
+        lik = self.kernel.likelihood_of(xt, torch.as_tensor(t, dtype=torch.float64))
+        return (lik.log() + self.p_data.log()).nan_to_num(nan=-math.inf)
+
+
+def build_toy(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, valid: int = 57, seed: int = 0,
+              table_ranks: int | None = None, **overrides) -> Toy:
+    """Random table of ``table_ranks`` (default k_max) ranks, ``valid`` valid tokens (0 is [MASK], invalid)."""
+    if not 1 <= valid < vocab:
+        raise ValueError(f"need 1 <= valid < vocab, got valid={valid}, vocab={vocab}")
+    g = torch.Generator().manual_seed(seed)
+    width = table_ranks or k_max
+    if width >= vocab:
+        raise ValueError(f"the table needs fewer than vocab={vocab} ranks, got {width}")
+    # width distinct non-self neighbours per row (random keys, top-width; O(V width) memory in chunks)
+    rows = []
+    for lo in range(0, vocab, 1024):
+        hi = min(vocab, lo + 1024)
+        keys = torch.rand(hi - lo, vocab, generator=g)
+        keys[torch.arange(hi - lo), torch.arange(lo, hi)] = 2.0  # never self
+        rows.append(torch.topk(-keys, width, dim=1).indices)
+    neighbors = torch.cat(rows)
+    perm = torch.randperm(vocab - 1, generator=g) + 1
+    valid_mask = torch.zeros(vocab, dtype=torch.bool)
+    valid_mask[perm[:valid]] = True
+    sims = torch.sort(torch.rand(vocab, width, generator=g), descending=True, dim=1).values
+    p_data = valid_mask.to(torch.float64) / valid
+    cfg = KernelConfig.preset(kernel, k_max=k_max, **overrides)
+    kern = build_kernel(cfg, vocab, mask_id=0, neighbors=neighbors, valid_vocab=valid_mask,
+                        unigram_prior=p_data, similarities=sims)
+    return Toy(kern, p_data, torch.nonzero(valid_mask).flatten())
+
+
+# --------------------------------------------------------------------------- continuous-time ELBO
+def _kinks(kernel: Kernel) -> list[float]:
+    """Times where k_t crosses an integer (the integrand's kinks) for the kNN kernels."""
+    cfg = kernel.cfg
+    if not kernel.num_ranks or cfg.name == "semdlm_softmax":
+        return []
+    return [((j - 1) / (cfg.k_max - 1)) ** (1.0 / cfg.k_power) for j in range(2, cfg.k_max)]
+
+
+def quadrature(kernel: Kernel, nodes: int = 4, t_min: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss-Legendre on [t_min, 1], split at the kinks and geometrically towards both ends
+    (4 nodes per piece: within 1e-4 nats of the converged value on the toys)."""
+    ends = [1e-5, 1e-4, 1e-3, 1e-2, 0.05]
+    mid = [0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9]
+    brk = sorted(set([0.0, 1.0] + ends + mid + [1.0 - e for e in ends] + _kinks(kernel)))
+    brk = [b for b in brk if b > t_min]
+    brk = [t_min] + brk
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    ts, ws = [], []
+    for lo, hi in zip(brk[:-1], brk[1:]):
+        if hi - lo > 1e-12:
+            ts.append(lo + (hi - lo) * (x + 1) / 2)
+            ws.append((hi - lo) * w / 2)
+    return np.concatenate(ts), np.concatenate(ws)
+
+
+def _pairs(toy: Toy, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (x0, z) with x0 in ids and z any token: [P] each."""
+    V = toy.kernel.vocab_size
+    return ids.repeat_interleave(V), torch.arange(V).repeat(ids.numel())
+
+
+def ctelbo_expected_integrand(toy: Toy, t: float, ids: torch.Tensor | None = None, model=None) -> torch.Tensor:
+    """E_{z ~ q_t(.|x0)} integrand for each x0 in ids (default: all valid), enumerated, [n_ids].
+
+    ``model(z [P], t) -> logits [P, V]`` is the (context-free) denoiser, default the exact posterior.
+    """
+    ids = toy.valid_ids if ids is None else ids
+    x0, z = _pairs(toy, ids)
+    q = toy.kernel.marginal_rows(ids, t).reshape(-1)
+    keep = q > 0
+    x0, z, q, row = x0[keep], z[keep], q[keep], torch.arange(ids.numel()).repeat_interleave(toy.kernel.vocab_size)[keep]
+    logits = (model or toy.denoiser)(z, t)
+    val = ct_elbo.ctelbo_per_token(toy.kernel, logits.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), t)
+    return torch.zeros(ids.numel(), dtype=torch.float64).index_add(0, row, q * val.squeeze(1))
+
+
+def prior_term(toy: Toy, ids: torch.Tensor | None = None) -> float:
+    ids = toy.valid_ids if ids is None else ids
+    return float(lk.prior_kl(toy.kernel, ids.unsqueeze(1)).mean())
+
+
+def ctelbo_exact_per_token(toy: Toy, nodes: int = 4, ids: torch.Tensor | None = None, model=None,
+                           t_min: float = 0.0) -> torch.Tensor:
+    """The continuous-time ELBO of each x0 in ids, [n_ids]: prior KL + quadrature of the enumerated
+    integrand over [t_min, 1] (t_min = 0: the whole bound)."""
+    ids = toy.valid_ids if ids is None else ids
+    ts, ws = quadrature(toy.kernel, nodes, t_min)
+    total = lk.prior_kl(toy.kernel, ids.unsqueeze(1))
+    for t, w in zip(ts, ws):
+        total = total + w * ctelbo_expected_integrand(toy, float(t), ids, model)
+    return total
+
+
+def ctelbo_exact(toy: Toy, nodes: int = 4, ids: torch.Tensor | None = None) -> float:
+    return float(ctelbo_exact_per_token(toy, nodes, ids).mean())
+
+
+def ctelbo_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256
+              ) -> tuple[float, float]:
+    """Monte-Carlo over x0, antithetic t and x_t (one draw each), t clamped to [t_min, 1]: (mean, s.e.)."""
+    g = torch.Generator().manual_seed(seed)
+    t = ct_elbo.antithetic_times(n, g, t_min)
+    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (n,), generator=g)]
+    vals = []
+    for lo in range(0, n, chunk):
+        tc, xc = t[lo:lo + chunk], x0[lo:lo + chunk].unsqueeze(1)
+        xt, _ = toy.kernel.sample_xt(xc, tc, generator=g)
+        logits = toy.denoiser(xt.reshape(-1), tc).unsqueeze(1)
+        vals.append(ct_elbo.ctelbo_integrand(toy.kernel, logits, xc, xt, tc) + lk.prior_kl(toy.kernel, xc))
+    v = torch.cat(vals)
+    return float(v.mean()), float(v.std() / math.sqrt(n))
+
+
+def data_denoiser(toy: Toy):
+    """The context-free optimum of UDLM's parameterisation: p_theta = p_data, whatever x_t (UDLM plugs
+    p_theta into the Markov posterior, so the exact reverse rates need the prior, not the posterior)."""
+    return lambda z, t: toy.p_data.log().expand(z.numel(), -1)
+
+
+def udlm_exact(toy: Toy, nodes: int = 4, model=None) -> float:
+    """UDLM's closed form (uniform kernel only), enumerated over x0 and z, quadrature over t;
+    ``model(z, t) -> logits`` (default: the exact posterior)."""
+    k = toy.kernel
+    ts, ws = quadrature(k, nodes)
+    x0, z = _pairs(toy, toy.valid_ids)
+    total = prior_term(toy)
+    for t, w in zip(ts, ws):
+        q = k.marginal_rows(toy.valid_ids, float(t)).reshape(-1)
+        logp = torch.log_softmax((model or toy.denoiser)(z, float(t)), -1)
+        tt = torch.full((z.numel(),), float(t), dtype=torch.float64)
+        a, da = lk.alpha_and_derivative(k.cfg, tt)
+        val = lk.udlm_integrand(logp.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), a, da).squeeze(1)
+        total += w * float((q * val).sum()) / toy.valid_ids.numel()
+    return total
+
+
+def udlm_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256, model=None
+            ) -> tuple[float, float]:
+    g = torch.Generator().manual_seed(seed)
+    t = ct_elbo.antithetic_times(n, g, t_min)
+    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (n,), generator=g)]
+    vals = []
+    for lo in range(0, n, chunk):
+        tc, xc = t[lo:lo + chunk], x0[lo:lo + chunk].unsqueeze(1)
+        xt, _ = toy.kernel.sample_xt(xc, tc, generator=g)
+        logp = torch.log_softmax((model or toy.denoiser)(xt.reshape(-1), tc), -1).unsqueeze(1)
+        a, da = lk.alpha_and_derivative(toy.kernel.cfg, tc)
+        vals.append(lk.udlm_integrand(logp, xc, xt, a, da).squeeze(1) + lk.prior_kl(toy.kernel, xc))
+    v = torch.cat(vals)
+    return float(v.mean()), float(v.std() / math.sqrt(n))
+
+
+# --------------------------------------------------------------------------- T-step bound
+class _Model:
+    def __init__(self, toy: Toy, t: float):
+        self.toy, self.t = toy, t
+
+    def __call__(self, xt, t):  # t exactly (the step's float time, not its float32 copy)
+        return self.toy.denoiser(xt.reshape(-1), self.t).reshape(*xt.shape, -1)
+
+
+def tstep_exact(toy: Toy, T: int, ids: torch.Tensor | None = None, chunk: int = 4096) -> float:
+    """The T-step bound with the exact posterior, every expectation enumerated, mean over x0 in ids."""
+    ids = toy.valid_ids if ids is None else ids
+    x0_all, z_all = _pairs(toy, ids)
+    total = prior_term(toy, ids)
+    for i in range(1, T + 1):
+        s, t = (i - 1) / T, i / T
+        q = toy.kernel.marginal_rows(ids, t).reshape(-1)
+        keep = q > 0
+        x0, z, qk = x0_all[keep], z_all[keep], q[keep]
+        for lo in range(0, x0.numel(), chunk):
+            kl = lk.step_kl(toy.kernel, _Model(toy, t), x0[lo:lo + chunk, None], z[lo:lo + chunk, None], s, t)
+            total += float((qk[lo:lo + chunk] * kl).sum()) / ids.numel()
+    return total
+
+
+def tstep_mc(toy: Toy, T: int, n: int = 64, steps: int = 16, seed: int = 0) -> tuple[float, float]:
+    """Monte-Carlo T-step bound: n draws of x0, each with ``steps`` stratified step indices and x_t draws."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (n,), generator=g)].unsqueeze(1)
+    total = torch.zeros(n, dtype=torch.float64)
+    u = torch.rand(n, steps, generator=g, dtype=torch.float64)
+    idx = ((torch.arange(steps) + u) / steps * T).floor().long().clamp(0, T - 1) + 1  # [n, steps]
+    for j in range(steps):
+        for i in torch.unique(idx[:, j]).tolist():
+            rows = torch.nonzero(idx[:, j] == i).flatten()
+            s, t = (i - 1) / T, i / T
+            xt, _ = toy.kernel.sample_xt(x0[rows], torch.full((rows.numel(),), t), generator=g)
+            total[rows] += lk.step_kl(toy.kernel, _Model(toy, t), x0[rows], xt, s, t) * (T / steps)
+    total += lk.prior_kl(toy.kernel, x0)
+    return float(total.mean()), float(total.std() / math.sqrt(n))
+
+
+# --------------------------------------------------------------------------- report
+def run(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, valid: int = 57, seed: int = 0,
+        steps=(8, 64, 512), exact_max: int = 2000, mc: int = 4096, tstep_n: int = 64, tstep_draws: int = 16,
+        table_ranks: int | None = None) -> dict:
+    toy = build_toy(kernel, vocab, k_max, valid, seed, table_ranks)
+    exact = vocab <= exact_max
+    res = {"kernel": kernel, "exact_nll": toy.exact_nll, "enumerated": exact, "tstep": {}}
+    for T in steps:
+        res["tstep"][T] = (tstep_exact(toy, T), 0.0) if exact else tstep_mc(toy, T, tstep_n, tstep_draws, seed)
+    if exact:
+        res["ctelbo"] = (ctelbo_exact(toy), 0.0)
+    res["ctelbo_mc"] = ctelbo_mc(toy, mc, seed)
+    if toy.kernel.cfg.name == "uniform":
+        res["udlm"] = (udlm_exact(toy), 0.0) if exact else udlm_mc(toy, mc, seed)
+        res["udlm_opt"] = (udlm_exact(toy, model=data_denoiser(toy)), 0.0) if exact else udlm_mc(
+            toy, mc, seed, model=data_denoiser(toy))
+    if "ctelbo" not in res:
+        res["ctelbo"] = res["ctelbo_mc"]
+    return res
+
+
+def format_report(res: dict) -> str:
+    pm = lambda v: f"{v[0]:.4f}" + (f" ± {v[1]:.4f}" if v[1] else "")  # noqa: E731
+    how = "enumerated x0, x_t; quadrature over t" if res["enumerated"] else "Monte-Carlo (mean ± s.e.)"
+    lines = [f"kernel={res['kernel']}  ({how}; nats per token, exact posterior as the denoiser)",
+             f"  {'exact NLL':<34}{res['exact_nll']:.4f}"]
+    for T, v in res["tstep"].items():
+        lines.append(f"  {'T-step bound, T=' + str(T):<34}{pm(v)}")
+    lines.append(f"  {'continuous-time ELBO':<34}{pm(res['ctelbo'])}")
+    lines.append(f"  {'  (antithetic MC over t)':<34}{pm(res['ctelbo_mc'])}")
+    if "udlm" in res:
+        lines.append(f"  {'UDLM closed form (same denoiser)':<34}{pm(res['udlm'])}")
+        lines.append(f"  {'UDLM at its optimum (p_data)':<34}{pm(res['udlm_opt'])}")
+    T_max = max(res["tstep"])
+    lines.append(f"exact={res['exact_nll']:.4f} tstep={res['tstep'][T_max][0]:.4f} ctelbo={res['ctelbo'][0]:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernel", default="semdlm_plus", choices=sorted(PRESETS))
+    ap.add_argument("--vocab", type=int, default=60)
+    ap.add_argument("--k-max", type=int, default=12)
+    ap.add_argument("--valid", type=int, default=57)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table-ranks", type=int, default=None, help="stored ranks (default k-max; fewer: folded)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[8, 64, 512], help="T of the T-step bound")
+    ap.add_argument("--exact-max", type=int, default=2000, help="enumerate when vocab <= this")
+    ap.add_argument("--mc", type=int, default=4096, help="Monte-Carlo draws of the continuous-time ELBO")
+    ap.add_argument("--tstep-n", type=int, default=64, help="large vocab: x0 draws of the T-step bound")
+    ap.add_argument("--tstep-draws", type=int, default=16, help="large vocab: step draws per x0")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: 1 when enumerating, where tensors are tiny)")
+    a = ap.parse_args(argv)
+    if a.threads or a.vocab <= a.exact_max:
+        torch.set_num_threads(a.threads or 1)
+    res = run(a.kernel, a.vocab, a.k_max, a.valid, a.seed, tuple(a.steps), a.exact_max, a.mc, a.tstep_n,
+              a.tstep_draws, a.table_ranks)
+    print(format_report(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
