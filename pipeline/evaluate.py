@@ -2,7 +2,8 @@
 
     python -m pipeline.evaluate --model EXPORT_DIR --out DIR
         [--judge gpt2-large | HF_DIR | AR_EXPORT_DIR | none] [--judge-batch-size 8]
-        [--no-nelbo] [--test-split DIR] [--max-test-sequences 256] [--t-draws 4] [--nelbo-steps 1000]
+        [--no-nelbo] [--test-split DIR] [--max-test-sequences 256] [--t-draws 4]
+        [--bound continuous|tstep] [--nelbo-steps 1000]
         [--samples SAMPLE_DIR | --steps 32,64,128,256 --lambda-freq 0,1 --lambda-sem 0,0.5 ...]
 
 writes DIR/results.json, DIR/report.md, DIR/sweep.csv, PNG plots (entropy histogram; Gen-PPL and
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test-sequences", type=int, default=256)
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--t-draws", type=int, default=4, help="t draws (or bound steps) per test sequence")
-    p.add_argument("--nelbo-steps", type=int, default=1000, help="T of the discrete bound (semantic kernels)")
+    p.add_argument("--bound", default="continuous", choices=("continuous", "tstep"),
+                   help="continuous: the kernel's tightest continuous-time bound (default); tstep: the T-step bound")
+    p.add_argument("--nelbo-steps", type=int, default=1000, help="T of the T-step bound (--bound tstep)")
     p.add_argument("--nelbo-seed", type=int, default=0)
     p.add_argument("--samples", default=None, help="evaluate this sample directory instead of sampling")
     p.add_argument("--no-samples", action="store_true", help="likelihood only")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvaluateConfig(
             judge=args.judge, judge_batch_size=args.judge_batch_size, nelbo=not args.no_nelbo,
             test_split=args.test_split, max_test_sequences=args.max_test_sequences,
-            eval_batch_size=args.eval_batch_size, t_draws=args.t_draws, nelbo_steps=args.nelbo_steps,
+            eval_batch_size=args.eval_batch_size, t_draws=args.t_draws, nelbo_steps=args.nelbo_steps, bound=args.bound,
             nelbo_seed=args.nelbo_seed, samples=args.samples, sample=not args.no_samples,
             sampler=sampler_options(args), steps=args.steps, lambda_freq=args.lambda_freq,
             lambda_sem=args.lambda_sem, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,

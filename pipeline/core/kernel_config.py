@@ -91,9 +91,14 @@ class KernelConfig:
         return self.name in NEIGHBOR_KERNELS
 
     @property
-    def likelihood_bound(self) -> str:
-        """The bound pipeline.core.likelihood.nelbo reports: continuous MDLM / UDLM, else the T-step bound."""
-        return {"mask": "mdlm_continuous", "uniform": "udlm_continuous"}.get(self.name, "discrete")
+    def continuous_bounds(self) -> tuple[str, ...]:
+        """The continuous-time bounds that apply (pipeline.core.likelihood.bound_estimates computes them all
+        on one draw of x_t and the report keeps the tightest): MDLM's NELBO for ``mask`` (the
+        conditional-path ELBO equals it there), the conditional-path ELBO for every other kernel, plus
+        UDLM's closed form for ``uniform``."""
+        if self.name == "mask":
+            return ("mdlm_continuous",)
+        return ("ctelbo_continuous", "udlm_continuous") if self.name == "uniform" else ("ctelbo_continuous",)
 
     def fitted_to_table(self, width: int) -> KernelConfig:
         """k_max capped at a stored table of ``width`` ranks for the kernels that cannot absorb the rest

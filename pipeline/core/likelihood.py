@@ -1,13 +1,15 @@
 """Likelihood bounds of the diffusion models (derivation: docs/likelihood.md).
 
-* :func:`mdlm_nelbo` - MDLM's continuous-time NELBO for the ``mask`` kernel.
-* :func:`udlm_nelbo` - the closed-form continuous-time ELBO of uniform diffusion (UDLM).
+* :func:`mdlm_integrand` - MDLM's continuous-time NELBO for the ``mask`` kernel.
+* :func:`udlm_integrand` - the closed-form continuous-time ELBO of uniform diffusion (UDLM).
 * :func:`discrete_nelbo` - a T-step variational upper bound on -log p(x0) valid for *every* kernel
-  of pipeline.core.kernels (the one to report for ``semdlm``, ``semdlm_softmax`` and ``semdlm_plus``).
-  It is an ELBO of exactly the generative process of :func:`reverse_step`.
-* :func:`ctelbo_nelbo` (integrand: pipeline.core.ct_elbo) - the continuous-time ELBO
+  of pipeline.core.kernels, an ELBO of exactly the generative process of :func:`reverse_step`; an
+  option (``bound="tstep"``), far looser than the continuous-time bounds for every kernel but ``mask``.
+* ``ctelbo_integrand`` (pipeline.core.ct_elbo) - the continuous-time ELBO
   of the conditional path, every kernel; MDLM's NELBO for ``mask``, far tighter than the T-step bound
   for the semantic kernels.
+* :func:`bound_estimates` - the one dispatcher: every bound that applies to a kernel, on one draw of
+  x_t; :func:`tightest` picks the smallest total, which the reports and the validation use.
 
 The denoiser is any callable ``model(xt: Long[B, L], t: Float[B]) -> logits Float[B, L, V]``.
 All bounds are returned in nats per sequence; :func:`bits_per_token` / :func:`perplexity` convert.
@@ -56,23 +58,6 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
     return torch.where(counted, weight * nll, torch.zeros_like(nll)).sum(-1)
 
 
-def _continuous_bound_sample(kernel: Kernel, name: str, x0: torch.Tensor, t: torch.Tensor,
-                             generator: torch.Generator | None) -> torch.Tensor:
-    """x_t ~ q_t(. | x0) for a continuous-time bound, which is only the bound of kernel ``name``."""
-    if kernel.cfg.name != name:
-        bound = {"mask": "mdlm_nelbo", "uniform": "udlm_nelbo"}[name]
-        raise ValueError(f"{bound} is the bound of the {name} kernel, not {kernel.cfg.name!r}")
-    xt, _ = kernel.sample_xt(x0, t, generator=generator)
-    return xt
-
-
-def mdlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-sample estimate of MDLM's NELBO per sequence, [B] nats, at the caller's t ~ U(0, 1) [B]."""
-    xt = _continuous_bound_sample(kernel, "mask", x0, t, generator)
-    return mdlm_integrand(kernel, model(xt, t), x0, xt, t, mask)
-
-
 def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
                    dalpha: torch.Tensor) -> torch.Tensor:
     """UDLM's continuous-time ELBO integrand per position (Schiff et al. 2025, uniform kernel Eq 6):
@@ -92,15 +77,6 @@ def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, 
     term1 = (V / xb_z - V / xbt_z).squeeze(-1)
     term2 = (x_bar / xb_z * (xbt_z.log() - x_bar_theta.log() + x_bar.log() - xb_z.log())).sum(-1)
     return da / (V * a.squeeze(-1)) * (term1 - term2)
-
-
-def udlm_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-sample estimate (t given, one per sequence) of the uniform kernel's continuous ELBO, [B] nats."""
-    xt = _continuous_bound_sample(kernel, "uniform", x0, t, generator)
-    log_probs = torch.log_softmax(model(xt, t).to(torch.float64), -1)
-    alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
-    return (udlm_integrand(log_probs, x0, xt, alpha, dalpha) * _positions(x0, mask)).sum(-1)
 
 
 # --------------------------------------------------------------------------- the generic T-step bound
@@ -213,15 +189,6 @@ def prior_kl(kernel: Kernel, x0: torch.Tensor, mask: torch.Tensor | None = None)
     return (kl.reshape(x0.shape) * _positions(x0, mask)).sum(-1)
 
 
-def ctelbo_nelbo(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-sample estimate of the continuous-time ELBO per sequence, [B] nats, at the caller's t [B]
-    (t ~ U[0, 1], clamped to [t_min, 1] like MDLM), including the prior KL term."""
-    xt, _ = kernel.sample_xt(x0, t, generator=generator)
-    logits = model(xt, t)
-    return ctelbo_integrand(kernel, logits, x0, xt, t, mask) + prior_kl(kernel, x0, mask)
-
-
 @torch.no_grad()
 def discrete_nelbo(kernel: Kernel, model, x0: torch.Tensor, num_steps: int = 1000, mask: torch.Tensor | None = None,
                    mc_steps: int | None = 8, generator: torch.Generator | None = None) -> dict:
@@ -249,28 +216,54 @@ def discrete_nelbo(kernel: Kernel, model, x0: torch.Tensor, num_steps: int = 100
     return {"nelbo": prior + scale * total, "prior": prior, "num_tokens": counted.sum(-1)}
 
 
-def nelbo(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
-          t: torch.Tensor | None = None, generator: torch.Generator | None = None, num_steps: int = 1000,
-          mc_steps: int | None = 8) -> torch.Tensor:
-    """The kernel's bound on -log p(x0) per sequence, [B] nats: the one place a bound is chosen.
+BOUNDS = ("continuous", "tstep")
 
-    ``kernel.cfg.likelihood_bound`` picks it: ``mdlm_continuous`` (mask) and ``udlm_continuous``
-    (uniform) are one-sample estimates at the caller's ``t`` [B]; ``discrete`` (every other kernel)
-    is :func:`discrete_nelbo` with ``num_steps`` / ``mc_steps`` (``t`` unused).
+
+def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor,
+                               mask: torch.Tensor | None = None, generator: torch.Generator | None = None
+                               ) -> dict[str, torch.Tensor]:
+    """Every bound of ``kernel.cfg.continuous_bounds`` per sequence, [B] nats, on ONE draw x_t ~ q_t(.|x0)
+    and one model call at the caller's t [B] (one-sample estimates over t; each includes KL(q_1 || pi),
+    which is 0 when alpha_1 = 0)."""
+    xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    logits = model(xt, t)
+    prior = prior_kl(kernel, x0, mask)
+    out = {}
+    for name in kernel.cfg.continuous_bounds:
+        if name == "mdlm_continuous":
+            out[name] = mdlm_integrand(kernel, logits, x0, xt, t, mask) + prior
+        elif name == "udlm_continuous":
+            alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
+            log_probs = torch.log_softmax(logits.to(torch.float64), -1)
+            out[name] = (udlm_integrand(log_probs, x0, xt, alpha, dalpha) * _positions(x0, mask)).sum(-1) + prior
+        else:
+            out[name] = ctelbo_integrand(kernel, logits, x0, xt, t, mask) + prior
+    return out
+
+
+def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
+                    bound: str = "continuous", t: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None, num_steps: int = 1000, mc_steps: int | None = 8
+                    ) -> dict[str, torch.Tensor]:
+    """The kernel's bounds on -log p(x0) per sequence, {name: [B] nats}: the one place bounds are chosen.
+
+    ``bound="continuous"`` (default): :func:`continuous_bound_estimates` at the caller's ``t`` [B].
+    ``bound="tstep"``: the T-step bound :func:`discrete_nelbo` (``num_steps``, ``mc_steps``; ``t`` unused),
+    kept as an option: valid but far looser for every kernel but ``mask`` (docs/likelihood.md Sec 6).
+    Reports sum each name over the data and keep the smallest total (:func:`tightest`): each is a
+    valid bound, so the smallest is too, whereas a per-sequence minimum would not be.
     """
-    bound = kernel.cfg.likelihood_bound
-    if bound == "discrete":
-        return discrete_nelbo(kernel, model, x0, num_steps=num_steps, mask=mask, mc_steps=mc_steps,
-                              generator=generator)["nelbo"]
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    if bound == "tstep":
+        return {f"discrete_T{num_steps}": discrete_nelbo(kernel, model, x0, num_steps=num_steps, mask=mask,
+                                                         mc_steps=mc_steps, generator=generator)["nelbo"]}
     if t is None:
-        raise ValueError(f"the {bound} bound is estimated at a time t per sequence: pass t")
-    estimate = mdlm_nelbo if bound == "mdlm_continuous" else udlm_nelbo
-    return estimate(kernel, model, x0, t, mask, generator=generator)
+        raise ValueError("the continuous-time bounds are estimated at a time t per sequence: pass t")
+    return continuous_bound_estimates(kernel, model, x0, t, mask, generator)
 
 
-def bound_name(kernel: Kernel | None, num_steps: int) -> str:
-    """How a reported bound is labelled: the kernel's bound (with T for the discrete one), or the AR NLL."""
-    if kernel is None:
-        return "ar_exact_nll"
-    bound = kernel.cfg.likelihood_bound
-    return f"discrete_T{num_steps}" if bound == "discrete" else bound
+def tightest(totals: dict[str, float]) -> tuple[str, float]:
+    """(name, total) of the smallest of several valid bounds summed over the same data."""
+    name = min(totals, key=totals.get)
+    return name, totals[name]

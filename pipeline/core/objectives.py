@@ -3,10 +3,12 @@
 An objective owns the corruption of a clean batch, the per-token loss, its weights and the bound
 reported on held-out data. Two exist:
 
-* :class:`DiffusionObjective` - corrupt x0 with the kernel at t, predict x0 from x_t. Weights are
-  Eq 120's change-aware weights (``loss="change_aware"``, the paper's objective) or MDLM's NELBO
-  time weight -alpha'_t / (1 - alpha_t) on changed positions (``loss="elbo"``); the reported bound
-  is the kernel's (``pipeline.core.likelihood.nelbo``).
+* :class:`DiffusionObjective` - corrupt x0 with the kernel at t, predict x0 from x_t. The loss is
+  Eq 120's change-aware cross-entropy (``loss="change_aware"``, the paper's objective) or the
+  kernel's own ELBO (``loss="elbo"``): for ``mask`` exactly MDLM's objective (cross-entropy of the
+  masked positions weighted by -alpha'_t / (1 - alpha_t), SUBS), for every other kernel the per-token
+  integrand of the conditional-path ELBO (``pipeline.core.ct_elbo``). The reported bounds are the
+  kernel's (``pipeline.core.likelihood.bound_estimates``).
 * :class:`AutoregressiveObjective` - no corruption, next-token cross-entropy; the bound is the exact NLL.
 
 A loss is ``numerator / denominator`` with ``numerator = sum_i w_i l_i`` (:func:`weighted_sum`)
@@ -121,28 +123,35 @@ class DiffusionObjective:
         if self.loss == "change_aware":
             w = change_aware_weights(changed, real, self.loss_cfg)
             return ObjectiveBatch(xt, t, x0, w, w.sum())
-        return ObjectiveBatch(xt, t, x0, mdlm_time_weights(self.kernel, t, changed, real),
-                              real.sum().to(torch.float32))
+        denominator = real.sum().to(torch.float32)  # an ELBO loss is in nats per real token
+        if self._mdlm:
+            return ObjectiveBatch(xt, t, x0, mdlm_time_weights(self.kernel, t, changed, real), denominator)
+        return ObjectiveBatch(xt, t, x0, real.to(torch.float32), denominator)  # the integrand carries the weights
+
+    @property
+    def _mdlm(self) -> bool:
+        """``loss="elbo"`` on ``mask``: MDLM's weighted cross-entropy, the conditional-path ELBO's exact form there."""
+        return self.kernel.cfg.name == "mask"
 
     def logits(self, model, batch: ObjectiveBatch) -> torch.Tensor:
         return model(batch.inputs, batch.t)
 
     def token_losses(self, logits: torch.Tensor, batch: ObjectiveBatch) -> torch.Tensor:
+        if self.loss == "elbo" and not self._mdlm:
+            return likelihood.ctelbo_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
+                                               mask=batch.weights > 0).float()
         return per_token_cross_entropy(logits, batch.targets)
 
     def loss_terms(self, logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(numerator, denominator) of the loss of one batch."""
         return weighted_sum(self.token_losses(logits, batch), batch.weights), batch.denominator
 
-    def bound_nats(self, model, x0: torch.Tensor, real: torch.Tensor, *, t: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None, num_steps: int = 1000,
-                   mc_steps: int | None = 8) -> torch.Tensor:
-        """The kernel's likelihood bound per sequence, [B] nats (see pipeline.core.likelihood.nelbo)."""
-        return likelihood.nelbo(self.kernel, model, x0, real, t=t, generator=generator, num_steps=num_steps,
-                                mc_steps=mc_steps)
-
-    def bound_name(self, num_steps: int) -> str:
-        return likelihood.bound_name(self.kernel, num_steps)
+    def bound_estimates(self, model, x0: torch.Tensor, real: torch.Tensor, *, bound: str = "continuous",
+                        t: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                        num_steps: int = 1000, mc_steps: int | None = 8) -> dict[str, torch.Tensor]:
+        """The kernel's likelihood bounds per sequence, {name: [B] nats} (pipeline.core.likelihood.bound_estimates)."""
+        return likelihood.bound_estimates(self.kernel, model, x0, real, bound=bound, t=t, generator=generator,
+                                          num_steps=num_steps, mc_steps=mc_steps)
 
     @staticmethod
     def scored_tokens(real: torch.Tensor) -> torch.Tensor:
@@ -171,12 +180,9 @@ class AutoregressiveObjective:
     def loss_terms(self, logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return weighted_sum(self.token_losses(logits, batch), batch.weights), batch.denominator
 
-    def bound_nats(self, model, x0: torch.Tensor, real: torch.Tensor, **_unused) -> torch.Tensor:
+    def bound_estimates(self, model, x0: torch.Tensor, real: torch.Tensor, **_unused) -> dict[str, torch.Tensor]:
         """Exact NLL per sequence of the real next tokens (the first token, always [CLS], is not scored)."""
-        return next_token_nll(model(x0, real), x0, real)
-
-    def bound_name(self, num_steps: int) -> str:
-        return likelihood.bound_name(None, num_steps)
+        return {"ar_exact_nll": next_token_nll(model(x0, real), x0, real)}
 
     @staticmethod
     def scored_tokens(real: torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,25 @@
 """Test NELBO / perplexity of an export on the preprocessed test split (pipeline/core/likelihood.py bounds).
 
-The bound is the objective's (``pipeline.core.objectives``, chosen by ``KernelConfig.likelihood_bound``):
-``mask`` -> MDLM's continuous-time NELBO, ``uniform`` -> UDLM's continuous ELBO (both averaged over
-``t_draws`` stratified t per sequence), every other kernel -> the T-step discrete bound with
-``t_draws`` stratified steps of ``num_steps``; ``ar`` exports -> the exact next-token NLL (first
-token of each sequence not scored: it is always [CLS]). [PAD] positions are
-never counted. The export's weights are the EMA weights when exported from a run; the generator is
-seeded, so the estimate is reproducible.
+The bounds are the objective's (``pipeline.core.objectives`` -> ``pipeline.core.likelihood.bound_estimates``).
+Default ``bound="continuous"``: every continuous-time bound of the kernel (MDLM's NELBO for ``mask``,
+the conditional-path ELBO for every other kernel, plus UDLM's closed form for ``uniform``), each
+averaged over ``t_draws`` stratified t per sequence on a shared x_t; the report keeps the tightest
+total and names it, with a standard error over the t draws. ``bound="tstep"``: the T-step bound with
+``t_draws`` stratified steps of ``num_steps``. ``ar`` exports: the exact next-token NLL (first token of
+each sequence not scored: it is always [CLS]). [PAD] positions are never counted. The export's
+weights are the EMA weights when exported from a run; the generator is seeded, so the estimate is
+reproducible.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.core.likelihood import bits_per_token, perplexity
+from pipeline.core.likelihood import bits_per_token, perplexity, tightest
 from pipeline.core.objectives import Objective, build_objective
 
 SEQ_COLUMN = "tokens"
@@ -46,34 +49,44 @@ def _stratified_t(batch: int, draws: int, j: int, generator: torch.Generator) ->
 
 @torch.no_grad()
 def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Tensor, t_draws: int,
-                   num_steps: int, generator: torch.Generator) -> torch.Tensor:
-    """Nats per sequence [B] of one batch: the objective's bound."""
-    if objective.autoregressive or objective.kernel.cfg.likelihood_bound == "discrete":
-        # the discrete bound spends its t_draws on stratified steps of num_steps (mc_steps)
-        return objective.bound_nats(model, x0, real, generator=generator, num_steps=num_steps, mc_steps=t_draws)
-    total = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+                   num_steps: int, generator: torch.Generator, bound: str = "continuous") -> dict[str, torch.Tensor]:
+    """{bound name: nats per sequence and t draw, [t_draws, B] (or [1, B])} of one batch."""
+    if objective.autoregressive or bound == "tstep":
+        # exact (AR), or the T-step bound spending its t_draws on stratified steps of num_steps
+        out = objective.bound_estimates(model, x0, real, bound=bound, generator=generator, num_steps=num_steps,
+                                        mc_steps=t_draws)
+        return {name: value[None] for name, value in out.items()}
+    draws: dict[str, list[torch.Tensor]] = {}
     for j in range(t_draws):  # continuous-time bounds: t_draws stratified t per sequence
         t = _stratified_t(x0.shape[0], t_draws, j, generator).to(x0.device)
-        total += objective.bound_nats(model, x0, real, t=t.float(), generator=generator)
-    return total / t_draws
+        for name, value in objective.bound_estimates(model, x0, real, t=t.float(), generator=generator).items():
+            draws.setdefault(name, []).append(value)
+    return {name: torch.stack(values) for name, values in draws.items()}
 
 
 def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_size: int = 16,
-                   t_draws: int = 4, num_steps: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    """Total NELBO over ``sequences`` and its per-token forms (nats, bits, perplexity)."""
+                   t_draws: int = 4, num_steps: int = 1000, seed: int = 0, progress: bool = True,
+                   bound: str = "continuous") -> dict:
+    """The tightest bound over ``sequences`` and its per-token forms (nats, bits, perplexity), with the
+    standard error over the t draws and every candidate bound's nats per token."""
     device = next(exported.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     objective = build_objective(exported.kernel)
-    bound = objective.bound_name(num_steps)
-    total, tokens = 0.0, 0
+    per_draw: dict[str, torch.Tensor] = {}  # name -> [draws] total nats of each t draw
+    tokens = 0
     for start in tqdm(range(0, len(sequences), batch_size), desc="test NELBO", disable=not progress):
         x0 = sequences[start:start + batch_size].to(device)
         real = torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
-        nats = sequence_nelbo(objective, exported.model, x0, real, t_draws, num_steps, gen)
-        total += float(nats.sum())
+        for name, nats in sequence_nelbo(objective, exported.model, x0, real, t_draws, num_steps, gen,
+                                         bound).items():
+            per_draw[name] = per_draw.get(name, 0.0) + nats.to(torch.float64).sum(-1).cpu()
         tokens += int(objective.scored_tokens(real))
-    per_token = total / tokens
-    return {"bound": bound, "sequences": len(sequences), "tokens": tokens, "nelbo_nats": total,
-            "nats_per_token": per_token, "bits_per_token": bits_per_token(total, tokens),
+    totals = {name: float(draws.mean()) for name, draws in per_draw.items()}
+    name, total = tightest(totals)
+    draws = per_draw[name]
+    stderr = float(draws.std() / math.sqrt(len(draws))) / tokens if len(draws) > 1 else None
+    return {"bound": name, "sequences": len(sequences), "tokens": tokens, "nelbo_nats": total,
+            "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),
             "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed,
-            "num_steps": num_steps if bound and bound.startswith("discrete") else None}
+            "num_steps": num_steps if name.startswith("discrete") else None,
+            "candidates": {n: v / tokens for n, v in sorted(totals.items())}}

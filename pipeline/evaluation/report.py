@@ -85,10 +85,14 @@ def write_report(out: Path, results: dict) -> None:
     nelbo = results.get("nelbo")
     if nelbo:
         lines += ["", "## Test likelihood", "",
-                  "| bound | sequences | tokens | nats/token | bits/token | PPL (upper bound) |",
-                  "|---|---|---|---|---|---|",
+                  "| bound | sequences | tokens | nats/token | ± stderr | bits/token | PPL (upper bound) |",
+                  "|---|---|---|---|---|---|---|",
                   f"| {nelbo['bound']} | {nelbo['sequences']} | {nelbo['tokens']} | {_fmt(nelbo['nats_per_token'])} "
-                  f"| {_fmt(nelbo['bits_per_token'])} | {_fmt(nelbo['perplexity'], 2)} |"]
+                  f"| {_fmt(nelbo.get('stderr'))} | {_fmt(nelbo['bits_per_token'])} | {_fmt(nelbo['perplexity'], 2)} |"]
+        others = {k: v for k, v in (nelbo.get("candidates") or {}).items() if k != nelbo["bound"]}
+        if others:
+            lines += ["", "The tightest valid bound is reported; the others on the same draws (nats/token): "
+                      + ", ".join(f"{k} {_fmt(v)}" for k, v in others.items()) + "."]
     rows = results.get("sweep", [])
     if rows:
         lines += ["", "## Samples", "",

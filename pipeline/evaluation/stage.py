@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.common.artifacts import ConfigError, StageRun, load_manifest
+from pipeline.core.likelihood import BOUNDS
 from pipeline.sampling.runner import draw_samples
 from pipeline.sampling.stage import SamplerOptions, decode_all, export_association, preprocessed_seq_len
 
@@ -44,6 +45,7 @@ class EvaluateConfig:
     t_draws: int = 4
     nelbo_steps: int = 1000
     nelbo_seed: int = 0
+    bound: str = "continuous"  # continuous (the kernel's tightest continuous-time bound) | tstep (T-step bound)
     samples: str | None = None  # evaluate this sample artifact instead of sampling
     sample: bool = True  # False: likelihood only
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
@@ -66,6 +68,8 @@ class EvaluateConfig:
                      "num_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.bound not in BOUNDS:
+            raise ConfigError(f"--bound must be one of {BOUNDS}, got {self.bound!r}")
         if self.samples and not self.sample:
             raise ConfigError("give --samples or --no-samples, not both")
 
@@ -149,7 +153,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
         seqs = read_test_sequences(split, cfg.max_test_sequences)
         pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
         results["nelbo"] = evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws,
-                                          cfg.nelbo_steps, cfg.nelbo_seed, progress=cfg.progress)
+                                          cfg.nelbo_steps, cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound)
     neighbors = None
     if artifacts.get("neighbors"):
         from pipeline.common.neighbor_artifact import load_neighbor_tables

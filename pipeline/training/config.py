@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.kernels import KernelConfig
+from pipeline.core.likelihood import BOUNDS
 from pipeline.core.model import ModelConfig
 from pipeline.core.objectives import LOSSES, LossConfig
 
@@ -60,8 +61,9 @@ class TrainConfig:
     # -- validation, logging, checkpoints
     val_every: int = 50
     val_batches: int = 4
-    val_mc_steps: int = 4                     # semantic kernels: Monte-Carlo steps of the T-step bound
-    val_num_steps: int = 1000                 # T of that bound
+    val_bound: str = "continuous"             # continuous (the evaluation's default bound) | tstep
+    val_mc_steps: int = 4                     # val_bound=tstep: Monte-Carlo steps of the T-step bound
+    val_num_steps: int = 1000                 # val_bound=tstep: T of that bound
     log_every: int = 10
     ckpt_every: int = 50                      # 0: no checkpoints (benchmarks), except on a stop signal / abort
     keep_last: int = 3
@@ -80,7 +82,8 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS)):
+        for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS),
+                              ("val_bound", BOUNDS)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.global_batch % max(self.micro_batch, 1):

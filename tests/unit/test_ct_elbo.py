@@ -15,7 +15,7 @@ from pipeline.core.ct_elbo import (
     dense_rows,
     reverse_rates_dense,
 )
-from pipeline.core.likelihood import ctelbo_nelbo, mdlm_integrand, prior_kl
+from pipeline.core.likelihood import continuous_bound_estimates, mdlm_integrand, prior_kl
 from pipeline.research import bound_check as bc
 
 from neighbor_tables import make_test_kernel, random_tables
@@ -178,11 +178,13 @@ def test_monte_carlo_over_t_agrees_with_quadrature():
     assert abs(mean - quad) < 4 * se + 0.01, (mean, se, quad)
 
 
-def test_ctelbo_nelbo_is_the_integrand_plus_the_prior_term():
+def test_the_reported_estimate_is_the_integrand_plus_the_prior_term():
     k, g = kernel("semdlm", False), torch.Generator().manual_seed(4)
     x0, t = torch.randint(1, V, (3, 6), generator=g), torch.tensor([0.2, 0.5, 0.9])
     model = lambda xt, tt: torch.randn(*xt.shape, V, generator=torch.Generator().manual_seed(7))  # noqa: E731
-    est = ctelbo_nelbo(k, model, x0, t, generator=torch.Generator().manual_seed(5))
+    est = continuous_bound_estimates(k, model, x0, t, generator=torch.Generator().manual_seed(5))
+    assert set(est) == {"ctelbo_continuous"}
+    est = est["ctelbo_continuous"]
     xt, _ = k.sample_xt(x0, t, generator=torch.Generator().manual_seed(5))
     ref = ctelbo_integrand(k, model(xt, t), x0, xt, t) + prior_kl(k, x0)
     assert torch.allclose(est, ref)
