@@ -2,11 +2,16 @@
 
     python -m pipeline.evaluate --model EXPORT_DIR --out DIR
         [--judge gpt2-large | HF_DIR | AR_EXPORT_DIR | none] [--judge-batch-size 8]
-        [--no-nelbo] [--test-split DIR] [--max-test-sequences 256] [--t-draws 4]
+        [--no-nelbo] [--test-split DIR] [--max-test-sequences N] [--t-draws 4]
         [--bound continuous|tstep] [--nelbo-steps 1000]
+        [--eval-set NAME=SOURCE[#detok=lm1b|ptb|wikitext|lambada|none][#field=F] ...]
         [--samples SAMPLE_DIR | --steps 32,64,128,256 --lambda-freq 0,1 --lambda-sem 0,0.5 ...]
 
-writes DIR/results.json, DIR/report.md, DIR/sweep.csv, PNG plots (entropy histogram; Gen-PPL and
+SOURCE: a preprocess split directory, a raw .txt/.jsonl[.gz] file (tokenised like the training data)
+or hf:ID[:CONFIG][@SPLIT]; one zero-shot table row and one results.json ``eval_sets`` entry per set.
+Every split and set is scored whole unless --max-test-sequences cuts it.
+
+Writes DIR/results.json, DIR/report.md, DIR/sweep.csv, PNG plots (entropy histogram; Gen-PPL and
 entropy against steps when more than one step count is swept) and the samples of every sweep point
 under DIR/samples/. Sampling options are those of ``python -m pipeline.sample``.
 Library: pipeline/evaluation/stage.py (EvaluateConfig, run_evaluate).
@@ -33,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-batch-size", type=int, default=8)
     p.add_argument("--no-nelbo", action="store_true", help="skip the test NELBO")
     p.add_argument("--test-split", default=None, help="MDS test split (default: PREPROCESSED/test of the export)")
-    p.add_argument("--max-test-sequences", type=int, default=256)
+    p.add_argument("--max-test-sequences", type=int, default=None,
+                   help="score only the first N sequences of the test split and of every eval set (default: all)")
+    p.add_argument("--eval-set", action="append", default=[], metavar="NAME=SOURCE[#detok=D][#field=F]",
+                   help="a held-out set (repeatable): a preprocess split dir, a .txt/.jsonl file or "
+                        "hf:ID[:CONFIG][@SPLIT]; detokeniser D in lm1b|ptb|wikitext|lambada|none "
+                        "(default: by NAME, else none); see docs/sampling.md")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--t-draws", type=int, default=4, help="t draws (or bound steps) per test sequence")
     p.add_argument("--bound", default="continuous", choices=("continuous", "tstep"),
@@ -52,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvaluateConfig(
             judge=args.judge, judge_batch_size=args.judge_batch_size, nelbo=not args.no_nelbo,
             test_split=args.test_split, max_test_sequences=args.max_test_sequences,
-            eval_batch_size=args.eval_batch_size, t_draws=args.t_draws, nelbo_steps=args.nelbo_steps, bound=args.bound,
+            eval_batch_size=args.eval_batch_size, eval_sets=tuple(args.eval_set), t_draws=args.t_draws,
+            nelbo_steps=args.nelbo_steps, bound=args.bound,
             nelbo_seed=args.nelbo_seed, samples=args.samples, sample=not args.no_samples,
             sampler=sampler_options(args), steps=args.steps, lambda_freq=args.lambda_freq,
             lambda_sem=args.lambda_sem, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,

@@ -49,13 +49,14 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
 
     with the SUBS parameterisation (p_theta([MASK]) = 0; unmasked positions are carried over).
     """
-    logits = logits.to(torch.float64).clone()
-    logits[..., kernel.mask_id] = -math.inf
-    nll = -torch.log_softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    alpha, dalpha = alpha_and_derivative(kernel.cfg, torch.as_tensor(t, device=x0.device).expand(x0.shape[0]))
-    weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1)
     counted = (xt == kernel.mask_id) & _positions(x0, mask)
-    return torch.where(counted, weight * nll, torch.zeros_like(nll)).sum(-1)
+    alpha, dalpha = alpha_and_derivative(kernel.cfg, torch.as_tensor(t, device=x0.device).expand(x0.shape[0]))
+    weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1).expand(x0.shape)[counted]
+    rows = logits[counted].to(torch.float64)  # only the masked positions carry a term
+    rows[:, kernel.mask_id] = -math.inf
+    nll = torch.logsumexp(rows, -1) - rows.gather(-1, x0[counted].unsqueeze(-1)).squeeze(-1)
+    per_position = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
+    return per_position.masked_scatter(counted, weight * nll).sum(-1)
 
 
 def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
@@ -183,10 +184,26 @@ def step_kl(kernel: Kernel, model, x0: torch.Tensor, xt: torch.Tensor, s: float,
 
 def prior_kl(kernel: Kernel, x0: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """sum over counted positions of KL(q_1(. | x0) || pi), [B] nats, pi = kernel.prior_probs()."""
-    q1 = kernel.marginal_rows(x0.reshape(-1), 1.0)
-    log_pi = kernel.prior_probs().clamp_min(1e-300).log()
-    kl = torch.where(q1 > 0, q1 * (q1.clamp_min(1e-300).log() - log_pi), torch.zeros_like(q1)).sum(-1)
-    return (kl.reshape(x0.shape) * _positions(x0, mask)).sum(-1)
+    return (_prior_kl_per_token(kernel, x0)[x0] * _positions(x0, mask)).sum(-1)
+
+
+def _prior_kl_per_token(kernel: Kernel, x0: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """KL(q_1(. | v) || pi) per vocabulary id v, [V] float64, filled in for the ids of ``x0`` on first use.
+
+    It depends on v alone, so it is cached on the kernel (a dense q_1 row costs O(V) per position).
+    """
+    cache = getattr(kernel, "_prior_kl_cache", None)
+    if cache is None:
+        cache = torch.full((kernel.vocab_size,), math.nan, dtype=torch.float64, device=x0.device)
+        kernel._prior_kl_cache = cache
+    ids = torch.unique(x0)
+    ids = ids[torch.isnan(cache[ids])]
+    if ids.numel():
+        log_pi = kernel.prior_probs().clamp_min(1e-300).log()
+        for part in ids.split(chunk):
+            q1 = kernel.marginal_rows(part, 1.0)
+            cache[part] = torch.where(q1 > 0, q1 * (q1.clamp_min(1e-300).log() - log_pi), 0.0).sum(-1)
+    return cache
 
 
 @torch.no_grad()

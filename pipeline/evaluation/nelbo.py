@@ -26,7 +26,7 @@ SEQ_COLUMN = "tokens"
 
 
 def read_test_sequences(split_dir: str | Path, max_sequences: int | None = None) -> torch.Tensor:
-    """Up to ``max_sequences`` sequences of an MDS split, in order, as Long[N, L]."""
+    """The sequences of an MDS split (the first ``max_sequences`` when given), in order, as Long[N, L]."""
     from streaming import StreamingDataset
 
     split_dir = Path(split_dir)
@@ -66,7 +66,7 @@ def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Te
 
 def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_size: int = 16,
                    t_draws: int = 4, num_steps: int = 1000, seed: int = 0, progress: bool = True,
-                   bound: str = "continuous") -> dict:
+                   bound: str = "continuous", desc: str = "test NELBO") -> dict:
     """The tightest bound over ``sequences`` and its per-token forms (nats, bits, perplexity), with the
     standard error over the t draws and every candidate bound's nats per token."""
     device = next(exported.model.parameters()).device
@@ -74,7 +74,7 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     objective = build_objective(exported.kernel)
     per_draw: dict[str, torch.Tensor] = {}  # name -> [draws] total nats of each t draw
     tokens = 0
-    for start in tqdm(range(0, len(sequences), batch_size), desc="test NELBO", disable=not progress):
+    for start in tqdm(range(0, len(sequences), batch_size), desc=desc, disable=not progress):
         x0 = sequences[start:start + batch_size].to(device)
         real = torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
         for name, nats in sequence_nelbo(objective, exported.model, x0, real, t_draws, num_steps, gen,

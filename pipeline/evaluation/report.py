@@ -93,6 +93,17 @@ def write_report(out: Path, results: dict) -> None:
         if others:
             lines += ["", "The tightest valid bound is reported; the others on the same draws (nats/token): "
                       + ", ".join(f"{k} {_fmt(v)}" for k, v in others.items()) + "."]
+    sets = results.get("eval_sets") or {}
+    if sets:
+        lines += ["", "## Zero-shot likelihood", "",
+                  "| set | detokenizer | sequences | tokens | bound | nats/token | ± stderr | PPL (upper bound) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, s in sets.items():
+            lines.append(f"| {name} | {s['detokenizer']} | {s['sequences']} | {s['tokens']} | {s['bound']} "
+                         f"| {_fmt(s['nats_per_token'])} | {_fmt(s.get('stderr'))} | {_fmt(s['perplexity'], 2)} |")
+        lines += ["", "Sources: " + "; ".join(f"{name} = `{s['source']}`" for name, s in sets.items())
+                  + ". PPL = exp(nats/token) of the tightest bound (the exact NLL for an AR export); stderr over "
+                  "the t draws (docs/sampling.md, Evaluation)."]
     rows = results.get("sweep", [])
     if rows:
         lines += ["", "## Samples", "",

@@ -1,7 +1,8 @@
 """The evaluate stage as a library: :class:`EvaluateConfig` and :func:`run_evaluate`.
 
 ``python -m pipeline.evaluate`` (pipeline/evaluate.py) parses its flags into an
-:class:`EvaluateConfig` and calls :func:`run_evaluate`: test NELBO / PPL of the export, then the
+:class:`EvaluateConfig` and calls :func:`run_evaluate`: test NELBO / PPL of the export on its test
+split and on every ``--eval-set`` (a zero-shot table, pipeline/evaluation/eval_sets.py), then the
 samples of every sweep point (or of a given sample artifact) under Gen-PPL, entropy and diversity,
 written as results.json, report.md, sweep.csv, plots and samples/.
 """
@@ -20,6 +21,7 @@ from pipeline.sampling.runner import draw_samples
 from pipeline.sampling.stage import SamplerOptions, decode_all, export_association, preprocessed_seq_len
 
 from .diversity import sample_metrics
+from .eval_sets import EvalSetSpec, freshness_inputs, parse_eval_sets
 from .genppl import DEFAULT_JUDGE, generative_perplexity, load_judge
 from .report import plot_entropy_histogram, plot_sweep, write_report, write_sweep_csv
 
@@ -40,12 +42,13 @@ class EvaluateConfig:
     judge_batch_size: int = 8
     nelbo: bool = True
     test_split: str | None = None  # None: PREPROCESSED/test of the export
-    max_test_sequences: int = 256
+    max_test_sequences: int | None = None  # None: the whole split (of every set)
     eval_batch_size: int = 16
     t_draws: int = 4
     nelbo_steps: int = 1000
     nelbo_seed: int = 0
     bound: str = "continuous"  # continuous (the kernel's tightest continuous-time bound) | tstep (T-step bound)
+    eval_sets: tuple[EvalSetSpec, ...] = ()  # --eval-set NAME=SOURCE[#detok=...] (strings are parsed)
     samples: str | None = None  # evaluate this sample artifact instead of sampling
     sample: bool = True  # False: likelihood only
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
@@ -64,7 +67,10 @@ class EvaluateConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} needs at least one value")
-        for name in ("judge_batch_size", "max_test_sequences", "eval_batch_size", "t_draws", "nelbo_steps",
+        object.__setattr__(self, "eval_sets", parse_eval_sets(self.eval_sets))
+        if self.max_test_sequences is not None and self.max_test_sequences < 1:
+            raise ConfigError(f"--max-test-sequences must be >= 1, got {self.max_test_sequences}")
+        for name in ("judge_batch_size", "eval_batch_size", "t_draws", "nelbo_steps",
                      "num_samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -78,11 +84,26 @@ class EvaluateConfig:
         return self.judge not in ("none", "") and self.sample
 
     def artifact_config(self) -> dict:
-        """The result-determining fields (what the manifest's config hash is taken of)."""
+        """The result-determining fields (what the manifest's config hash is taken of); the eval sets'
+        sources are pinned by :meth:`freshness_sources` (StageRun inputs / upstream)."""
         cfg = asdict(self)
         for runtime_only in RUNTIME_ONLY:
             cfg.pop(runtime_only)
         return cfg
+
+    def freshness_sources(self) -> tuple[list[Path], dict[str, Path]]:
+        """(input files, upstream artifacts) of the test split given by --test-split and of every eval
+        set: a changed file or a rebuilt artifact makes the evaluation stale."""
+        inputs: list[Path] = []
+        upstream: dict[str, Path] = {}
+        sets = list(self.eval_sets)
+        if self.nelbo and self.test_split:
+            sets.insert(0, EvalSetSpec("test_split", str(self.test_split)))
+        for spec in sets:
+            files, artifacts = freshness_inputs(spec)
+            inputs += files
+            upstream.update(artifacts)
+        return inputs, upstream
 
 
 def read_samples(directory: Path) -> list[dict]:
@@ -128,6 +149,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
                  log=print) -> Path:
     """Evaluate the export ``model`` into the artifact ``out`` (see the module docstring)."""
     from pipeline.common.export_artifact import load_export
+    from pipeline.evaluation.eval_sets import load_eval_set
     from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
 
     exported = load_export(model, device=cfg.device)
@@ -137,7 +159,9 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
     if cfg.samples:  # pinned: a regenerated sample artifact makes this one stale
         load_manifest(cfg.samples, stage="sample")
         upstream["samples"] = Path(cfg.samples)
-    stage = StageRun(STAGE, out, config=cfg.artifact_config(), upstream=upstream,
+    set_inputs, set_upstream = cfg.freshness_sources()
+    upstream.update(set_upstream)
+    stage = StageRun(STAGE, out, config=cfg.artifact_config(), inputs=set_inputs, upstream=upstream,
                      tokenizer=exported.tokenizer_info, force=force)
     if stage.is_up_to_date():
         log(f"{out}: up to date")
@@ -146,14 +170,32 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
     results = {"model": str(Path(model).resolve()), "kind": exported.kind,
                "kernel": exported.kernel.cfg.name if exported.kernel is not None else None,
                "judge": judge.name if judge else None, "training": exported.config.get("training")}
+    pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
+    # every eval set is read (and tokenised) first: a bad source fails before any model time is spent
+    set_sequences = {spec.name: load_eval_set(spec, exported.config, exported.tokenizer_info, cfg.max_test_sequences)
+                     for spec in cfg.eval_sets}
+
+    def score(seqs, desc):
+        return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
+                              cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc)
+
     if cfg.nelbo:
         split = cfg.test_split or (Path(artifacts["preprocessed"]) / "test" if artifacts.get("preprocessed") else None)
-        if split is None:
-            raise ConfigError("no test split: pass --test-split or --no-nelbo (the export names no preprocessed data)")
-        seqs = read_test_sequences(split, cfg.max_test_sequences)
-        pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
-        results["nelbo"] = evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws,
-                                          cfg.nelbo_steps, cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound)
+        if split is None and not cfg.eval_sets:
+            raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
+                              "(the export names no preprocessed data)")
+        if split is not None:
+            results["nelbo"] = score(read_test_sequences(split, cfg.max_test_sequences), "test NELBO")
+    if cfg.eval_sets:
+        results["eval_sets"] = {}
+        for spec in cfg.eval_sets:
+            r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
+            results["eval_sets"][spec.name] = {
+                **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
+                                     "sequences", "candidates")},
+                "source": spec.source, "detokenizer": spec.detokenizer}
+            log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
+                f"PPL <= {r['perplexity']:.2f}")
     neighbors = None
     if artifacts.get("neighbors"):
         from pipeline.common.neighbor_artifact import load_neighbor_tables

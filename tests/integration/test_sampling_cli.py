@@ -106,7 +106,7 @@ def test_sample_cli_bad_input_exits_2(exports, tmp_path, capsys):
 def test_evaluate_cli_sweep_report_and_plots(exports, tmp_path):
     out = tmp_path / "eval"
     args = ["--model", str(exports["semdlm_plus"]), "--out", str(out), "--judge", str(exports["ar"]),
-            "--test-split", str(exports["test"]), "--t-draws", "2", "--nelbo-steps", "8",
+            "--test-split", str(exports["test"]), "--t-draws", "2", "--bound", "tstep", "--nelbo-steps", "8",
             "--steps", "2,4", "--lambda-freq", "0,1", "--num-samples", "2", "--batch-size", "2",
             "--seq-len", str(L), "--quiet"]
     assert evaluate_cli.main(args) == 0

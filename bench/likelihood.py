@@ -1,0 +1,107 @@
+"""Benchmark: cost of one likelihood-bound evaluation per test token vs one model forward.
+
+Target (issue 13): one ``pipeline.core.likelihood.bound_estimates`` call (default continuous bound,
+one t draw per sequence) costs <= 1.5x one forward of the same model on the same batch, for every
+kernel, so that test NELBO and training-time validation of a semantic kernel cost about what the
+mask kernel's do. Both are timed in this one run (median of ``--reps`` after a warm-up), on CPU,
+for the ``tiny`` model dims (configs/tiny.yaml) and the ``small`` preset, with the bert vocabulary
+(V = 30,522), L = 128 and a random k_max = 64 neighbour table laid out like the neighbor_index
+artifact (bench/kernels.py). Random weights: the cost does not depend on them. For contrast, the
+T-step bound (``bound="tstep"``, mc_steps = 4 of num_steps = 1000) of ``semdlm_plus``, timed once.
+
+    .venv/bin/python -m bench.likelihood                    # defaults above, 2 threads
+    .venv/bin/python -m bench.likelihood --models tiny --kernels mask semdlm_plus --no-tstep
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from bench.kernels import BERT_MASK_ID, build, random_neighbor_tables
+from pipeline.core.likelihood import bound_estimates
+from pipeline.core.model import DiffusionTransformer, ModelConfig
+
+KERNELS = ("mask", "uniform", "semdlm_plus")
+
+
+def _median_time(fn, reps: int, warmup: int = 1) -> float:
+    times = []
+    for i in range(warmup + reps):
+        start = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: int, tstep: bool) -> list[dict]:
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset(preset, vocab_size=30522, max_seq_len=max(seq_len, 256))
+    model = DiffusionTransformer(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(999, cfg.vocab_size, (batch, seq_len), generator=g)
+    t = torch.rand(batch, generator=g).clamp(1e-3, 1 - 1e-3)
+    xt = x0.clone()
+    xt[torch.rand(batch, seq_len, generator=g) < 0.5] = BERT_MASK_ID
+    tokens = batch * seq_len
+    forward = _median_time(lambda: model(xt, t), reps)
+    print(f"{preset}: B={batch} L={seq_len} V={cfg.vocab_size}, one forward median {forward * 1e3:.1f} ms "
+          f"({forward / tokens * 1e6:.1f} us/token)", flush=True)
+    rows = []
+    for name in kernels:
+        kernel = build(name, tables, cfg.vocab_size)
+        cost = _median_time(lambda k=kernel: bound_estimates(k, model, x0, t=t, generator=g), reps)
+        rows.append({"model": preset, "kernel": name, "bound": "continuous", "forward_ms": forward * 1e3,
+                     "bound_ms": cost * 1e3, "us_per_token": cost / tokens * 1e6, "ratio": cost / forward})
+        print(f"  {name:<12} continuous {cost * 1e3:9.1f} ms  {cost / tokens * 1e6:8.1f} us/token  "
+              f"x{cost / forward:.2f} forward", flush=True)
+    if tstep:
+        kernel = build("semdlm_plus", tables, cfg.vocab_size)
+        start = time.perf_counter()
+        bound_estimates(kernel, model, x0, bound="tstep", num_steps=1000, mc_steps=4, generator=g)
+        cost = time.perf_counter() - start
+        rows.append({"model": preset, "kernel": "semdlm_plus", "bound": "tstep T=1000 mc=4",
+                     "forward_ms": forward * 1e3, "bound_ms": cost * 1e3, "us_per_token": cost / tokens * 1e6,
+                     "ratio": cost / forward})
+        print(f"  semdlm_plus  tstep(T=1000, 4 steps) {cost * 1e3:9.1f} ms  x{cost / forward:.1f} forward (1 run)",
+              flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["tiny", "small"], choices=("tiny", "small"))
+    ap.add_argument("--kernels", nargs="+", default=list(KERNELS))
+    ap.add_argument("--batch-tiny", type=int, default=8)
+    ap.add_argument("--batch-small", type=int, default=2)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--k-max", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-tstep", action="store_true", help="skip the (slow) T-step contrast")
+    ap.add_argument("--target", type=float, default=1.5, help="maximum bound / forward ratio")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tables = random_neighbor_tables(30522, args.k_max)
+    rows = []
+    for preset in args.models:
+        batch = args.batch_tiny if preset == "tiny" else args.batch_small
+        rows += bench_model(preset, batch, args.seq_len, args.kernels, tables, args.reps, not args.no_tstep)
+    print("\n| model | kernel | bound | forward ms | bound ms | us/token | bound / forward |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['kernel']} | {r['bound']} | {r['forward_ms']:.1f} | {r['bound_ms']:.1f} "
+              f"| {r['us_per_token']:.1f} | {r['ratio']:.2f}x |")
+    over = [f"{r['model']}/{r['kernel']}" for r in rows if r["bound"] == "continuous" and r["ratio"] > args.target]
+    verdict = "all pass" if not over else "over: " + ", ".join(over)
+    print(f"target <= {args.target}x a forward (continuous bound): {verdict}")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
