@@ -52,9 +52,10 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
     counted = (xt == kernel.mask_id) & _positions(x0, mask)
     alpha, dalpha = alpha_and_derivative(kernel.cfg, torch.as_tensor(t, device=x0.device).expand(x0.shape[0]))
     weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1).expand(x0.shape)[counted]
-    rows = logits[counted].to(torch.float64)  # only the masked positions carry a term
+    rows = logits[counted]  # only the masked positions carry a term
     rows[:, kernel.mask_id] = -math.inf
-    nll = torch.logsumexp(rows, -1) - rows.gather(-1, x0[counted].unsqueeze(-1)).squeeze(-1)
+    # logsumexp in the logits' dtype (max-shifted: float32 loses nothing that matters), the rest in float64
+    nll = torch.logsumexp(rows, -1).double() - rows.gather(-1, x0[counted].unsqueeze(-1)).squeeze(-1).double()
     per_position = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
     return per_position.masked_scatter(counted, weight * nll).sum(-1)
 
