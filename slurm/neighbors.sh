@@ -8,6 +8,8 @@
 # The stage is single-process: the MiniLM pass over 30k token strings takes well under a minute on
 # a GPU and about a minute of CPU time otherwise; the exact faiss search uses every CPU of the task.
 # A rerun with the same inputs and options prints "up to date" and exits at once.
+# Submit from the repository root (logs go to logs/). Small nodes: size the job with sbatch
+# options, e.g. `sbatch --cpus-per-task=2 --mem=4G slurm/neighbors.sh` (THREADS follows them).
 #SBATCH --job-name=semdlm-neighbors
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -33,7 +35,6 @@ PYTHON=${PYTHON:-.venv/bin/python}
 EXTRA_ARGS=${EXTRA_ARGS:-""}                           # anything else for python -m neighbor_index
 # --------------------------------------------------------------------------------------------
 
-mkdir -p logs
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 if (( THREADS > 0 )); then export OMP_NUM_THREADS=$THREADS; fi
 
