@@ -24,6 +24,7 @@ set -euo pipefail
 PREPROCESSED=${PREPROCESSED:-"artifacts/preprocessed"}  # preprocess artifact directory
 OUT=${OUT:-"artifacts/neighbors"}                      # artifact directory to write
 K_MAX=${K_MAX:-64}                                     # neighbours per token
+ASSOC_K=${ASSOC_K:-$(( K_MAX < 16 ? K_MAX : 16 ))}     # neighbours per row of the sparse S+ (<= K_MAX)
 EMBEDDER=${EMBEDDER:-default}                          # sentence-transformers path / hub id
 FROM_MODEL=${FROM_MODEL:-""}                           # or: input embeddings of this model/checkpoint
 INDEX=${INDEX:-flat}                                   # flat (exact) | ivf | hnsw
@@ -38,7 +39,7 @@ EXTRA_ARGS=${EXTRA_ARGS:-""}                           # anything else for pytho
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false
 if (( THREADS > 0 )); then export OMP_NUM_THREADS=$THREADS; fi
 
-args=(--preprocessed "$PREPROCESSED" --out "$OUT" --k-max "$K_MAX" --index "$INDEX" --tau "$TAU"
+args=(--preprocessed "$PREPROCESSED" --out "$OUT" --k-max "$K_MAX" --assoc-k "$ASSOC_K" --index "$INDEX" --tau "$TAU"
       --min-count "$MIN_COUNT" --device "$DEVICE" --threads "$THREADS" --no-progress)
 if [[ -n "$FROM_MODEL" ]]; then
     args+=(--embeddings-from-model "$FROM_MODEL")
