@@ -84,12 +84,12 @@ if ! [[ "$TASKS_PER_NODE" =~ ^[1-9][0-9]*$ ]]; then
     echo "slurm/train.sh: error: TASKS_PER_NODE must be a positive integer, got '$TASKS_PER_NODE'" >&2
     exit 2
 fi
-echo "$(date): job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
+echo "$(date "+%F %T"): job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_JOB_NUM_NODES:-1} node(s) x ${TASKS_PER_NODE} ranks, ${GPUS_PER_NODE} GPUs per node, LAUNCH=${LAUNCH}"
 
 stop_requested=0
 on_time_limit() {
-    echo "$(date): time limit approaching: asking the run to checkpoint and exit"
+    echo "$(date "+%F %T"): time limit approaching: asking the run to checkpoint and exit"
     stop_requested=1
     touch "$RUN_DIR/STOP"
 }
@@ -128,11 +128,11 @@ done
 wait "$pid" && status=0 || status=$?
 
 if [[ -f "$RUN_DIR/finished.json" ]]; then
-    echo "$(date): training finished: $(cat "$RUN_DIR/finished.json")"
+    echo "$(date "+%F %T"): training finished: $(cat "$RUN_DIR/finished.json")"
 elif [[ $stop_requested == 1 && $status == 0 ]]; then
-    echo "$(date): checkpointed before the time limit; requeueing job $SLURM_JOB_ID"
+    echo "$(date "+%F %T"): checkpointed before the time limit; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
 else
-    echo "$(date): training exited with status $status" >&2
+    echo "$(date "+%F %T"): training exited with status $status" >&2
     exit "$status"
 fi
