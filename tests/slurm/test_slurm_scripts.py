@@ -276,8 +276,7 @@ def test_train_job_checkpoints_requeues_and_resumes_exactly(requeued_run, refere
     assert stops and all(0 < s < TRAIN_STEPS for s in stops), log[-4000:]
     # It stopped requeueing once the run had finished.
     assert (run_dir / "finished.json").is_file()
-    assert log.rstrip().splitlines()[-1].endswith(f"training finished: {(run_dir / 'finished.json').read_text().strip()}") \
-        or "training finished" in log.rstrip().splitlines()[-1], log[-2000:]
+    assert "training finished" in log.rstrip().splitlines()[-1], log[-2000:]
     assert int(record["Restarts"]) == log.count("checkpointed before the time limit; requeueing")
     # Requeue delay: from the requeue to the next run's first line.
     lines = log.splitlines()
