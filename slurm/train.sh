@@ -38,6 +38,8 @@
 #SBATCH --output=logs/%x-%j.out
 
 set -euo pipefail
+stop_requested=0
+trap 'stop_requested=1' USR1  # first of all: a warning that comes while the script starts is kept
 
 # ---- variables users set ------------------------------------------------------------------
 CONFIG=${CONFIG:-configs/lm1b_small.yaml}
@@ -87,14 +89,14 @@ fi
 echo "$(date "+%F %T"): job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}:" \
      "${SLURM_JOB_NUM_NODES:-1} node(s) x ${TASKS_PER_NODE} ranks, ${GPUS_PER_NODE} GPUs per node, LAUNCH=${LAUNCH}"
 
-stop_requested=0
 on_time_limit() {
     echo "$(date "+%F %T"): time limit approaching: asking the run to checkpoint and exit"
     stop_requested=1
     touch "$RUN_DIR/STOP"
 }
-trap on_time_limit USR1
 rm -f "$RUN_DIR/STOP"  # a request of an earlier job, already honoured
+trap on_time_limit USR1
+[[ $stop_requested == 1 ]] && on_time_limit
 
 if [[ "$LAUNCH" == srun ]]; then
     gpu_opts=()
@@ -119,7 +121,7 @@ pid=$!
 while kill -0 "$pid" 2>/dev/null; do
     if [[ $stop_requested == 1 ]]; then
         [[ -f "$RUN_DIR/STOP" ]] || touch "$RUN_DIR/STOP"
-        sleep 2 &
+        sleep 1 &
         wait $! || true
     else
         wait "$pid" || true  # returns when the ranks exit, or early when the trap fires
