@@ -326,7 +326,10 @@ def test_pipeline_script_chains_every_stage(site, corpora, neighbors):
     """slurm/pipeline.sh: one command submits all stages, each waiting for the one before (afterok).
 
     Preprocess and neighbors point at the artifacts built above (their jobs run and find them up
-    to date); training, export, sampling and evaluation do real work in new directories.
+    to date); training, export, sampling and evaluation do real work in new directories. The
+    training job's batch shell gets USR1 (what the time-limit warning sends) as soon as it starts,
+    while the ranks are still starting up and before the trainer deletes a STOP file it finds:
+    the request must not be lost, the job requeues once, and the export waits for the requeued run.
     """
     t0 = time.time()
     proc = site.bash("slurm/pipeline.sh", ["--mem=4G", "--time=15"],
@@ -335,7 +338,7 @@ def test_pipeline_script_chains_every_stage(site, corpora, neighbors):
                      PREPROCESSED="artifacts/lm1b", NEIGHBORS="artifacts/nn", RUN_DIR="runs/pipeline",
                      EXPORT="exports/pipeline", SAMPLES_OUT="artifacts/pipeline_samples",
                      EVAL_OUT="artifacts/pipeline_eval", CONFIG="configs/tiny.yaml", KERNEL="semdlm_plus",
-                     TRAIN_ARGS="max_steps=6 val_every=0 log_every=1 kernel_args.k_max=8",
+                     TRAIN_ARGS="max_steps=30 val_every=0 log_every=1 ckpt_every=100000 kernel_args.k_max=8",
                      PREPROCESS_SBATCH="--cpus-per-task=1", NEIGHBORS_SBATCH="--cpus-per-task=2",
                      TRAIN_SBATCH=" ".join(CPU_TRAIN), EXPORT_SBATCH="--cpus-per-task=1",
                      SAMPLE_SBATCH=" ".join(CPU_ONE), EVAL_SBATCH=" ".join(CPU_ONE),
@@ -348,6 +351,12 @@ def test_pipeline_script_chains_every_stage(site, corpora, neighbors):
     for before, after in zip(order, order[1:]):
         dep = site.cluster.job_records(after)[0]["Dependency"]
         assert dep == "(null)" or before in dep, (before, after, dep)
+    train_log = site.checkout / "logs" / f"semdlm-train-{jobs['train']}.out"
+    deadline = time.time() + 400
+    while time.time() < deadline and not (train_log.exists() and "(restart 0)" in train_log.read_text()):
+        assert site.cluster.job_records(jobs["train"])[0]["JobState"] in ("PENDING", "RUNNING"), proc.stdout
+        time.sleep(0.2)
+    site.cluster._run(["scancel", "--signal=USR1", "--batch", jobs["train"]])
     names = {"preprocess": "semdlm-preprocess-merge", "neighbors": "semdlm-neighbors", "train": "semdlm-train",
              "export": "semdlm-export", "sample": "semdlm-sample", "eval": "semdlm-eval"}
     records = {stage: site.wait_ok(job, names[stage], 600)[0] for stage, job in jobs.items()}
@@ -356,7 +365,12 @@ def test_pipeline_script_chains_every_stage(site, corpora, neighbors):
         assert records[after]["StartTime"] >= records[before]["EndTime"], (before, after)
     assert "up to date" in site.log(jobs["neighbors"], "semdlm-neighbors")
     assert (site.checkout / "runs/pipeline/finished.json").is_file()
-    assert json.loads((site.checkout / "exports/pipeline/config.json").read_text())["training"]["step"] == 6
+    log = site.log(jobs["train"], "semdlm-train")
+    assert records["train"]["Restarts"] == "1", log[-4000:]
+    stopped = [int(s) for s in re.findall(r"checkpointed at step (\d+), exiting for requeue", log)]
+    assert len(stopped) == 1 and 1 <= stopped[0] < 30 and f"resumed from global_step{stopped[0]}" in log, log[-4000:]
+    assert sorted(_losses(site.checkout / "runs/pipeline")) == list(range(1, 31))
+    assert json.loads((site.checkout / "exports/pipeline/config.json").read_text())["training"]["step"] == 30
     assert len((site.checkout / "artifacts/pipeline_samples/samples.jsonl").read_text().splitlines()) == 4
     assert (site.checkout / "artifacts/pipeline_eval/report.md").is_file()
     # Every job got the options given to pipeline.sh (stage options come after them and win).
