@@ -14,6 +14,8 @@
 # variable of the stage scripts (INPUT, MODE, NUM_SHARDS, K_MAX, CONFIG, KERNEL, LAUNCH, JUDGE,
 # STEPS, NUM_SAMPLES, PYTHON, ...) reaches them unchanged through the environment.
 #
+# The *_SBATCH variables are split at spaces (an option's value cannot contain one).
+#
 # CPU cluster (what tests/slurm runs): the GPU stages need --gpus-per-node=0, e.g.
 #   TRAIN_SBATCH="--nodes=1 --gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 --mem=8G"
 #   SAMPLE_SBATCH="--gpus-per-node=0 --cpus-per-task=1 --mem=4G" EVAL_SBATCH="$SAMPLE_SBATCH"

@@ -15,9 +15,10 @@
 # all-reduced), the run checkpoints and exits 0, and the job requeues itself (scontrol requeue). The
 # requeued job (SLURM_RESTART_COUNT=1, 2, ...) finds the checkpoint in $RUN_DIR and resumes it
 # exactly. The job stops requeueing once $RUN_DIR/finished.json exists. SLURM delivers the signal
-# up to a minute late (it checks time limits every 30 s) and a requeued job waits for its old job
+# up to 30 s late (it checks time limits every 30 s) and a requeued job waits for its old job
 # credential to expire (AuthInfo cred_expire, 120 s by default) before it starts again; keep the
-# warning time above the time one step plus a checkpoint takes, with a margin of a minute.
+# warning time above one step plus a checkpoint plus a minute, and keep the "B:" (the signal is
+# for this shell; sent to the ranks instead, they would checkpoint and exit but nothing requeues).
 #
 # Two ways to start the ranks (LAUNCH=...):
 #   srun      (default) one task per GPU; SLURM numbers the ranks (SLURM_PROCID/LOCALID/NTASKS) and
