@@ -115,7 +115,7 @@ class Cluster:
                 del self.env[var]
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 60) -> "Cluster":
+    def start(self, timeout: float = 60) -> Cluster:
         r = self.root
         for d in ("munge", "state", "spool", "log"):
             (r / d).mkdir(parents=True, exist_ok=True)

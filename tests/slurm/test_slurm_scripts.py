@@ -13,7 +13,6 @@ otherwise. `pytest -m "not slurm"` leaves it out.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cluster import Cluster, ClusterUnavailable, ensure_installed
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500)]
@@ -140,8 +138,9 @@ def preprocess_jobs(site, corpora):
     single = site.sbatch("slurm/preprocess.sh", ["--cpus-per-task=1", "--mem=2G"],
                          OUT="artifacts/lm1b_one", NUM_SHARDS=1, **common)
     site.wait_ok(launcher, "semdlm-preprocess", 120)
-    m = re.search(r"submitted group array (\d+) \(2 groups\) and merge job (\d+)", site.log(launcher, "semdlm-preprocess"))
-    assert m, site.log(launcher, "semdlm-preprocess")
+    launcher_log = site.log(launcher, "semdlm-preprocess")
+    m = re.search(r"submitted group array (\d+) \(2 groups\) and merge job (\d+)", launcher_log)
+    assert m, launcher_log
     array_id, merge_id = m.groups()
     array = site.wait_ok(array_id, "semdlm-preprocess", 300)
     merge = site.wait_ok(merge_id, "semdlm-preprocess-merge", 120)
@@ -187,9 +186,10 @@ def requeued_run(site, reference_run) -> dict:
 
     SLURM checks time limits every 30 s, so the warning comes up to ~30 s after it is due. It is
     made due `due` seconds after the start - 5 s after the reference run's start-up, and at least
-    45 s before that run's end -, so that the run is still training when it arrives. Once the job has been requeued, the test (as the
-    cluster's admin) gives it a 15-minute limit, so the requeued run finishes instead of being
-    warned again (each requeue costs a start-up; the script handles any number of them).
+    45 s before that run's end -, so that the run is still training when it arrives. Once the job
+    has been requeued, the test (as the cluster's admin) gives it a 15-minute limit, so the
+    requeued run finishes instead of being warned again (each requeue costs a start-up; the script
+    handles any number of them).
     """
     due = int(max(8, min(reference_run["startup"] + 5, reference_run["runtime"] - 45)))
     limit_s = 60 * max(3, -(-(due + 90) // 60))  # whole minutes, >= 90 s after the warning is due
@@ -321,7 +321,8 @@ def test_export_sample_and_eval_jobs(site, requeued_run):
     print(f"\nexport + sample + eval jobs: {time.time() - t0:.0f} s")
     config = json.loads((site.checkout / "exports/requeued/config.json").read_text())
     assert config["training"]["step"] == TRAIN_STEPS
-    samples = [json.loads(line) for line in (site.checkout / "artifacts/samples/samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line)
+               for line in (site.checkout / "artifacts/samples/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all(len(s["ids"]) == 32 for s in samples)
     results = json.loads((site.checkout / "artifacts/eval/results.json").read_text())
     assert results["kernel"] == "semdlm_plus" and results["nelbo"]["sequences"] == 16
@@ -390,6 +391,7 @@ def test_pipeline_script_chains_every_stage(site, corpora, neighbors):
 def test_pipeline_script_refuses_bad_input(site):
     proc = site.bash("slurm/pipeline.sh", STAGES="preprocess typo")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "slurm/pipeline.sh: error: unknown stage 'typo' in STAGES (known: preprocess neighbors train export sample eval)"]
+        "slurm/pipeline.sh: error: unknown stage 'typo' in STAGES "
+        "(known: preprocess neighbors train export sample eval)"]
     proc = site.bash("slurm/preprocess.sh", NUM_SHARDS=0)
     assert proc.returncode == 2 and "NUM_SHARDS must be >= 1" in proc.stderr
