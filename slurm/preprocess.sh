@@ -50,7 +50,7 @@ ROLE=${PREPROCESS_ROLE:-launch}
 # the #SBATCH lines of this file again, not the options the launcher was submitted with.
 inherited_options() {
     [[ -n "${SLURM_JOB_ID:-}" ]] || return 0
-    local info field value
+    local info value
     info=$(scontrol show job -o "$SLURM_JOB_ID")
     field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< " $info" | head -n 1; }
     value=$(field Partition);   [[ -n "$value" && "$value" != "(null)" ]] && echo "--partition=$value"
