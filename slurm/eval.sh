@@ -6,6 +6,8 @@
 #   SAMPLES=artifacts/samples MODEL=... OUT=... sbatch slurm/eval.sh     # score existing samples
 #
 # Offline clusters: JUDGE=/path/to/local/gpt2-large (HF directory) or an AR export of this pipeline.
+# Submit from the repository root (logs go to logs/). CPU cluster: override the GPU request and
+# size the job, e.g. `sbatch --gpus-per-node=0 --cpus-per-task=2 --mem=8G slurm/eval.sh`.
 #SBATCH --job-name=semdlm-eval
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -33,7 +35,6 @@ PYTHON=${PYTHON:-.venv/bin/python}
 EXTRA_ARGS=${EXTRA_ARGS:-""}            # anything else for python -m pipeline.evaluate
 # --------------------------------------------------------------------------------------------
 
-mkdir -p logs
 args=(--model "$MODEL" --out "$OUT" --judge "$JUDGE" --t-draws "$T_DRAWS" --max-test-sequences "$MAX_TEST"
       --num-samples "$NUM_SAMPLES" --batch-size "$BATCH_SIZE" --quiet)
 if [[ -n "$SAMPLES" ]]; then

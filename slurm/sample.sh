@@ -6,6 +6,10 @@
 #
 # torchrun sets RANK / WORLD_SIZE; every rank draws the batches k = rank, rank + WORLD_SIZE, ...
 # with seeds derived from (SEED, k), so the samples do not depend on the number of GPUs.
+#
+# Submit from the repository root (logs go to logs/). CPU cluster: override the GPU request and
+# size the job, e.g. `sbatch --gpus-per-node=0 --cpus-per-task=2 --mem=8G slurm/sample.sh`;
+# GPUS is then the number of CPU processes (default 1).
 #SBATCH --job-name=semdlm-sample
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -30,12 +34,12 @@ SEED=${SEED:-0}
 LAMBDA_FREQ=${LAMBDA_FREQ:-0}
 LAMBDA_SEM=${LAMBDA_SEM:-0}
 WINDOW=${WINDOW:-16}
-GPUS=${GPUS:-${SLURM_GPUS_ON_NODE:-1}}
+GPUS=${GPUS:-${SLURM_GPUS_ON_NODE:-1}}  # processes (one per GPU; CPU processes without GPUs)
 PYTHON=${PYTHON:-.venv/bin/python}
 EXTRA_ARGS=${EXTRA_ARGS:-""}            # anything else for python -m pipeline.sample
 # --------------------------------------------------------------------------------------------
 
-mkdir -p logs
+(( GPUS > 0 )) || GPUS=1                 # --gpus-per-node=0 sets SLURM_GPUS_ON_NODE=0
 args=(--model "$MODEL" --out "$OUT" --steps "$STEPS" --strides "$STRIDES" --num-samples "$NUM_SAMPLES"
       --batch-size "$BATCH_SIZE" --seed "$SEED" --lambda-freq "$LAMBDA_FREQ" --lambda-sem "$LAMBDA_SEM"
       --window "$WINDOW" --quiet)
