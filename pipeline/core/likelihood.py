@@ -68,17 +68,25 @@ def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, 
                                  - sum_j xbar_j / xbar_z log(xbar^theta_z xbar_j / (xbar^theta_j xbar_z)) ],
 
     with xbar = V alpha_t onehot(x0) + 1 - alpha_t, xbar^theta = V alpha_t p_theta + 1 - alpha_t, z = x_t.
+
+    xbar takes two values, so with sum_j xbar_j = V the sum over j is closed form but for one V-sized
+    term: sum_j xbar_j log(xbar^theta_z xbar_j / (xbar^theta_j xbar_z))
+    = V log(xbar^theta_z / xbar_z) + sum_j xbar_j log xbar_j - (1 - alpha) sum_j log xbar^theta_j
+    - V alpha log xbar^theta_{x0}; no [B, L, V] one-hot or xbar is built.
     """
     V = log_probs.shape[-1]
-    a = alpha.reshape(-1, *([1] * (log_probs.dim() - 1)))
+    a = alpha.reshape(-1, *([1] * (log_probs.dim() - 2)))
     da = dalpha.reshape(-1, *([1] * (log_probs.dim() - 2)))
-    x_bar = V * a * torch.nn.functional.one_hot(x0, V).to(log_probs.dtype) + 1.0 - a
-    x_bar_theta = V * a * log_probs.exp() + 1.0 - a
-    xb_z = x_bar.gather(-1, xt.unsqueeze(-1))
-    xbt_z = x_bar_theta.gather(-1, xt.unsqueeze(-1))
-    term1 = (V / xb_z - V / xbt_z).squeeze(-1)
-    term2 = (x_bar / xb_z * (xbt_z.log() - x_bar_theta.log() + x_bar.log() - xb_z.log())).sum(-1)
-    return da / (V * a.squeeze(-1)) * (term1 - term2)
+    va = V * a  # xbar is va + 1 - a at x0 and 1 - a elsewhere
+    x_bar_theta = va.unsqueeze(-1) * log_probs.exp() + (1.0 - a).unsqueeze(-1)
+    xbt_z = x_bar_theta.gather(-1, xt.unsqueeze(-1)).squeeze(-1)
+    xbt_x0 = x_bar_theta.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    sum_log_xbt = x_bar_theta.log().sum(-1)
+    xb_z = torch.where(xt == x0, va + 1.0 - a, 1.0 - a)
+    sum_xb_log_xb = torch.special.xlogy(va + 1.0 - a, va + 1.0 - a) + (V - 1) * torch.special.xlogy(1.0 - a, 1.0 - a)
+    term1 = V / xb_z - V / xbt_z
+    term2 = (V * (xbt_z.log() - xb_z.log()) + sum_xb_log_xb - (1.0 - a) * sum_log_xbt - va * xbt_x0.log()) / xb_z
+    return da / (V * a) * (term1 - term2)
 
 
 # --------------------------------------------------------------------------- the generic T-step bound
