@@ -1,7 +1,9 @@
-"""Running a stage's CLI in-process the way the shell does (test helper)."""
+"""Running a stage's CLI in-process the way the shell does, and reading a training run's losses (test helpers)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def run_main(main: Callable[[Sequence[str]], int], *args, progress: bool = False) -> int:
@@ -12,3 +14,13 @@ def run_main(main: Callable[[Sequence[str]], int], *args, progress: bool = False
         return main(argv)
     except SystemExit as exc:
         return int(exc.code)
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """train/loss per step from metrics.jsonl; a step logged twice (redone after a kill) keeps the last."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "train/loss" in record:
+            out[record["step"]] = record["train/loss"]
+    return out

@@ -55,6 +55,12 @@ class SparseMarginal(NamedTuple):
     global_weight: torch.Tensor  # [...]
     global_dist: torch.Tensor  # [V]
 
+    def dense(self, x0_ids: torch.Tensor) -> torch.Tensor:
+        """The rows as dense [N, V] for flat ``x0_ids`` [N] (also for a time derivative in this form)."""
+        rows = self.global_weight.unsqueeze(-1) * self.global_dist
+        rows = rows.scatter_add(-1, self.ids, self.probs)
+        return rows.scatter_add(-1, x0_ids.unsqueeze(-1), self.self_prob.unsqueeze(-1))
+
 
 class Kernel:
     """A configured kernel with its tables on one device; build it with :func:`build_kernel`."""
@@ -135,10 +141,7 @@ class Kernel:
 
     def marginal_rows(self, x0_ids: torch.Tensor, t) -> torch.Tensor:
         """Dense q_t(. | x0) rows, [N, V] (tests and diagnostics: small V or chunks)."""
-        m = self.marginal_sparse(x0_ids, t)
-        rows = m.global_weight.unsqueeze(-1) * self.global_dist
-        rows = rows.scatter_add(-1, m.ids, m.probs)
-        return rows.scatter_add(-1, x0_ids.unsqueeze(-1), m.self_prob.unsqueeze(-1))
+        return self.marginal_sparse(x0_ids, t).dense(x0_ids)
 
     def likelihood_of(self, xt: torch.Tensor, t) -> torch.Tensor:
         """q_t(xt | x0 = v) for every candidate clean token v: [..., V]."""
@@ -191,10 +194,7 @@ class Kernel:
 
     def marginal_derivative_rows(self, x0_ids: torch.Tensor, t) -> torch.Tensor:
         """Dense d/dt q_t(. | x0) rows, [N, V] (tests and diagnostics: small V or chunks)."""
-        m = self.marginal_derivative_sparse(x0_ids, t)
-        rows = m.global_weight.unsqueeze(-1) * self.global_dist
-        rows = rows.scatter_add(-1, m.ids, m.probs)
-        return rows.scatter_add(-1, x0_ids.unsqueeze(-1), m.self_prob.unsqueeze(-1))
+        return self.marginal_derivative_sparse(x0_ids, t).dense(x0_ids)
 
     def likelihood_derivative_of(self, xt: torch.Tensor, t) -> torch.Tensor:
         """d/dt q_t(xt | x0 = v) for every candidate clean token v: [..., V] (cf. :meth:`likelihood_of`)."""

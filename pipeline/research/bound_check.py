@@ -137,9 +137,9 @@ def ctelbo_exact(toy: Toy, nodes: int = 4, ids: torch.Tensor | None = None) -> f
     return float(ctelbo_exact_per_token(toy, nodes, ids).mean())
 
 
-def ctelbo_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256
-              ) -> tuple[float, float]:
-    """Monte-Carlo over x0, antithetic t and x_t (one draw each), t clamped to [t_min, 1]: (mean, s.e.)."""
+def _mc(toy: Toy, integrand, n: int, seed: int, t_min: float, chunk: int) -> tuple[float, float]:
+    """Monte-Carlo over x0, antithetic t and x_t (one draw each), t clamped to [t_min, 1]: (mean, s.e.)
+    of ``integrand(xc, xt, tc) + KL(q_1 || pi)``."""
     g = torch.Generator().manual_seed(seed)
     t = ct_elbo.antithetic_times(n, g, t_min)
     x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (n,), generator=g)]
@@ -147,10 +147,19 @@ def ctelbo_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk
     for lo in range(0, n, chunk):
         tc, xc = t[lo:lo + chunk], x0[lo:lo + chunk].unsqueeze(1)
         xt, _ = toy.kernel.sample_xt(xc, tc, generator=g)
-        logits = toy.denoiser(xt.reshape(-1), tc).unsqueeze(1)
-        vals.append(ct_elbo.ctelbo_integrand(toy.kernel, logits, xc, xt, tc) + lk.prior_kl(toy.kernel, xc))
+        vals.append(integrand(xc, xt, tc) + lk.prior_kl(toy.kernel, xc))
     v = torch.cat(vals)
     return float(v.mean()), float(v.std() / math.sqrt(n))
+
+
+def ctelbo_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256
+              ) -> tuple[float, float]:
+    """The conditional-path ELBO by Monte-Carlo (see :func:`_mc`)."""
+    def integrand(xc, xt, tc):
+        logits = toy.denoiser(xt.reshape(-1), tc).unsqueeze(1)
+        return ct_elbo.ctelbo_integrand(toy.kernel, logits, xc, xt, tc)
+
+    return _mc(toy, integrand, n, seed, t_min, chunk)
 
 
 def data_denoiser(toy: Toy):
@@ -178,18 +187,13 @@ def udlm_exact(toy: Toy, nodes: int = 4, model=None) -> float:
 
 def udlm_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256, model=None
             ) -> tuple[float, float]:
-    g = torch.Generator().manual_seed(seed)
-    t = ct_elbo.antithetic_times(n, g, t_min)
-    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (n,), generator=g)]
-    vals = []
-    for lo in range(0, n, chunk):
-        tc, xc = t[lo:lo + chunk], x0[lo:lo + chunk].unsqueeze(1)
-        xt, _ = toy.kernel.sample_xt(xc, tc, generator=g)
+    """UDLM's closed form by Monte-Carlo (see :func:`_mc`); ``model`` as in :func:`udlm_exact`."""
+    def integrand(xc, xt, tc):
         logp = torch.log_softmax((model or toy.denoiser)(xt.reshape(-1), tc), -1).unsqueeze(1)
         a, da = lk.alpha_and_derivative(toy.kernel.cfg, tc)
-        vals.append(lk.udlm_integrand(logp, xc, xt, a, da).squeeze(1) + lk.prior_kl(toy.kernel, xc))
-    v = torch.cat(vals)
-    return float(v.mean()), float(v.std() / math.sqrt(n))
+        return lk.udlm_integrand(logp, xc, xt, a, da).squeeze(1)
+
+    return _mc(toy, integrand, n, seed, t_min, chunk)
 
 
 # --------------------------------------------------------------------------- T-step bound

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.core.model import build_model
 
+from cli_utils import step_losses
 from neighbor_tables import shifted_tables, write_neighbor_artifact
 
 pytestmark = pytest.mark.slow  # every test here launches DeepSpeed (or needs a run that did)
@@ -81,16 +82,6 @@ def env() -> dict:
 
 def run_train(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """train/loss per step from metrics.jsonl; a step logged twice (redone after a kill) keeps the last."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
 
 
 def sample_ids(run_dir: Path, rank: int) -> dict[int, list[int]]:

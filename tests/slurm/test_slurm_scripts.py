@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_utils import step_losses
 from cluster import Cluster, ClusterUnavailable, ensure_installed
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500)]
@@ -40,15 +41,6 @@ CPU_ONE = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=4G"]
 # --------------------------------------------------------------------------- helpers
 def _stamp(line: str) -> float:
     return datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "train/loss" in record:
-            out[record["step"]] = record["train/loss"]
-    return out
 
 
 class Site:
@@ -294,7 +286,7 @@ def test_train_job_checkpoints_requeues_and_resumes_exactly(requeued_run, refere
     print(f"\nrequeue -> restart: {', '.join(f'{b - a:.0f} s' for a, b in zip(requeue_at, restart_at))}; "
           f"stopped at steps {stops}")
 
-    ref, ours = _losses(reference_run["run_dir"]), _losses(run_dir)
+    ref, ours = step_losses(reference_run["run_dir"]), step_losses(run_dir)
     assert sorted(ref) == sorted(ours) == list(range(1, TRAIN_STEPS + 1))
     different = [s for s in ref if ref[s] != ours[s]]
     assert not different, f"losses differ from the uninterrupted run at steps {different[:10]}: " \
@@ -379,7 +371,7 @@ def test_pipeline_script_chains_every_stage(site, corpora, neighbors):
     assert records["train"]["Restarts"] == "1", log[-4000:]
     stopped = [int(s) for s in re.findall(r"checkpointed at step (\d+), exiting for requeue", log)]
     assert len(stopped) == 1 and 1 <= stopped[0] < 30 and f"resumed from global_step{stopped[0]}" in log, log[-4000:]
-    assert sorted(_losses(site.checkout / "runs/pipeline")) == list(range(1, 31))
+    assert sorted(step_losses(site.checkout / "runs/pipeline")) == list(range(1, 31))
     assert json.loads((site.checkout / "exports/pipeline/config.json").read_text())["training"]["step"] == 30
     assert len((site.checkout / "artifacts/pipeline_samples/samples.jsonl").read_text().splitlines()) == 4
     assert (site.checkout / "artifacts/pipeline_eval/report.md").is_file()
