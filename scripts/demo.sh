@@ -48,7 +48,7 @@ step "6/7 sample: blockwise sampler (Eq 121), 2 strides, semantic-frequency pena
 step "7/7 evaluate: test NELBO, Gen-PPL (tiny AR judge), entropy, distinct-n, sweeps over steps and lambda_freq"
 "$PY" -m pipeline.evaluate --model "$OUT/export_semdlm_plus" --out "$OUT/eval" --judge "$JUDGE" \
     --steps 8,16,32 --lambda-freq 0,1 --lambda-sem 0.5 --num-samples 8 --batch-size 8 \
-    --max-test-sequences 32 --t-draws 1 --nelbo-steps 50 --quiet
+    --max-test-sequences 32 --t-draws 4 --quiet
 
 printf '\nDemo artifacts are under %s/ (each with a manifest.json).\n' "$OUT"
 printf 'Report: %s\n' "$OUT/eval/report.md"
