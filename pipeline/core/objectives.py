@@ -146,6 +146,10 @@ class DiffusionObjective:
         """(numerator, denominator) of the loss of one batch."""
         return weighted_sum(self.token_losses(logits, batch), batch.weights), batch.denominator
 
+    def bound_names(self, bound: str = "continuous", num_steps: int = 1000) -> tuple[str, ...]:
+        """The names :meth:`bound_estimates` returns (known before any data is seen)."""
+        return (f"discrete_T{num_steps}",) if bound == "tstep" else self.kernel.cfg.continuous_bounds
+
     def bound_estimates(self, model, x0: torch.Tensor, real: torch.Tensor, *, bound: str = "continuous",
                         t: torch.Tensor | None = None, generator: torch.Generator | None = None,
                         num_steps: int = 1000, mc_steps: int | None = 8) -> dict[str, torch.Tensor]:
@@ -179,6 +183,10 @@ class AutoregressiveObjective:
 
     def loss_terms(self, logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return weighted_sum(self.token_losses(logits, batch), batch.weights), batch.denominator
+
+    @staticmethod
+    def bound_names(bound: str = "continuous", num_steps: int = 1000) -> tuple[str, ...]:
+        return ("ar_exact_nll",)
 
     def bound_estimates(self, model, x0: torch.Tensor, real: torch.Tensor, **_unused) -> dict[str, torch.Tensor]:
         """Exact NLL per sequence of the real next tokens (the first token, always [CLS], is not scored)."""

@@ -177,3 +177,17 @@ def test_bounds_of_each_kernel_and_the_tightest_is_reported():
     assert set(tstep) == {"discrete_T10"}
     with pytest.raises(ValueError, match="pass t"):
         bound_estimates(kernel, model, x0, real, generator=g)
+
+
+def test_bound_names_are_what_the_bounds_return():
+    """Validation all-reduces one total per name before seeing data: the names must match the estimates."""
+    from pipeline.core.objectives import AutoregressiveObjective
+
+    kernel, x0, real, t, g = _semantic_case("uniform")
+    model = lambda xt, tt: torch.zeros(*xt.shape, kernel.vocab_size)  # noqa: E731
+    objective = DiffusionObjective(kernel)
+    assert set(objective.bound_names()) == set(objective.bound_estimates(model, x0, real, t=t, generator=g))
+    tstep = objective.bound_estimates(model, x0, real, bound="tstep", generator=g, num_steps=6, mc_steps=1)
+    assert objective.bound_names("tstep", 6) == tuple(tstep)
+    ar_model = lambda x, attention=None: torch.zeros(*x.shape, kernel.vocab_size)  # noqa: E731
+    assert AutoregressiveObjective.bound_names() == tuple(AutoregressiveObjective().bound_estimates(ar_model, x0, real))
