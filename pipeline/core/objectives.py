@@ -102,7 +102,7 @@ class ObjectiveBatch:
 
 
 class DiffusionObjective:
-    """Corrupt with ``kernel`` at t, predict x0 from x_t; Eq 120 or the NELBO-weighted loss."""
+    """Corrupt with ``kernel`` at t, predict x0 from x_t; Eq 120 or the kernel's own ELBO."""
 
     autoregressive = False
 
@@ -140,6 +140,9 @@ class DiffusionObjective:
         if self.loss == "elbo" and not self._mdlm:
             return likelihood.ctelbo_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
                                                mask=batch.weights > 0).float()
+        if self.loss == "elbo":  # MDLM's SUBS: the clean token is never [MASK]
+            mask_id = torch.tensor([self.kernel.mask_id], device=logits.device)
+            logits = logits.index_fill(-1, mask_id, -float("inf"))
         return per_token_cross_entropy(logits, batch.targets)
 
     def loss_terms(self, logits: torch.Tensor, batch: ObjectiveBatch) -> tuple[torch.Tensor, torch.Tensor]:

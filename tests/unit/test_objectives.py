@@ -108,8 +108,10 @@ def test_nelbo_weighted_loss_weighs_changed_positions_by_one_over_t_and_counts_r
     objective = DiffusionObjective(MASK_KERNEL, "elbo")
     batch = objective.weigh(x0, ~pad, x0, t, changed)
     num, den = objective.loss_terms(logits, batch)
-    expected = (2.0 * (ce[0, 0] + ce[0, 2])) / 5                 # (1,2) is padding; 5 real tokens
+    subs = _hand_ce(logits[..., :4], x0.clamp(max=3))  # SUBS: [MASK] (id 4) is no clean token; targets 0..3
+    expected = (2.0 * (subs[0, 0] + subs[0, 2])) / 5             # (1,2) is padding; 5 real tokens
     assert torch.allclose(num / den, expected, atol=1e-5)
+    assert not torch.allclose(num / den, (2.0 * (ce[0, 0] + ce[0, 2])) / 5, atol=1e-3)  # SUBS matters here
     assert den.item() == 5
 
 

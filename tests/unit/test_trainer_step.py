@@ -162,7 +162,10 @@ def test_diffusion_step_loss_and_gradients_are_the_objectives(tmp_path, kernel_n
     for x0, (xt, t, changed) in zip(batches, corruption(cfg, kernel, batches)):
         assert torch.equal(changed, xt != x0)
         real = x0 != PAD
-        ce = F.cross_entropy(reference(xt, t).transpose(1, 2), x0, reduction="none")  # [B, L]
+        logits = reference(xt, t)
+        if loss == "elbo":  # MDLM's SUBS parameterisation: the clean token is never [MASK]
+            logits = logits.masked_fill(torch.arange(V) == MASK, float("-inf"))
+        ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # [B, L]
         if loss == "change_aware":  # Eq 120: lambda_chg on changed, lambda_same on unchanged real tokens
             w = torch.where(changed, cfg.lambda_chg, cfg.lambda_same) * real
             denominator = denominator + w.sum()
