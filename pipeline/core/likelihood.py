@@ -21,7 +21,7 @@ import math
 import torch
 
 # The continuous-time ELBO of the conditional path, every kernel (docs/likelihood.md Sec 6).
-from pipeline.core.ct_elbo import ctelbo_integrand, ctelbo_per_token  # noqa: F401 - re-exported for the objective
+from pipeline.core.ct_elbo import ctelbo_integrand
 from pipeline.core.kernels import Kernel, alpha_and_derivative
 
 

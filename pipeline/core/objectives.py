@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core import likelihood
+from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.kernels import Kernel, alpha_and_derivative
 
 LOSSES = ("change_aware", "elbo")
@@ -138,8 +139,8 @@ class DiffusionObjective:
 
     def token_losses(self, logits: torch.Tensor, batch: ObjectiveBatch) -> torch.Tensor:
         if self.loss == "elbo" and not self._mdlm:
-            return likelihood.ctelbo_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
-                                               mask=batch.weights > 0).float()
+            return ctelbo_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
+                                    mask=batch.weights > 0).float()
         if self.loss == "elbo":  # MDLM's SUBS: the clean token is never [MASK]
             mask_id = torch.tensor([self.kernel.mask_id], device=logits.device)
             logits = logits.index_fill(-1, mask_id, -float("inf"))

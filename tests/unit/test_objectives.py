@@ -149,7 +149,7 @@ def _semantic_case(preset="semdlm_plus", V=16, K=4, B=3, L=5):
 
 
 def test_elbo_loss_of_a_semantic_kernel_is_its_conditional_path_elbo_per_real_token():
-    from pipeline.core.likelihood import ctelbo_integrand
+    from pipeline.core.ct_elbo import ctelbo_integrand
 
     kernel, x0, real, t, g = _semantic_case()
     objective = DiffusionObjective(kernel, "elbo")
