@@ -22,7 +22,7 @@ kernel                    alpha_t       local branch                global branc
 
 The samplers and the likelihood bound (pipeline/core/likelihood.py) only use this form. A new kernel
 is a row here: its branches in :func:`build_kernel`, its schedule in :func:`alpha_of` /
-:func:`beta_of`, and its traits on :class:`KernelConfig` (``needs_neighbors``, ``likelihood_bound``),
+:func:`beta_of`, and its traits on :class:`KernelConfig` (``needs_neighbors``, ``continuous_bounds``),
 which the rest of the pipeline reads instead of kernel names. Every stage builds kernels through
 :func:`make_kernel`. Fractional k_t: see schedules.fractional_knn_probs.
 """
@@ -149,13 +149,22 @@ class Kernel:
         z = xt.reshape(-1)
         t = self._broadcast_t(t, shape).reshape(-1)
         alpha, beta, lam = self.branch_weights(t)
-        out = (beta * self.global_dist[z]).unsqueeze(-1).repeat(1, self.vocab_size)
-        out.scatter_add_(1, z.unsqueeze(-1), alpha.unsqueeze(-1))
+
+        def local_at(n, v, a):
+            return lam[n] * self.rank_probs(t[n], v).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+
+        return self._by_clean_token(z, alpha, beta, local_at).reshape(*shape, self.vocab_size)
+
+    def _by_clean_token(self, z: torch.Tensor, self_weight: torch.Tensor, global_weight: torch.Tensor,
+                        local_at) -> torch.Tensor:
+        """[N, V]: column v = self_weight delta(z, v) + global_weight nu(z) + local_at(n, v, a) where z_n = N(v)[a]
+        (a row form q_t(z | v) or its time derivative, by branch)."""
+        out = (global_weight * self.global_dist[z]).unsqueeze(-1).repeat(1, self.vocab_size)
+        out.scatter_add_(1, z.unsqueeze(-1), self_weight.unsqueeze(-1))
         if self.num_ranks:
             n, v, a = self.inverse_entries(z)
-            s = self.rank_probs(t[n], v).gather(-1, a.unsqueeze(-1)).squeeze(-1)
-            out.index_put_((n, v), lam[n] * s, accumulate=True)
-        return out.reshape(*shape, self.vocab_size)
+            out.index_put_((n, v), local_at(n, v, a), accumulate=True)
+        return out
 
     # ------------------------------------------------------------------ time derivatives (continuous-time ELBO)
     def _derivative(self, fn, t):
@@ -202,14 +211,12 @@ class Kernel:
         z = xt.reshape(-1)
         t = self._broadcast_t(t, shape).reshape(-1)
         (_, _, _), (dalpha, dbeta, _) = self.branch_weights_and_derivatives(t)
-        out = (dbeta * self.global_dist[z]).unsqueeze(-1).repeat(1, self.vocab_size)
-        out.scatter_add_(1, z.unsqueeze(-1), dalpha.unsqueeze(-1))
-        if self.num_ranks:
-            n, v, a = self.inverse_entries(z)
+
+        def local_at(n, v, a):
             _, dlocal = self.local_mass_and_derivative(t[n], v)
-            out.index_put_((n, v), dlocal.expand(n.numel(), self.num_ranks).gather(-1, a.unsqueeze(-1)).squeeze(-1),
-                           accumulate=True)
-        return out.reshape(*shape, self.vocab_size)
+            return dlocal.expand(n.numel(), self.num_ranks).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+
+        return self._by_clean_token(z, dalpha, dbeta, local_at).reshape(*shape, self.vocab_size)
 
     # ------------------------------------------------------------------ sampling
     def sample_xt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
