@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 
 from pipeline.core.kernels import Kernel
+from pipeline.core.softmax_rows import logsumexp_rows
 
 _CHUNK = 1 << 22  # elements of a [U, V, K] temporary built at once
 
@@ -145,13 +146,6 @@ def _inverse_entries(kernel: Kernel, z: torch.Tensor, ranks: torch.Tensor):
     return n, _g(cache["inv_src"], e), _g(cache["inv_rank"], e)
 
 
-def _logsumexp(lg: torch.Tensor) -> torch.Tensor:
-    """logsumexp over the last dim as float64 (computed in the logits' dtype: float32 logits lose nothing)."""
-    if lg.dtype == torch.float64:
-        return torch.logsumexp(lg, -1)
-    return torch.logsumexp(lg, -1).to(torch.float64)
-
-
 def _segment_logsumexp(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
     """logsumexp of values grouped by seg (-inf for empty segments), [n]."""
     m = torch.full((n,), -math.inf, dtype=values.dtype, device=values.device)
@@ -162,11 +156,14 @@ def _segment_logsumexp(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch
 
 
 def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t,
-                     mask: torch.Tensor | None = None, chunk: int = 128) -> torch.Tensor:
+                     mask: torch.Tensor | None = None, chunk: int = 1024, lse: torch.Tensor | None = None
+                     ) -> torch.Tensor:
     """The continuous-time ELBO integrand per position, [B, L] nats/unit time (0 where not counted).
 
-    Differentiable in ``logits`` (the training loss); ``t`` is a scalar, [B] or [B, L]. Positions are
-    processed ``chunk`` at a time (the schedule tables once per call).
+    Differentiable in ``logits`` (the training loss); ``t`` is a scalar, [B] or [B, L]. ``lse``: the
+    logits' logsumexp at every position, [B * L] float64, when the caller has it (else computed here,
+    only where the global branch reaches x_t). The sparse work runs ``chunk`` positions at a time
+    (the schedule tables once per call).
     """
     B, L = x0.shape
     V = kernel.vocab_size
@@ -184,19 +181,29 @@ def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt:
     if kernel.cfg.name == "mask":  # SUBS: never predict [MASK] as the clean token
         lg = lg.index_fill(-1, torch.tensor([kernel.mask_id], device=dev), -math.inf)
     tab = _time_tables(kernel, tt)
+    generic = _g(tab.beta, tab.u) * _g(kernel.global_dist, z) > 0  # q_t(z | v) > 0 for every v: needs all of V
+    if lse is not None and kernel.cfg.name != "mask":  # (SUBS changed the mask kernel's logits above)
+        lse = _g(lse, cidx)
+    elif bool(generic.any()):
+        rows = torch.nonzero(generic).flatten()
+        lse = torch.zeros(z.numel(), dtype=torch.float64, device=dev).index_put(
+            (rows,), logsumexp_rows(lg if rows.numel() == z.numel() else lg.index_select(0, rows)))
+    else:
+        lse = torch.zeros(z.numel(), dtype=torch.float64, device=dev)
     if z.numel() <= chunk:
-        val = _positions_integrand(kernel, tab, lg, z, x)
-    else:  # bounded working set (cache locality of the gathers, memory of the pair lists)
+        val = _positions_integrand(kernel, tab, lg, z, x, lse)
+    else:  # bounded working set (memory of the pair lists)
         val = torch.cat([_positions_integrand(kernel, tab._replace(u=tab.u[lo:lo + chunk]), lg[lo:lo + chunk],
-                                              z[lo:lo + chunk], x[lo:lo + chunk])
+                                              z[lo:lo + chunk], x[lo:lo + chunk], lse[lo:lo + chunk])
                          for lo in range(0, z.numel(), chunk)])
     out = out.index_put((cidx,), val)
     return out.reshape(B, L)
 
 
-def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor
-                         ) -> torch.Tensor:
-    """The integrand of N positions (flat), [N] float64."""
+def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
+                         lse_dense: torch.Tensor) -> torch.Tensor:
+    """The integrand of N positions (flat), [N] float64; ``lse_dense``: logsumexp of ``lg`` where the global
+    branch reaches z (anything elsewhere)."""
     V, dev, N = kernel.vocab_size, z.device, z.numel()
     u, nu = tab.u, kernel.global_dist
     a, b, da, db = _g(tab.alpha, u), _g(tab.beta, u), _g(tab.dalpha, u), _g(tab.dbeta, u)
@@ -221,7 +228,6 @@ def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: 
 
     # normaliser of the restricted posterior: all of V when the global branch reaches z, else E_z only
     lg_e = _g(lg, e_n * V + e_v).to(torch.float64)
-    lse_dense = _logsumexp(lg) if bool(generic.any()) else torch.zeros(N, dtype=torch.float64, device=dev)
     lse = torch.where(generic, lse_dense, _segment_logsumexp(lg_e, e_n, N))
     w_e = (lg_e - _g(lse, e_n)).exp()
     ratio_e = e_dp.clamp_min(0.0) / e_q

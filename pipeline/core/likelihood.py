@@ -21,8 +21,9 @@ import math
 import torch
 
 # The continuous-time ELBO of the conditional path, every kernel (docs/likelihood.md Sec 6).
-from pipeline.core.ct_elbo import ctelbo_integrand
+from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.kernels import Kernel, alpha_and_derivative
+from pipeline.core.softmax_rows import logsumexp_rows, sum_log_affine_probs
 
 
 # --------------------------------------------------------------------------- reporting helpers
@@ -54,14 +55,14 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
     weight = (-dalpha / (1.0 - alpha)).unsqueeze(-1).expand(x0.shape)[counted]
     rows = logits[counted]  # only the masked positions carry a term
     rows[:, kernel.mask_id] = -math.inf
-    # logsumexp in the logits' dtype (max-shifted: float32 loses nothing that matters), the rest in float64
-    nll = torch.logsumexp(rows, -1).double() - rows.gather(-1, x0[counted].unsqueeze(-1)).squeeze(-1).double()
+    # logsumexp in the logits' dtype (float32 loses nothing that matters), the rest in float64
+    nll = logsumexp_rows(rows) - rows.gather(-1, x0[counted].unsqueeze(-1)).squeeze(-1).double()
     per_position = torch.zeros(x0.shape, dtype=torch.float64, device=x0.device)
     return per_position.masked_scatter(counted, weight * nll).sum(-1)
 
 
-def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
-                   dalpha: torch.Tensor) -> torch.Tensor:
+def udlm_integrand(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
+                   dalpha: torch.Tensor, lse: torch.Tensor | None = None, return_lse: bool = False):
     """UDLM's continuous-time ELBO integrand per position (Schiff et al. 2025, uniform kernel Eq 6):
 
         alpha'_t / (V alpha_t) [ V / xbar_z - V / xbar^theta_z
@@ -69,24 +70,32 @@ def udlm_integrand(log_probs: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, 
 
     with xbar = V alpha_t onehot(x0) + 1 - alpha_t, xbar^theta = V alpha_t p_theta + 1 - alpha_t, z = x_t.
 
+    ``logits`` [*x0.shape, V] (log-probabilities work too: p_theta = softmax(logits)); ``alpha``,
+    ``dalpha`` per sequence (leading dim); ``lse``: the logits' logsumexp per position, [N] float64,
+    when the caller already has it. Returns [*x0.shape] float64 (and ``lse`` if ``return_lse``: the
+    pass computes it, and the conditional-path ELBO on the same logits needs it too).
+
     xbar takes two values, so with sum_j xbar_j = V the sum over j is closed form but for one V-sized
     term: sum_j xbar_j log(xbar^theta_z xbar_j / (xbar^theta_j xbar_z))
     = V log(xbar^theta_z / xbar_z) + sum_j xbar_j log xbar_j - (1 - alpha) sum_j log xbar^theta_j
-    - V alpha log xbar^theta_{x0}; no [B, L, V] one-hot or xbar is built.
+    - V alpha log xbar^theta_{x0}; no [B, L, V] one-hot or xbar is built, and the one V-sized sum
+    is a chunked pass in the logits' dtype (:func:`sum_log_affine_probs`).
     """
-    V = log_probs.shape[-1]
-    a = alpha.reshape(-1, *([1] * (log_probs.dim() - 2)))
-    da = dalpha.reshape(-1, *([1] * (log_probs.dim() - 2)))
+    V, shape = logits.shape[-1], x0.shape
+    per_position = (-1,) + (1,) * (x0.dim() - 1)
+    a = alpha.to(torch.float64).reshape(per_position).expand(shape).reshape(-1)
+    da = dalpha.to(torch.float64).reshape(per_position).expand(shape).reshape(-1)
+    lg, z, x = logits.reshape(-1, V), xt.reshape(-1), x0.reshape(-1)
     va = V * a  # xbar is va + 1 - a at x0 and 1 - a elsewhere
-    x_bar_theta = va.unsqueeze(-1) * log_probs.exp() + (1.0 - a).unsqueeze(-1)
-    xbt_z = x_bar_theta.gather(-1, xt.unsqueeze(-1)).squeeze(-1)
-    xbt_x0 = x_bar_theta.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-    sum_log_xbt = x_bar_theta.log().sum(-1)
-    xb_z = torch.where(xt == x0, va + 1.0 - a, 1.0 - a)
+    sum_log_xbt, lse = sum_log_affine_probs(lg, va, 1.0 - a, lse)
+    xbt_z = va * (lg.gather(-1, z.unsqueeze(-1)).squeeze(-1).to(torch.float64) - lse).exp() + (1.0 - a)
+    xbt_x0 = va * (lg.gather(-1, x.unsqueeze(-1)).squeeze(-1).to(torch.float64) - lse).exp() + (1.0 - a)
+    xb_z = torch.where(z == x, va + 1.0 - a, 1.0 - a)
     sum_xb_log_xb = torch.special.xlogy(va + 1.0 - a, va + 1.0 - a) + (V - 1) * torch.special.xlogy(1.0 - a, 1.0 - a)
     term1 = V / xb_z - V / xbt_z
     term2 = (V * (xbt_z.log() - xb_z.log()) + sum_xb_log_xb - (1.0 - a) * sum_log_xbt - va * xbt_x0.log()) / xb_z
-    return da / (V * a) * (term1 - term2)
+    val = (da / (V * a) * (term1 - term2)).reshape(shape)
+    return (val, lse) if return_lse else val
 
 
 # --------------------------------------------------------------------------- the generic T-step bound
@@ -254,17 +263,18 @@ def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
     logits = model(xt, t)
     prior = prior_kl(kernel, x0, mask)
-    out = {}
-    for name in kernel.cfg.continuous_bounds:
+    lse, out = None, {}
+    # UDLM first: its V-sized pass yields the logsumexp the conditional-path ELBO reuses
+    for name in sorted(kernel.cfg.continuous_bounds, key=lambda n: n != "udlm_continuous"):
         if name == "mdlm_continuous":
             out[name] = mdlm_integrand(kernel, logits, x0, xt, t, mask) + prior
         elif name == "udlm_continuous":
             alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
-            log_probs = torch.log_softmax(logits.to(torch.float64), -1)
-            out[name] = (udlm_integrand(log_probs, x0, xt, alpha, dalpha) * _positions(x0, mask)).sum(-1) + prior
+            per_token, lse = udlm_integrand(logits, x0, xt, alpha, dalpha, return_lse=True)
+            out[name] = (per_token * _positions(x0, mask)).sum(-1) + prior
         else:
-            out[name] = ctelbo_integrand(kernel, logits, x0, xt, t, mask) + prior
-    return out
+            out[name] = ctelbo_per_token(kernel, logits, x0, xt, t, mask, lse=lse).sum(-1) + prior
+    return {name: out[name] for name in kernel.cfg.continuous_bounds}
 
 
 def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
