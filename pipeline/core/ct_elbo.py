@@ -36,7 +36,7 @@ from pipeline.core.softmax_rows import logsumexp_rows
 _CHUNK = 1 << 22  # elements of a [U, V, K] temporary built at once
 
 
-class _TimeTables(NamedTuple):
+class TimeTables(NamedTuple):
     """Schedule values per distinct t (index u) and the forward outflow S_v(t), [U, V]."""
 
     u: torch.Tensor  # [N] index of each position's t
@@ -72,7 +72,7 @@ def _kernel_cache(kernel: Kernel) -> dict:
     return cache
 
 
-def _time_tables(kernel: Kernel, t: torch.Tensor) -> _TimeTables:
+def time_tables(kernel: Kernel, t: torch.Tensor) -> TimeTables:
     tu, u = torch.unique(t, return_inverse=True)
     (a, b, _), (da, db, _) = kernel.branch_weights_and_derivatives(tu)
     if (db < -1e-12).any():
@@ -85,7 +85,7 @@ def _time_tables(kernel: Kernel, t: torch.Tensor) -> _TimeTables:
     if not K:
         local = dlocal = torch.zeros(U, 1, 0, dtype=torch.float64, device=kernel.device)
         none = torch.zeros(U, dtype=torch.long, device=kernel.device)
-        return _TimeTables(u, a, b, da, db, local, dlocal, outflow, none, none)
+        return TimeTables(u, a, b, da, db, local, dlocal, outflow, none, none)
     cache = _kernel_cache(kernel)
     nu_nb = cache["nu_nb"]
     if kernel.cfg.name == "semdlm_softmax":  # s_t depends on v: [U, V, K], in chunks
@@ -94,7 +94,7 @@ def _time_tables(kernel: Kernel, t: torch.Tensor) -> _TimeTables:
         parts = [((dlocal[lo:lo + step] + db[lo:lo + step, None, None] * nu_nb).clamp_min(0.0)
                   - db[lo:lo + step, None, None] * nu_nb).sum(-1) for lo in range(0, U, step)]
         full = torch.full((U,), K, dtype=torch.long, device=kernel.device)
-        return _TimeTables(u, a, b, da, db, local.contiguous(), dlocal.contiguous(), outflow + torch.cat(parts),
+        return TimeTables(u, a, b, da, db, local.contiguous(), dlocal.contiguous(), outflow + torch.cat(parts),
                            full, full)
     # kNN kernels: s_t does not depend on v. A rank whose mass grows contributes linearly; one that loses
     # more than beta' max(nu) contributes 0 for every v; only the (rare) others need the [V] relu.
@@ -110,7 +110,7 @@ def _time_tables(kernel: Kernel, t: torch.Tensor) -> _TimeTables:
     outflow = outflow + (dlocal * grows).sum(-1, keepdim=True) - db.unsqueeze(-1) * lost_nu
     for i, r in torch.nonzero(~grows & ~dead).tolist():
         outflow[i] += (dlocal[i, r] + db[i] * nu_nb[:, r]).clamp_min(0.0)
-    return _TimeTables(u, a, b, da, db, local.unsqueeze(1).contiguous(), dlocal.unsqueeze(1).contiguous(), outflow,
+    return TimeTables(u, a, b, da, db, local.unsqueeze(1).contiguous(), dlocal.unsqueeze(1).contiguous(), outflow,
                        _live_ranks(local, dlocal), _live_ranks(torch.zeros_like(local), dlocal.clamp_max(0.0)))
 
 
@@ -127,7 +127,7 @@ def _live_ranks(local: torch.Tensor, dlocal: torch.Tensor) -> torch.Tensor:
     return last.amax(-1)
 
 
-def _local_at(tab: _TimeTables, kernel: Kernel, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor):
+def local_at(tab: TimeTables, kernel: Kernel, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor):
     """(lam s_t(r | v), d/dt) at entries (u, v, r) (broadcast)."""
     _, Vk, K = tab.local.shape
     idx = (u * Vk + (v if Vk > 1 else 0)) * K + r
@@ -180,7 +180,7 @@ def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt:
         lg = lg.index_select(0, cidx)
     if kernel.cfg.name == "mask":  # SUBS: never predict [MASK] as the clean token
         lg = lg.index_fill(-1, torch.tensor([kernel.mask_id], device=dev), -math.inf)
-    tab = _time_tables(kernel, tt)
+    tab = time_tables(kernel, tt)
     generic = _g(tab.beta, tab.u) * _g(kernel.global_dist, z) > 0  # q_t(z | v) > 0 for every v: needs all of V
     if lse is not None and kernel.cfg.name != "mask":  # (SUBS changed the mask kernel's logits above)
         lse = _g(lse, cidx)
@@ -200,7 +200,7 @@ def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt:
     return out.reshape(B, L)
 
 
-def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
+def _positions_integrand(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
                          lse_dense: torch.Tensor) -> torch.Tensor:
     """The integrand of N positions (flat), [N] float64; ``lse_dense``: logsumexp of ``lg`` where the global
     branch reaches z (anything elsewhere)."""
@@ -216,7 +216,7 @@ def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: 
     e_n, e_v, e_q, e_dp = torch.arange(N, device=dev), z, a + g_q, da + g_dp
     if kernel.num_ranks:
         n_inv, v_inv, r_inv = _inverse_entries(kernel, z, _g(tab.live, u))
-        l_inv, dl_inv = _local_at(tab, kernel, _g(u, n_inv), v_inv, r_inv)
+        l_inv, dl_inv = local_at(tab, kernel, _g(u, n_inv), v_inv, r_inv)
         e_n, e_v = torch.cat([e_n, n_inv]), torch.cat([e_v, v_inv])
         e_q = torch.cat([e_q, l_inv + _g(g_q, n_inv)])
         e_dp = torch.cat([e_dp, dl_inv + _g(g_dp, n_inv)])
@@ -236,50 +236,79 @@ def _positions_integrand(kernel: Kernel, tab: _TimeTables, lg: torch.Tensor, z: 
     w_sum = torch.zeros(N, dtype=torch.float64, device=dev).index_add(0, e_n, w_e)
     term1 = g_ratio * (1.0 - w_sum).clamp_min(0.0) + torch.zeros_like(w_sum).index_add(0, e_n, w_e * ratio_e)
 
-    # c = [pdot_{x0}(z)]_+ / q_t(z | x0)
-    is_self = z == x
-    q_x = torch.where(is_self, g_q + a, g_q)
-    dp_x = torch.where(is_self, g_dp + da, g_dp)
-    if kernel.num_ranks:
-        hit = kernel.neighbors.index_select(0, x) == z.unsqueeze(-1)  # [N, K]
-        in_row = hit.any(-1)
-        r_x = hit.to(torch.int8).argmax(-1)
-        l_x, dl_x = _local_at(tab, kernel, u, x, r_x)
-        q_x = torch.where(in_row, q_x + l_x, q_x)
-        dp_x = torch.where(in_row, dp_x + dl_x, dp_x)
-    c = dp_x.clamp_min(0.0) / q_x
-    val = term1 - c
+    # the data's own reverse rates Rbar^{x0}(z -> y): total c = [pdot_{x0}(z)]_+ / q_t(z | x0), targets T
+    own = conditional_reverse_rates(kernel, tab, u, z, x)
+    val = term1 - own.total
 
-    act = torch.nonzero(c > 0).flatten()
+    act = torch.nonzero(own.total > 0).flatten()
     if act.numel():
-        val = val + _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, x, c, N)
+        val = val + _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, own, N)
     return val
 
 
-def _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, x, c, N):
-    """sum_{y in T} r_y log(r_y / Rhat(z -> y)) for the positions ``act`` (those with c > 0), [N]."""
-    dev, V, K, nu = x.device, kernel.vocab_size, kernel.num_ranks, kernel.global_dist
-    u, db, da = tab.u, tab.dbeta, tab.dalpha
-    ua, xa = _g(u, act), _g(x, act)
-    # targets y in {x0} u N(x0) with [-pdot_{x0}(y)]_+ > 0
-    y, neg, m_n = xa, -(_g(da, ua) + _g(db, ua) * _g(nu, xa)), act
+class ConditionalRates(NamedTuple):
+    """The reverse rates of the conditional path given the clean token v, out of z, per position."""
+
+    q: torch.Tensor  # [N] q_t(z | v)
+    qdot: torch.Tensor  # [N] pdot_v(z) = d/dt q_t(z | v)
+    total: torch.Tensor  # [N] sum_y Rbar^v(z -> y) = [pdot_v(z)]_+ / q_t(z | v) (0 where q = 0)
+    targets: torch.Tensor  # [N, 1 + K] y: v, then N(v) by rank
+    rates: torch.Tensor  # [N, 1 + K] Rbar^v(z -> y) = total [-pdot_v(y)]_+ / S_v (0 where y gains mass)
+    target_qdot: torch.Tensor  # [N, 1 + K] pdot_v(y) at the targets (signed; the corrector's forward rates)
+    target_q: torch.Tensor  # [N, 1 + K] q_t(y | v) at the targets
+
+
+def conditional_reverse_rates(kernel: Kernel, tab: TimeTables, u: torch.Tensor, z: torch.Tensor, v: torch.Tensor
+                              ) -> ConditionalRates:
+    """Rbar^v_t(z -> y) = [pdot_v(z)]_+ [-pdot_v(y)]_+ / (q_t(z | v) S_v) for N (z, v) pairs at times tab[u].
+
+    The one implementation of the conditional path's reverse rates: the ELBO evaluates it at v = x0
+    (the data's rates), the ``ctmc`` sampler at v drawn from p_theta (pipeline/sampling/ctmc.py).
+    Only y in {v} u N(v) can lose mass (beta'_t >= 0), so the targets are that row.
+    """
+    dev, K, nu = z.device, kernel.num_ranks, kernel.global_dist
+    a, b, da, db = _g(tab.alpha, u), _g(tab.beta, u), _g(tab.dalpha, u), _g(tab.dbeta, u)
+    is_self = z == v
+    q = b * _g(nu, z) + torch.where(is_self, a, torch.zeros_like(a))
+    dq = db * _g(nu, z) + torch.where(is_self, da, torch.zeros_like(da))
+    neg = (-(da + db * _g(nu, v))).unsqueeze(-1)  # [-pdot_v(v)] before the relu
+    q_row = (a + b * _g(nu, v)).unsqueeze(-1)
+    targets = v.unsqueeze(-1)
     if K:
-        y_nb = kernel.neighbors.index_select(0, xa)  # [A, K]
-        _, dl = _local_at(tab, kernel, ua.unsqueeze(-1), xa.unsqueeze(-1), torch.arange(K, device=dev))
-        y = torch.cat([y, y_nb.reshape(-1)])
-        neg = torch.cat([neg, (-(dl + _g(db, ua).unsqueeze(-1) * _g(nu, y_nb))).reshape(-1)])
-        m_n = torch.cat([m_n, act.repeat_interleave(K)])
-    sel = torch.nonzero(neg > 0).flatten()
-    y, neg, m_n = _g(y, sel), _g(neg, sel), _g(m_n, sel)
+        row = kernel.neighbors.index_select(0, v)  # [N, K]
+        l_row, dl_row = local_at(tab, kernel, u.unsqueeze(-1), v.unsqueeze(-1), torch.arange(K, device=dev))
+        hit = row == z.unsqueeze(-1)
+        q = q + (l_row * hit).sum(-1)
+        dq = dq + (dl_row * hit).sum(-1)
+        neg = torch.cat([neg, -(dl_row + db.unsqueeze(-1) * _g(nu, row))], -1)
+        q_row = torch.cat([q_row, l_row + b.unsqueeze(-1) * _g(nu, row)], -1)
+        targets = torch.cat([targets, row], -1)
+    ok = q > 0
+    total = torch.where(ok, dq.clamp_min(0.0) / torch.where(ok, q, torch.ones_like(q)), torch.zeros_like(q))
+    outflow = _g(tab.outflow, u * kernel.vocab_size + v)
+    safe = torch.where(outflow > 0, outflow, torch.ones_like(outflow))
+    rates = total.unsqueeze(-1) * neg.clamp_min(0.0) / safe.unsqueeze(-1)
+    return ConditionalRates(q, dq, total, targets, rates, -neg, q_row)
+
+
+def _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, own: ConditionalRates, N):
+    """sum_{y in T} r_y log(r_y / Rhat(z -> y)) for the positions ``act`` (own.total > 0), [N]."""
+    dev, V, K, nu = lg.device, kernel.vocab_size, kernel.num_ranks, kernel.global_dist
+    u, db, da = tab.u, tab.dbeta, tab.dalpha
+    # targets y in {x0} u N(x0) with Rbar^{x0}(z -> y) > 0
+    r_all = own.rates.index_select(0, act)  # [A, 1 + K]
+    sel = torch.nonzero(r_all.reshape(-1) > 0).flatten()
+    y = _g(own.targets.index_select(0, act), sel)
+    r = _g(r_all, sel)
+    m_n = _g(act.repeat_interleave(K + 1), sel)
     u_m = _g(u, m_n)
-    r = _g(c, m_n) * neg / _g(tab.outflow, u_m * V + _g(x, m_n))
     M = y.numel()
     # pairs (target m, clean v) with y in {v} u N(v) and [-pdot_v(y)]_+ > 0: v = y, and v in inv(y)
     db_m = _g(db, u_m)
     p_m, p_v, p_neg = torch.arange(M, device=dev), y, -(_g(da, u_m) + db_m * _g(nu, y))
     if K:
         j, v_inv, r_inv = _inverse_entries(kernel, y, _g(tab.losing, u_m))
-        _, dl = _local_at(tab, kernel, _g(u_m, j), v_inv, r_inv)
+        _, dl = local_at(tab, kernel, _g(u_m, j), v_inv, r_inv)
         neg_inv = -(dl + _g(db_m * _g(nu, y), j))
         ok = torch.nonzero(neg_inv > 0).flatten()
         p_m = torch.cat([p_m, _g(j, ok)])

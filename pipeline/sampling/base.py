@@ -14,7 +14,8 @@ import torch
 
 from .penalty import PenaltyConfig, SemanticAssociation, apply_semantic_frequency_penalty
 
-METHODS = ("blockwise", "tau_leaping", "mdlm")
+METHODS = ("ctmc", "blockwise", "tau_leaping", "mdlm")
+HAZARDS = ("integrated", "frozen")  # ctmc: how a leap turns the rates into a jump probability (ctmc.py)
 MDLM_SCHEDULES = ("ancestral", "fixed", "tc", "dtc")
 REMASK = ("none", "remdm_cap")
 
@@ -34,8 +35,11 @@ class SamplerConfig:
     schedule: str = "ancestral"  # mdlm: ancestral (MDLM) | fixed | tc | dtc (pipeline/sampling/unmasking.py)
     remask: str = "none"  # mdlm ancestral: none | remdm_cap (ReMDM, Wang et al. 2025)
     remask_eta: float = 0.02  # ReMDM-cap: sigma_t = min(eta, (1 - alpha_s) / alpha_t)
-    corrector_steps: int = 1  # tau_leaping: corrector moves after each predictor step
+    corrector_steps: int = 1  # ctmc, tau_leaping: corrector moves after each predictor step
+    corrector_step_size: float = 1.0  # ctmc: corrector move length, in units of the predictor's step dt
     corrector_frac: float = 0.1  # tau_leaping: share of positions a corrector move re-draws
+    hazard: str = "integrated"  # ctmc: integrated | frozen (pipeline/sampling/ctmc.py)
+    final_argmax: bool = False  # ctmc: the last step takes argmax p_theta (noise removal, MDLM / DUO)
     cache: bool = True  # mdlm: reuse logits of rows where nothing changed (t-independent models)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
 
@@ -56,6 +60,10 @@ class SamplerConfig:
         if self.schedule != "ancestral" and self.steps_per_block > self.block_len:
             fail(f"the {self.schedule!r} unmasking schedule reveals >= 1 token per step: steps per block "
                  f"({self.steps_per_block}) must be <= block length ({self.block_len})")
+        if self.hazard not in HAZARDS:
+            fail(f"hazard must be one of {HAZARDS}, got {self.hazard!r}")
+        if not self.corrector_step_size > 0:
+            fail(f"corrector_step_size must be > 0, got {self.corrector_step_size}")
         if self.remask not in REMASK:
             fail(f"remask must be one of {REMASK}, got {self.remask!r}")
         if self.top_k is not None and self.top_k < 1:

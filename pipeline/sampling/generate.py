@@ -1,15 +1,17 @@
-"""``generate``: the semi-autoregressive block loop over the three block samplers (see base.py)."""
+"""``generate``: the semi-autoregressive block loop over the block samplers (see base.py)."""
 from __future__ import annotations
 
 import torch
 
 from pipeline.sampling.base import Denoiser, SamplerConfig
 from pipeline.sampling.blockwise import denoise_block_eq121
+from pipeline.sampling.ctmc import denoise_block_ctmc
 from pipeline.sampling.mdlm import denoise_block_mdlm
 from pipeline.sampling.penalty import SemanticAssociation
 from pipeline.sampling.tau_leaping import denoise_block_tau_leaping
 
-BLOCK_SAMPLERS = {"blockwise": denoise_block_eq121, "tau_leaping": denoise_block_tau_leaping,
+BLOCK_SAMPLERS = {"ctmc": denoise_block_ctmc, "blockwise": denoise_block_eq121,
+                  "tau_leaping": denoise_block_tau_leaping,
                   "mdlm": denoise_block_mdlm}
 
 
