@@ -14,9 +14,12 @@ diagonal 1 plus max(cos, 0) over each token's nearest neighbours; built by
 ``pipeline.common.neighbor_artifact.semantic_association_rows``), see :func:`association_by_columns`;
 with the diagonal, m_i(k) >= n_i(k), and S+ = I reduces Eq 114 to the frequency count (App D.3).
 
-Window (our reading of "a window W of recent tokens" for a non-autoregressive sampler): the
-positions r with 1 <= |r - i| <= W of the current state, i.e. W tokens on each side, clipped to the
-sequence; [MASK] (``ignore_id``) positions are not tokens yet and are not counted.
+Window ("the count of token l in a recent window W", Sec 4.2): ``window_side="left"`` (default) reads
+"recent" in generation order, which for the left-to-right semi-autoregressive sampler is the W
+positions before i (r = i - W .. i - 1 of the current state; App D.1 derives the rollout bias from
+the tokens already produced); ``"both"`` counts W positions on each side (1 <= |r - i| <= W), a
+reading for a fully parallel sampler that sees both sides. Clipped to the sequence; [MASK]
+(``ignore_id``) positions are not tokens yet and are not counted.
 """
 from __future__ import annotations
 
@@ -25,16 +28,21 @@ from typing import NamedTuple
 
 import torch
 
+WINDOW_SIDES = ("left", "both")
+
 
 @dataclass(frozen=True)
 class PenaltyConfig:
-    """lambda_freq, lambda_sem and the window radius W of Eq 23 (``--lambda-freq/--lambda-sem/--window``)."""
+    """lambda_freq, lambda_sem and the window W of Eq 23 (``--lambda-freq/--lambda-sem/--window/--window-side``)."""
 
     lambda_freq: float = 0.0
     lambda_sem: float = 0.0
     window: int = 16
+    window_side: str = "left"  # left: the W positions before i (the paper's "recent window"); both: W each side
 
     def __post_init__(self):
+        if self.window_side not in WINDOW_SIDES:
+            raise ValueError(f"window_side must be one of {WINDOW_SIDES}, got {self.window_side!r}")
         if self.lambda_freq < 0 or self.lambda_sem < 0:
             raise ValueError(f"penalty weights must be >= 0, got lambda_freq={self.lambda_freq}, "
                              f"lambda_sem={self.lambda_sem}")
@@ -97,15 +105,17 @@ def psi(u: torch.Tensor) -> torch.Tensor:
 
 
 def window_tokens(x: torch.Tensor, window: int, start: int = 0, length: int | None = None,
-                  ignore_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens in the window of positions start..start+length-1 of x [B, L].
+                  ignore_id: int | None = None, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens in the window of positions start..start+length-1 of x [B, L] (``side``: left or both).
 
-    Returns (ids Long[B, P, 2W], counted Bool[B, P, 2W]); n_i(k) (Eq 114) = sum over counted of 1[ids = k].
+    Returns (ids Long[B, P, W or 2W], counted Bool[...]); n_i(k) (Eq 114) = sum over counted of 1[ids = k].
     """
     B, L = x.shape
     length = L - start if length is None else length
     pos = torch.arange(start, start + length, device=x.device)
-    offsets = torch.cat([torch.arange(-window, 0, device=x.device), torch.arange(1, window + 1, device=x.device)])
+    offsets = torch.arange(-window, 0, device=x.device)
+    if side == "both":
+        offsets = torch.cat([offsets, torch.arange(1, window + 1, device=x.device)])
     r = pos[:, None] + offsets[None]
     inside = (r >= 0) & (r < L)
     ids = x[:, r.clamp(0, L - 1)]
@@ -157,7 +167,7 @@ def apply_semantic_frequency_penalty(logits: torch.Tensor, x: torch.Tensor, cfg:
     if cfg.lambda_sem > 0 and association is None:
         raise ValueError("lambda_sem > 0 needs the semantic association S+ (the neighbour tables)")
     B, P, V = logits.shape
-    ids, counted = window_tokens(x, cfg.window, start, P, ignore_id)
+    ids, counted = window_tokens(x, cfg.window, start, P, ignore_id, cfg.window_side)
     out = logits.float()
     if not inplace and out.data_ptr() == logits.data_ptr():
         out = out.clone()  # .float() of a float32 tensor is the tensor itself

@@ -68,7 +68,8 @@ def test_truncate_top_k_and_top_p():
 
 
 # --------------------------------------------------------------------------- penalty (Eq 23 / 114 / 115)
-def test_penalty_matches_dense_definition():
+@pytest.mark.parametrize("side", ["left", "both"])
+def test_penalty_matches_dense_definition(side):
     nb, vals, _ = tables(k=4)
     # row form as the neighbour artifact stores it: S+(k, idx[k, j]) = w[k, j] (diagonal first)
     idx = torch.cat([torch.arange(V)[:, None], nb], 1)
@@ -81,13 +82,13 @@ def test_penalty_matches_dense_definition():
     x = torch.randint(0, 6, (2, 12), generator=g)  # few distinct tokens: many repeats in a window
     x[0, 3] = MASK
     logits = torch.randn(2, 12, V, generator=g)
-    cfg = PenaltyConfig(lambda_freq=0.7, lambda_sem=1.3, window=3)
+    cfg = PenaltyConfig(lambda_freq=0.7, lambda_sem=1.3, window=3, window_side=side)
     got = apply_semantic_frequency_penalty(logits, x, cfg, assoc, ignore_id=MASK)
     want = logits.clone()
     for b in range(2):
         for i in range(12):
             n = torch.zeros(V)
-            for r in range(max(0, i - 3), min(12, i + 4)):
+            for r in range(max(0, i - 3), min(12, i + 4) if side == "both" else i):
                 if r != i and x[b, r] != MASK:
                     n[x[b, r]] += 1
             m = S @ n  # Eq 114
