@@ -5,7 +5,7 @@
         [--top-k K] [--top-p P] [--rho 1] [--freeze-threshold C]
         [--schedule ancestral|fixed|tc|dtc] [--remask none|remdm_cap] [--remask-eta 0.02]
         [--corrector-steps 1] [--corrector-frac 0.1]
-        [--lambda-freq 0] [--lambda-sem 0] [--window 16]
+        [--lambda-freq F] [--lambda-sem S] [--window 16] [--window-side left|both]
 
 writes DIR/samples.jsonl (one record per sample: index, ids, text, seed, config) and
 DIR/manifest.json (stage "sample"). Launched with several processes (torchrun: RANK, WORLD_SIZE)

@@ -53,8 +53,8 @@ class EvaluateConfig:
     sample: bool = True  # False: likelihood only
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
     steps: tuple[int, ...] = (128,)
-    lambda_freq: tuple[float, ...] = (0.0,)
-    lambda_sem: tuple[float, ...] = (0.0,)
+    lambda_freq: tuple[float | None, ...] = (None,)  # None: the kernel's default (sampling.stage.default_penalty)
+    lambda_sem: tuple[float | None, ...] = (None,)
     num_samples: int = 64
     batch_size: int = 16
     seed: int = 0
@@ -125,12 +125,14 @@ def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log) -> tuple[list[d
     """Draw and score the samples of every (steps, lambda_freq, lambda_sem) point."""
     rows, point_samples = [], {}
     seq_len = preprocessed_seq_len(exported.config)
-    needs_sem = any(ls > 0 for ls in cfg.lambda_sem)
+    points = [cfg.sampler.resolve(exported.kernel.cfg.name, seq_len, steps, lf, ls)
+              for steps, lf, ls in itertools.product(cfg.steps, cfg.lambda_freq, cfg.lambda_sem)]
+    needs_sem = any(p.penalty.lambda_sem > 0 for p in points)
     association = export_association(exported.config, cfg.device) if needs_sem else None
-    for steps, lf, ls in itertools.product(cfg.steps, cfg.lambda_freq, cfg.lambda_sem):
-        sampler = cfg.sampler.resolve(exported.kernel.cfg.name, seq_len, steps, lf, ls)
-        if ls > 0 and association is None:
-            raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables")
+    if needs_sem and association is None:
+        raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables")
+    for sampler in points:
+        steps, lf, ls = sampler.steps, sampler.penalty.lambda_freq, sampler.penalty.lambda_sem
         start = time.time()
         records = draw_samples(exported.model, exported.kernel, sampler, cfg.num_samples, cfg.batch_size,
                                cfg.seed, association, progress=cfg.progress)

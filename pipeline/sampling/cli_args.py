@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from .base import MDLM_SCHEDULES, METHODS, REMASK
+from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK
+from .penalty import WINDOW_SIDES
 from .stage import SamplerOptions
 
 
@@ -28,7 +29,7 @@ def default_device() -> str:
 
 def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     """Sampler options; with ``grid`` --steps/--lambda-freq/--lambda-sem take comma lists (sweeps)."""
-    p.add_argument("--method", choices=METHODS, default=None, help="default: mdlm for mask, else blockwise")
+    p.add_argument("--method", choices=METHODS, default=None, help="default: mdlm for mask, else ctmc")
     p.add_argument("--steps", type=_ints if grid else int, default=[128] if grid else 128,
                    help="total denoising steps over all blocks" + (" (comma list)" if grid else ""))
     p.add_argument("--num-samples", type=int, default=64)
@@ -43,14 +44,21 @@ def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--schedule", choices=MDLM_SCHEDULES, default="ancestral", help="mdlm unmasking schedule")
     p.add_argument("--remask", choices=REMASK, default="none", help="mdlm ancestral: ReMDM remasking")
     p.add_argument("--remask-eta", type=float, default=0.02)
-    p.add_argument("--corrector-steps", type=int, default=1, help="tau_leaping corrector moves per step")
-    p.add_argument("--corrector-frac", type=float, default=0.1)
+    p.add_argument("--corrector-steps", type=int, default=1, help="ctmc / tau_leaping corrector moves per step")
+    p.add_argument("--corrector-step-size", type=float, default=1.0,
+                   help="ctmc: corrector move length in units of the predictor step")
+    p.add_argument("--corrector-frac", type=float, default=0.1, help="tau_leaping: share of positions re-drawn")
+    p.add_argument("--hazard", choices=HAZARDS, default="integrated", help="ctmc: jump probability of a leap")
+    p.add_argument("--final-argmax", action="store_true", help="ctmc: last step takes argmax p_theta")
     p.add_argument("--no-cache", action="store_true", help="mdlm: never reuse logits")
-    p.add_argument("--lambda-freq", type=_floats if grid else float, default=[0.0] if grid else 0.0,
-                   help="Eq 23 frequency penalty" + (" (comma list)" if grid else ""))
-    p.add_argument("--lambda-sem", type=_floats if grid else float, default=[0.0] if grid else 0.0,
-                   help="Eq 23 semantic penalty, needs neighbour tables" + (" (comma list)" if grid else ""))
-    p.add_argument("--window", type=int, default=16, help="Eq 23 window radius W")
+    default = " (default: off for mask/uniform, the documented values for the semantic kernels)"
+    p.add_argument("--lambda-freq", type=_floats if grid else float, default=[None] if grid else None,
+                   help="Eq 23 frequency penalty" + (" (comma list)" if grid else "") + default)
+    p.add_argument("--lambda-sem", type=_floats if grid else float, default=[None] if grid else None,
+                   help="Eq 23 semantic penalty, needs neighbour tables" + (" (comma list)" if grid else "") + default)
+    p.add_argument("--window", type=int, default=16, help="Eq 23 window W")
+    p.add_argument("--window-side", choices=WINDOW_SIDES, default="left",
+                   help="Eq 23 window: the W positions before i (left, the paper's recent window) or W each side")
     p.add_argument("--tokenizer", default=None, help="tokenizer for decoding (default: the export's)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -63,4 +71,5 @@ def sampler_options(args: argparse.Namespace) -> SamplerOptions:
         method=args.method, seq_len=args.seq_len, strides=args.strides, top_k=args.top_k, top_p=args.top_p,
         rho=args.rho, freeze_threshold=args.freeze_threshold, schedule=args.schedule, remask=args.remask,
         remask_eta=args.remask_eta, corrector_steps=args.corrector_steps, corrector_frac=args.corrector_frac,
-        cache=not args.no_cache, window=args.window)
+        corrector_step_size=args.corrector_step_size, hazard=args.hazard, final_argmax=args.final_argmax,
+        cache=not args.no_cache, window=args.window, window_side=args.window_side)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipeline.common.artifacts import ConfigError, StageRun
 
-from .base import MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
-from .penalty import PenaltyConfig, SemanticAssociation, association_by_columns
+from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
+from .penalty import WINDOW_SIDES, PenaltyConfig, SemanticAssociation, association_by_columns
 from .runner import dist_info, draw_samples, gather_parts, write_part
 
 STAGE = "sample"
@@ -24,8 +24,21 @@ DEFAULT_SEQ_LEN = 128  # when neither --seq-len nor the export's preprocessed da
 
 
 def default_method(kernel_name: str) -> str:
-    """mdlm for the mask kernel, the paper's blockwise sampler for every other kernel."""
-    return "mdlm" if kernel_name == "mask" else "blockwise"
+    """mdlm for the mask kernel (MDLM's ancestral sampler, which ctmc reproduces there), and for every
+    other kernel ctmc: tau-leaping + predictor-corrector on the reverse rates, as the paper ran it (Sec 5.1)."""
+    return "mdlm" if kernel_name == "mask" else "ctmc"
+
+
+# Eq 23 weights when --lambda-freq / --lambda-sem are not given: on for the semantic kernels (the paper
+# samples them with the penalty; without it they collapse into repeated clusters, Sec 4.2), off for
+# mask and uniform (the penalty is SemDLM+'s, not part of those baselines). Values: the sweep in
+# docs/sampling.md ("Penalty defaults").
+SEMANTIC_KERNELS = ("semdlm", "semdlm_softmax", "semdlm_plus")
+DEFAULT_PENALTY = (1.0, 0.5)  # (lambda_freq, lambda_sem)
+
+
+def default_penalty(kernel_name: str) -> tuple[float, float]:
+    return DEFAULT_PENALTY if kernel_name in SEMANTIC_KERNELS else (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ class SamplerOptions:
     :class:`SamplerConfig` but ``steps`` and the Eq 23 weights (which evaluate sweeps). ``method``
     and ``seq_len`` left at None are resolved from the export by :meth:`resolve`."""
 
-    method: str | None = None  # None: mdlm for the mask kernel, else blockwise
+    method: str | None = None  # None: mdlm for the mask kernel, else ctmc
     seq_len: int | None = None  # None: the preprocessed sequence length, else DEFAULT_SEQ_LEN
     strides: int = 2
     top_k: int | None = None
@@ -45,31 +58,42 @@ class SamplerOptions:
     remask: str = "none"
     remask_eta: float = 0.02
     corrector_steps: int = 1
+    corrector_step_size: float = 1.0
     corrector_frac: float = 0.1
+    hazard: str = "integrated"
+    final_argmax: bool = False
     cache: bool = True
-    window: int = 16  # Eq 23 window radius W (also the window of the evaluation's repetition metrics)
+    window: int = 16  # Eq 23 window W (also the window of the evaluation's repetition metrics)
+    window_side: str = "left"
 
     def __post_init__(self):
         # The rest is checked by SamplerConfig once the export fixes method and seq_len.
-        for name, allowed in (("method", METHODS), ("schedule", MDLM_SCHEDULES), ("remask", REMASK)):
+        for name, allowed in (("method", METHODS), ("schedule", MDLM_SCHEDULES), ("remask", REMASK),
+                              ("hazard", HAZARDS), ("window_side", WINDOW_SIDES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
-                raise ConfigError(f"--{name} must be one of {allowed}, got {value!r}")
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {value!r}")
         if self.seq_len is not None and self.seq_len < 1:
             raise ConfigError(f"--seq-len must be >= 1, got {self.seq_len}")
         if self.window < 0:
             raise ConfigError(f"--window must be >= 0, got {self.window}")
 
-    def resolve(self, kernel_name: str, default_seq_len: int | None, steps: int, lambda_freq: float,
-                lambda_sem: float) -> SamplerConfig:
-        """The SamplerConfig of one (steps, lambda_freq, lambda_sem) point for a model with this kernel."""
+    def resolve(self, kernel_name: str, default_seq_len: int | None, steps: int, lambda_freq: float | None,
+                lambda_sem: float | None) -> SamplerConfig:
+        """The SamplerConfig of one (steps, lambda_freq, lambda_sem) point for a model with this kernel
+        (a weight left at None takes :func:`default_penalty`)."""
+        default_freq, default_sem = default_penalty(kernel_name)
+        lambda_freq = default_freq if lambda_freq is None else lambda_freq
+        lambda_sem = default_sem if lambda_sem is None else lambda_sem
         return SamplerConfig(
             method=self.method or default_method(kernel_name), steps=steps,
             seq_len=self.seq_len or default_seq_len or DEFAULT_SEQ_LEN, strides=self.strides,
             top_k=self.top_k, top_p=self.top_p, rho=self.rho, freeze_threshold=self.freeze_threshold,
             schedule=self.schedule, remask=self.remask, remask_eta=self.remask_eta,
-            corrector_steps=self.corrector_steps, corrector_frac=self.corrector_frac, cache=self.cache,
-            penalty=PenaltyConfig(lambda_freq=lambda_freq, lambda_sem=lambda_sem, window=self.window))
+            corrector_steps=self.corrector_steps, corrector_step_size=self.corrector_step_size,
+            corrector_frac=self.corrector_frac, hazard=self.hazard, final_argmax=self.final_argmax, cache=self.cache,
+            penalty=PenaltyConfig(lambda_freq=lambda_freq, lambda_sem=lambda_sem, window=self.window,
+                                  window_side=self.window_side))
 
 
 @dataclass(frozen=True)
@@ -86,8 +110,8 @@ class SampleConfig:
 
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
     steps: int = 128  # total denoising steps over all blocks
-    lambda_freq: float = 0.0
-    lambda_sem: float = 0.0
+    lambda_freq: float | None = None  # None: default_penalty(kernel)
+    lambda_sem: float | None = None
     num_samples: int = 64
     batch_size: int = 16
     seed: int = 0
