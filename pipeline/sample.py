@@ -1,13 +1,15 @@
 """Draw samples from an exported diffusion model.
 
-    python -m pipeline.sample --model EXPORT_DIR --out DIR [--method blockwise|tau_leaping|mdlm]
+    python -m pipeline.sample --model EXPORT_DIR --out DIR [--method ctmc|blockwise|tau_leaping|mdlm]
         [--steps 128] [--num-samples 64] [--batch-size 16] [--seq-len 128] [--strides 2] [--seed 0]
         [--top-k K] [--top-p P] [--rho 1] [--freeze-threshold C]
         [--schedule ancestral|fixed|tc|dtc] [--remask none|remdm_cap] [--remask-eta 0.02]
         [--corrector-steps 1] [--corrector-frac 0.1]
         [--lambda-freq F] [--lambda-sem S] [--window 16] [--window-side left|both]
+        [--prompt TEXT|FILE | --infill 'the [MASK]*5 sat on the mat'] [--stop-at-eos]
 
-writes DIR/samples.jsonl (one record per sample: index, ids, text, seed, config) and
+writes DIR/samples.jsonl (one record per sample: index, ids, text, seed, config; prompt / infill
+and, with --stop-at-eos, length and stopped_at_eos when given) and
 DIR/manifest.json (stage "sample"). Launched with several processes (torchrun: RANK, WORLD_SIZE)
 the samples are split across ranks and rank 0 gathers them. Samplers: docs/sampling.md.
 Library: pipeline/sampling/stage.py (SampleConfig, run_sample).

@@ -18,7 +18,14 @@ from pathlib import Path
 from pipeline.common.artifacts import ConfigError, StageRun, load_manifest
 from pipeline.core.likelihood import BOUNDS
 from pipeline.sampling.runner import draw_samples
-from pipeline.sampling.stage import SamplerOptions, decode_all, export_association, preprocessed_seq_len
+from pipeline.sampling.stage import (
+    SamplerOptions,
+    conditioned_seq_len,
+    conditioning_options,
+    decode_all,
+    export_association,
+    resolve_conditioning,
+)
 
 from .diversity import sample_metrics
 from .eval_sets import EvalSetSpec, freshness_inputs, parse_eval_sets
@@ -78,6 +85,9 @@ class EvaluateConfig:
             raise ConfigError(f"--bound must be one of {BOUNDS}, got {self.bound!r}")
         if self.samples and not self.sample:
             raise ConfigError("give --samples or --no-samples, not both")
+        if self.samples and conditioning_options(self.sampler):
+            raise ConfigError("--prompt / --infill / --stop-at-eos shape the samples this stage draws, "
+                              "not given --samples")
 
     @property
     def use_judge(self) -> bool:
@@ -89,6 +99,9 @@ class EvaluateConfig:
         cfg = asdict(self)
         for runtime_only in RUNTIME_ONLY:
             cfg.pop(runtime_only)
+        for name in ("prompt", "infill", "stop_at_eos"):  # only when set: older artifacts keep their key
+            if name not in conditioning_options(self.sampler):
+                cfg["sampler"].pop(name)
         return cfg
 
     def freshness_sources(self) -> tuple[list[Path], dict[str, Path]]:
@@ -121,10 +134,13 @@ def evaluate_point(records: list[dict], judge, neighbors, cfg: EvaluateConfig) -
     return row
 
 
-def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log) -> tuple[list[dict], dict]:
-    """Draw and score the samples of every (steps, lambda_freq, lambda_sem) point."""
+def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log, conditioning=(None, None)
+           ) -> tuple[list[dict], dict]:
+    """Draw and score the samples of every (steps, lambda_freq, lambda_sem) point; ``conditioning``:
+    (prompts / infill template, EOS id) of :func:`pipeline.sampling.stage.resolve_conditioning`."""
     rows, point_samples = [], {}
-    seq_len = preprocessed_seq_len(exported.config)
+    cond, stop_id = conditioning
+    seq_len = conditioned_seq_len(cond, exported.config)
     points = [cfg.sampler.resolve(exported.kernel.cfg.name, seq_len, steps, lf, ls)
               for steps, lf, ls in itertools.product(cfg.steps, cfg.lambda_freq, cfg.lambda_sem)]
     needs_sem = any(p.penalty.lambda_sem > 0 for p in points)
@@ -134,8 +150,9 @@ def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log) -> tuple[list[d
     for sampler in points:
         steps, lf, ls = sampler.steps, sampler.penalty.lambda_freq, sampler.penalty.lambda_sem
         start = time.time()
+        template = cond.template(sampler.seq_len) if cond is not None else None
         records = draw_samples(exported.model, exported.kernel, sampler, cfg.num_samples, cfg.batch_size,
-                               cfg.seed, association, progress=cfg.progress)
+                               cfg.seed, association, progress=cfg.progress, template=template, stop_id=stop_id)
         decode_all(records, cfg.tokenizer or exported.tokenizer_info.get("name_or_path"))
         row = {"steps": steps, "lambda_freq": lf, "lambda_sem": ls, "num_samples": len(records),
                "method": sampler.method, "seconds": round(time.time() - start, 2)}
@@ -163,6 +180,11 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
         upstream["samples"] = Path(cfg.samples)
     set_inputs, set_upstream = cfg.freshness_sources()
     upstream.update(set_upstream)
+    conditioning, prompt_files = (None, None), []
+    if exported.kind == "diffusion" and cfg.sample and not cfg.samples:  # prompts fail before any model time
+        cond, stop_id, prompt_files = resolve_conditioning(cfg.sampler, exported, cfg.tokenizer)
+        conditioning = (cond, stop_id)
+    set_inputs += prompt_files
     stage = StageRun(STAGE, out, config=cfg.artifact_config(), inputs=set_inputs, upstream=upstream,
                      tokenizer=exported.tokenizer_info, force=force)
     if stage.is_up_to_date():
@@ -214,7 +236,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
                          **evaluate_point(records, judge, neighbors, cfg)})
             point_samples["given"] = records
         else:
-            rows, point_samples = _sweep(exported, cfg, judge, neighbors, log)
+            rows, point_samples = _sweep(exported, cfg, judge, neighbors, log, conditioning)
     with stage as tmp:
         plots = []
         if rows:
@@ -227,8 +249,8 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
             (tmp / "samples").mkdir()
             for name, records in point_samples.items():
                 with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
-                    fh.writelines(json.dumps({k: r[k] for k in ("index", "ids", "text") if k in r}) + "\n"
-                                  for r in records)
+                    keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
+                    fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
         results["sweep"] = rows
         results["plots"] = plots
         first = next(iter(point_samples.values()), [])

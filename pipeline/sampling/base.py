@@ -4,7 +4,9 @@ Semi-autoregressive generation (paper Sec 5.1 "Generation Setup"): the sequence 
 tokens is produced in ``strides`` consecutive blocks; block b is initialised from the kernel's
 reference distribution at t = 1 (the global transition prior; all-[MASK] for the mask kernel) and
 denoised with ``steps / strides`` model calls while the earlier blocks stay fixed as clean context.
-``--steps`` is the total number of denoising steps over all blocks.
+``--steps`` is the total number of denoising steps over all blocks. Conditional generation (a prompt,
+an infill template: pipeline/sampling/template.py) fixes tokens that every sampler keeps through
+:meth:`Denoiser.hold`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .penalty import PenaltyConfig, SemanticAssociation, apply_semantic_frequency_penalty
+from .template import GenerationTemplate
 
 METHODS = ("ctmc", "blockwise", "tau_leaping", "mdlm")
 HAZARDS = ("integrated", "frozen")  # ctmc: how a leap turns the rates into a jump probability (ctmc.py)
@@ -93,12 +96,27 @@ class Denoiser:
     """p_theta(x0 | x_t) for the positions of the current block, with Eq 23 applied, in float64.
 
     Counts network calls (``calls``) and positions evaluated, which the tests and the benchmark use.
+    ``template`` (pipeline/sampling/template.py, one row per batch row) fixes tokens: the block
+    samplers pass every state through :meth:`hold`; without one every position is free.
     """
 
-    def __init__(self, model, kernel, cfg: SamplerConfig, association: SemanticAssociation | None = None):
+    def __init__(self, model, kernel, cfg: SamplerConfig, association: SemanticAssociation | None = None,
+                 template: GenerationTemplate | None = None):
         self.model, self.kernel, self.cfg, self.association = model, kernel, cfg, association
         self.is_mask = kernel.cfg.name == "mask"
+        self.template = template
         self.calls = 0
+
+    def free(self, start: int, length: int) -> torch.Tensor | None:
+        """Bool[B, length]: the generated positions start..start+length-1 (None: all of them)."""
+        return None if self.template is None else self.template.free[:, start:start + length]
+
+    def hold(self, block: torch.Tensor, start: int) -> torch.Tensor:
+        """``block`` (positions start..) with the template's fixed tokens put back; a no-op without one."""
+        if self.template is None:
+            return block
+        sl = slice(start, start + block.shape[1])
+        return torch.where(self.template.free[:, sl], block, self.template.tokens[:, sl])
 
     @property
     def time_conditioned(self) -> bool:
@@ -137,6 +155,9 @@ def noise_level(kernel, t: float) -> float:
     return 1.0 - float(kernel.alpha(t))
 
 
-def initial_block(kernel, batch: int, length: int, device, generator) -> torch.Tensor:
-    """A block at t = 1: draws from the kernel's reference distribution (all [MASK] for ``mask``)."""
-    return kernel.sample_prior((batch, length), generator=generator).to(device)
+def initial_block(kernel, batch: int, length: int, device, generator, den: Denoiser | None = None,
+                  start: int = 0) -> torch.Tensor:
+    """A block at t = 1: draws from the kernel's reference distribution (all [MASK] for ``mask``), with
+    ``den``'s fixed tokens at positions start.. (the prior is drawn everywhere: the same random stream)."""
+    block = kernel.sample_prior((batch, length), generator=generator).to(device)
+    return block if den is None else den.hold(block, start)

@@ -32,7 +32,7 @@ def denoise_block_eq121(den: Denoiser, prefix: torch.Tensor, block_len: int, ste
     """Generate one block [B, block_len] after the clean ``prefix`` [B, P] (Eq 121 predictor)."""
     kernel, cfg = den.kernel, den.cfg
     B, P = prefix.shape
-    block = initial_block(kernel, B, block_len, prefix.device, generator)
+    block = initial_block(kernel, B, block_len, prefix.device, generator, den, P)
     frozen = torch.zeros_like(block, dtype=torch.bool)
     for t, s in time_grid(steps):
         probs = den.probs(torch.cat([prefix, block], 1), t, start=P)  # [B, Lb, V] float64
@@ -42,7 +42,7 @@ def denoise_block_eq121(den: Denoiser, prefix: torch.Tensor, block_len: int, ste
         replace_p = replacement_probability(noise_level(kernel, t), noise_level(kernel, s), confidence, cfg.rho)
         u = torch.rand(block.shape, generator=generator, device=block.device, dtype=torch.float64)
         replace = (u < replace_p) & ~frozen
-        block = torch.where(replace, projected, block)
+        block = den.hold(torch.where(replace, projected, block), P)
         if cfg.freeze_threshold is not None:
             frozen |= ~replace & (confidence >= cfg.freeze_threshold)
     return block

@@ -35,7 +35,8 @@ def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=None, help="default: the preprocessed sequence length, else 128")
-    p.add_argument("--strides", type=int, default=2, help="semi-autoregressive blocks (paper: 2)")
+    p.add_argument("--strides", type=int, default=None,
+                   help="semi-autoregressive blocks (paper: 2; default 2, with --infill 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -59,6 +60,13 @@ def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--window", type=int, default=16, help="Eq 23 window W")
     p.add_argument("--window-side", choices=WINDOW_SIDES, default="left",
                    help="Eq 23 window: the W positions before i (left, the paper's recent window) or W each side")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--prompt", default=None, metavar="TEXT|FILE",
+                      help="fixed prefix; a file: one prompt per non-empty line, sample i uses prompt i mod n")
+    cond.add_argument("--infill", default=None, metavar="TEMPLATE",
+                      help="generate the [MASK] / [MASK]*N positions of TEMPLATE, e.g. 'The [MASK]*5 sat on the mat'")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="cut each sample after its first [SEP]/EOS past the prompt (skips blocks after it)")
     p.add_argument("--tokenizer", default=None, help="tokenizer for decoding (default: the export's)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -72,4 +80,5 @@ def sampler_options(args: argparse.Namespace) -> SamplerOptions:
         rho=args.rho, freeze_threshold=args.freeze_threshold, schedule=args.schedule, remask=args.remask,
         remask_eta=args.remask_eta, corrector_steps=args.corrector_steps, corrector_frac=args.corrector_frac,
         corrector_step_size=args.corrector_step_size, hazard=args.hazard, final_argmax=args.final_argmax,
-        cache=not args.no_cache, window=args.window, window_side=args.window_side)
+        cache=not args.no_cache, window=args.window, window_side=args.window_side, prompt=args.prompt,
+        infill=args.infill, stop_at_eos=args.stop_at_eos)

@@ -157,17 +157,27 @@ def denoise_block_ctmc(den: Denoiser, prefix: torch.Tensor, block_len: int, step
     """Generate one block [B, block_len] after the clean ``prefix`` [B, P] (predictor + corrector leaps)."""
     kernel, cfg = den.kernel, den.cfg
     B, P = prefix.shape
-    block = initial_block(kernel, B, block_len, prefix.device, generator)
+    block = initial_block(kernel, B, block_len, prefix.device, generator, den, P)
+    free = den.free(P, block_len)
+    # Fixed (prompt / infill) tokens never enter the rates: under ``mask`` a clean token has no
+    # probability at t = 1, so its clean-token weights would be 0 / 0.
+    keep = None if free is None else torch.nonzero(free.reshape(-1)).flatten()
+
+    def move(step_fn, block, probs, *args, **kwargs):
+        z, p = block.reshape(-1), probs.reshape(-1, kernel.vocab_size)
+        if keep is None:
+            return step_fn(kernel, p, z, *args, **kwargs).reshape(B, block_len)
+        out = z.clone()
+        if keep.numel():
+            out[keep] = step_fn(kernel, p.index_select(0, keep), z.index_select(0, keep), *args, **kwargs)
+        return out.reshape(B, block_len)
+
     grid = time_grid(steps)
     for j, (t, s) in enumerate(grid):
         probs = truncate(den.probs(torch.cat([prefix, block], 1), t, start=P), cfg.top_k, cfg.top_p)
         last = j == len(grid) - 1
-        z = predictor_step(kernel, probs.reshape(-1, kernel.vocab_size), block.reshape(-1), t, s, cfg.hazard,
-                           generator, greedy=last and cfg.final_argmax)
-        block = z.reshape(B, block_len)
+        block = move(predictor_step, block, probs, t, s, cfg.hazard, generator, greedy=last and cfg.final_argmax)
         for _ in range(cfg.corrector_steps if s > 0 else 0):
             probs = truncate(den.probs(torch.cat([prefix, block], 1), s, start=P), cfg.top_k, cfg.top_p)
-            z = corrector_step(kernel, probs.reshape(-1, kernel.vocab_size), block.reshape(-1), s,
-                               cfg.corrector_step_size * (t - s), generator)
-            block = z.reshape(B, block_len)
+            block = move(corrector_step, block, probs, s, cfg.corrector_step_size * (t - s), generator)
     return block

@@ -15,6 +15,9 @@ Schedules ``fixed`` / ``tc`` / ``dtc``: K iterations reveal sizes[k] uniformly c
 positions each (sizes from :func:`pipeline.sampling.unmasking.schedule_sizes`, a fresh draw per sequence for
 the randomized ones); the model sees t = the share of the block still masked (= the time of the
 log-linear schedule at that masking level).
+
+Conditional generation (pipeline/sampling/template.py): fixed tokens are never [MASK], so only free
+positions are revealed; ReMDM re-masks free positions only; the schedules and t count free positions.
 """
 from __future__ import annotations
 
@@ -54,6 +57,15 @@ def _cpu_generator(generator: torch.Generator | None) -> torch.Generator | None:
     return torch.Generator().manual_seed(seed)
 
 
+def _row_sizes(schedule: str, n_free: int, steps: int, generator) -> list[int]:
+    """Reveal sizes of one row with ``n_free`` generated positions: with fewer than ``steps`` of them
+    (a prompt or template fixes the rest) one per step, then nothing."""
+    if n_free == 0:
+        return [0] * steps
+    k = min(steps, n_free)
+    return schedule_sizes(schedule, n_free, k, _cpu_generator(generator)) + [0] * (steps - k)
+
+
 def _draw_clean(den: Denoiser, probs: torch.Tensor, generator) -> torch.Tensor:
     return categorical(truncate(probs, den.cfg.top_k, den.cfg.top_p), generator)
 
@@ -61,7 +73,8 @@ def _draw_clean(den: Denoiser, probs: torch.Tensor, generator) -> torch.Tensor:
 def _ancestral(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tensor:
     kernel, cfg, mask_id = den.kernel, den.cfg, den.kernel.mask_id
     B, P = prefix.shape
-    block = initial_block(kernel, B, block_len, prefix.device, generator)
+    block = initial_block(kernel, B, block_len, prefix.device, generator, den, P)
+    free = den.free(P, block_len)
     probs, stale = None, torch.ones(B, dtype=torch.bool, device=prefix.device)
     may_cache = cfg.cache and not den.time_conditioned
     for t, s in time_grid(steps):
@@ -76,6 +89,8 @@ def _ancestral(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tens
         if cfg.remask == "remdm_cap":
             sigma, reveal_p = remdm_cap_probabilities(a_t, a_s, cfg.remask_eta)
             remask = ~masked & (u < sigma)
+            if free is not None:  # a fixed token is never re-masked
+                remask &= free
         else:
             reveal_p, remask = ancestral_reveal_probability(a_t, a_s), torch.zeros_like(masked)
         reveal = masked & (u < reveal_p)
@@ -89,13 +104,17 @@ def _ancestral(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tens
 def _scheduled(den: Denoiser, prefix, block_len, steps, generator) -> torch.Tensor:
     kernel, cfg, mask_id = den.kernel, den.cfg, den.kernel.mask_id
     B, P = prefix.shape
-    block = initial_block(kernel, B, block_len, prefix.device, generator)
-    sizes = torch.tensor([schedule_sizes(cfg.schedule, block_len, steps, _cpu_generator(generator)) for _ in range(B)],
+    block = initial_block(kernel, B, block_len, prefix.device, generator, den, P)
+    free = den.free(P, block_len)
+    n_free = [block_len] * B if free is None else free.sum(1).tolist()
+    sizes = torch.tensor([_row_sizes(cfg.schedule, n, steps, generator) for n in n_free],
                          dtype=torch.long, device=prefix.device)  # [B, K]; one loop over sequences
     den.last_schedule_sizes = sizes.clone()
+    # per row share of the free positions still masked; the factor is exactly 1 when all are free
+    share = torch.tensor([block_len / n if n else 0.0 for n in n_free], dtype=torch.float64, device=prefix.device)
     for k in range(steps):
         masked = block == mask_id
-        t = masked.double().mean(1)  # per row share still masked
+        t = masked.double().mean(1) * share
         probs = den.probs(torch.cat([prefix, block], 1), t, start=P)
         reveal = select_positions(masked, sizes[:, k], generator)
         block = torch.where(reveal, _draw_clean(den, probs, generator), block)

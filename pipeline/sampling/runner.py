@@ -2,9 +2,9 @@
 
 Samples are cut into global batches of ``batch_size`` consecutive indices; batch k is drawn with a
 generator seeded from (seed, k), so a sample's tokens depend on (seed, batch_size, index) only,
-not on the number of processes. Rank r of WORLD_SIZE takes the batches k = r, r + W, ...; each rank
-writes ``part-r.jsonl`` into a parts directory and rank 0 merges them in index order once every
-rank has marked its part done.
+not on the number of processes. With a template (prompts), sample i uses its row i mod n. Rank r of
+WORLD_SIZE takes the batches k = r, r + W, ...; each rank writes ``part-r.jsonl`` into a parts
+directory and rank 0 merges them in index order once every rank has marked its part done.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pipeline.common.artifacts import StageError
 
 from .base import SamplerConfig
 from .generate import generate
+from .template import GenerationTemplate, trim_at_stop
 
 
 class GatherTimeoutError(StageError, TimeoutError):
@@ -49,18 +50,29 @@ def rank_batches(num_samples: int, batch_size: int, rank: int, world: int) -> li
 
 @torch.no_grad()
 def draw_samples(model, kernel, cfg: SamplerConfig, num_samples: int, batch_size: int, seed: int,
-                 association=None, rank: int = 0, world: int = 1, progress: bool = True) -> list[dict]:
-    """This rank's samples as records {index, ids, seed, batch}, plus the network calls made."""
+                 association=None, rank: int = 0, world: int = 1, progress: bool = True,
+                 template: GenerationTemplate | None = None, stop_id: int | None = None) -> list[dict]:
+    """This rank's samples as records {index, ids, seed, batch}, plus the network calls made; with a
+    ``template`` also its text (``prompt`` / ``infill``), with ``stop_id`` the ids cut after the first
+    ``stop_id`` past the prompt and ``length``, ``stopped_at_eos``."""
     records = []
     batches = rank_batches(num_samples, batch_size, rank, world)
     for k, start, size in tqdm(batches, desc=f"sampling (rank {rank})", disable=not progress):
         # The full batch size is always drawn so that sample i is the same whatever the last batch.
         gen_seed = batch_seed(seed, k)
         gen = torch.Generator(device=kernel.device).manual_seed(gen_seed)
-        ids, den = generate(model, kernel, cfg, batch_size, gen, association)
+        rows = template.for_batch(start, batch_size, kernel.device) if template is not None else None
+        ids, den = generate(model, kernel, cfg, batch_size, gen, association, template=rows, stop_id=stop_id)
+        cut = trim_at_stop(ids, stop_id, rows.prompt_lens if rows is not None else 0) if stop_id is not None else None
         for row in range(size):
-            records.append({"index": start + row, "ids": ids[row].tolist(), "seed": seed,
-                            "batch_seed": gen_seed, "row": row, "network_calls": den.calls})
+            rec = {"index": start + row, "ids": ids[row].tolist(), "seed": seed,
+                   "batch_seed": gen_seed, "row": row, "network_calls": den.calls}
+            if rows is not None:
+                rec[rows.kind] = rows.texts[row] if rows.texts else None
+            if cut is not None:
+                rec["ids"], rec["stopped_at_eos"] = cut[row]
+                rec["length"] = len(rec["ids"])
+            records.append(rec)
     return records
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from pipeline.common.artifacts import ConfigError, StageRun
 
 from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
+from .conditioning import Conditioning, load_conditioning, prompt_texts, stop_token_id
 from .penalty import WINDOW_SIDES, PenaltyConfig, SemanticAssociation, association_by_columns
 from .runner import dist_info, draw_samples, gather_parts, write_part
 
 STAGE = "sample"
 DEFAULT_SEQ_LEN = 128  # when neither --seq-len nor the export's preprocessed data gives one
+_CONDITIONED_FIELDS = ("prompt", "infill", "length", "stopped_at_eos")  # record fields of conditional runs
 
 
 def default_method(kernel_name: str) -> str:
@@ -45,11 +47,12 @@ def default_penalty(kernel_name: str) -> tuple[float, float]:
 class SamplerOptions:
     """The sampler flags of ``pipeline.sample`` and ``pipeline.evaluate``: every field of
     :class:`SamplerConfig` but ``steps`` and the Eq 23 weights (which evaluate sweeps). ``method``
-    and ``seq_len`` left at None are resolved from the export by :meth:`resolve`."""
+    and ``seq_len`` left at None are resolved from the export by :meth:`resolve`. ``prompt`` /
+    ``infill`` / ``stop_at_eos``: conditional generation (pipeline/sampling/conditioning.py)."""
 
     method: str | None = None  # None: mdlm for the mask kernel, else ctmc
     seq_len: int | None = None  # None: the preprocessed sequence length, else DEFAULT_SEQ_LEN
-    strides: int = 2
+    strides: int | None = None  # None: 1 with --infill (the model sees the right context), else 2
     top_k: int | None = None
     top_p: float | None = None
     rho: float = 1.0
@@ -65,9 +68,24 @@ class SamplerOptions:
     cache: bool = True
     window: int = 16  # Eq 23 window W (also the window of the evaluation's repetition metrics)
     window_side: str = "left"
+    prompt: str | None = None  # a fixed prefix: the text, or a file with one prompt per line
+    infill: str | None = None  # a template: text with [MASK] / [MASK]*N at the generated positions
+    stop_at_eos: bool = False  # cut each sample after its first EOS past the prompt; skip blocks after it
 
     def __post_init__(self):
         # The rest is checked by SamplerConfig once the export fixes method and seq_len.
+        if self.prompt is not None and self.infill is not None:
+            raise ConfigError("--prompt and --infill exclude each other")
+        if self.infill is not None:
+            if self.strides not in (None, 1):
+                raise ConfigError(f"--infill generates in one block (the model must see the text right of every "
+                                  f"[MASK]): --strides must be 1, got {self.strides}")
+            if self.seq_len is not None:
+                raise ConfigError("--infill fixes the sequence length (the template's tokens): drop --seq-len")
+            if self.stop_at_eos:
+                raise ConfigError("--stop-at-eos cannot shorten an --infill template (it fixes the length)")
+        if self.strides is None:
+            object.__setattr__(self, "strides", 1 if self.infill is not None else 2)
         for name, allowed in (("method", METHODS), ("schedule", MDLM_SCHEDULES), ("remask", REMASK),
                               ("hazard", HAZARDS), ("window_side", WINDOW_SIDES)):
             value = getattr(self, name)
@@ -128,9 +146,19 @@ class SampleConfig:
 
     def artifact_config(self, sampler: SamplerConfig, tokenizer: str | None) -> dict:
         """The fields that decide the samples, with the sampler resolved against the export and the
-        tokenizer that decodes them (device and progress left out)."""
-        return {"sampler": sampler.to_dict(), "num_samples": self.num_samples, "batch_size": self.batch_size,
-                "seed": self.seed, "tokenizer": tokenizer}
+        tokenizer that decodes them (device and progress left out). The conditioning options only
+        when given, so that artifacts of unconditional runs keep their key (a prompt file's content
+        is a stage input, see :func:`run_sample`)."""
+        cfg = {"sampler": sampler.to_dict(), "num_samples": self.num_samples, "batch_size": self.batch_size,
+               "seed": self.seed, "tokenizer": tokenizer}
+        cfg.update(conditioning_options(self.sampler))
+        return cfg
+
+
+def conditioning_options(options: SamplerOptions) -> dict:
+    """prompt / infill / stop_at_eos of ``options`` where they are set."""
+    given = {"prompt": options.prompt, "infill": options.infill, "stop_at_eos": options.stop_at_eos or None}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 # --------------------------------------------------------------------------- helpers shared with evaluate
@@ -156,6 +184,22 @@ def preprocessed_seq_len(export_config: dict) -> int | None:
     except OSError:
         return None
     return (manifest.get("config") or {}).get("seq_len")
+
+
+def resolve_conditioning(options: SamplerOptions, exported, tokenizer_name: str | None
+                         ) -> tuple[Conditioning | None, int | None, list[Path]]:
+    """(tokenised prompt / infill template or None, EOS id of --stop-at-eos or None, prompt files to
+    fingerprint) of ``options`` for the export."""
+    cond = load_conditioning(options.prompt, options.infill, exported.config, exported.tokenizer_info,
+                             tokenizer_name)
+    stop_id = stop_token_id(exported.config, exported.tokenizer_info) if options.stop_at_eos else None
+    files = [prompt_texts(options.prompt)[1]] if options.prompt is not None else []
+    return cond, stop_id, [f for f in files if f is not None]
+
+
+def conditioned_seq_len(cond: Conditioning | None, export_config: dict) -> int | None:
+    """The default sequence length: an infill template's, else the preprocessed data's."""
+    return cond.length if cond is not None and cond.kind == "infill" else preprocessed_seq_len(export_config)
 
 
 def decode_all(records: list[dict], tokenizer_name: str | None) -> None:
@@ -187,23 +231,26 @@ def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLi
     if exported.kind != "diffusion":
         raise ConfigError(f"{model}: kind {exported.kind!r} cannot be sampled by this stage (needs 'diffusion')")
     kernel = exported.kernel
-    sampler = cfg.sampler_config(kernel.cfg.name, preprocessed_seq_len(exported.config))
+    tokenizer_name = cfg.tokenizer or exported.tokenizer_info.get("name_or_path")
+    cond, stop_id, prompt_files = resolve_conditioning(cfg.sampler, exported, cfg.tokenizer)
+    sampler = cfg.sampler_config(kernel.cfg.name, conditioned_seq_len(cond, exported.config))
     if sampler.seq_len > exported.model_cfg.max_seq_len:
-        raise ConfigError(f"--seq-len {sampler.seq_len} exceeds the model's max_seq_len "
+        what = "the --infill template's length" if cfg.sampler.infill is not None else "--seq-len"
+        raise ConfigError(f"{what} {sampler.seq_len} exceeds the model's max_seq_len "
                           f"{exported.model_cfg.max_seq_len}")
+    template = cond.template(sampler.seq_len) if cond is not None else None
     association = export_association(exported.config, device) if sampler.penalty.lambda_sem > 0 else None
     if sampler.penalty.lambda_sem > 0 and association is None:
         raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables (config.json artifacts.neighbors)")
-    tokenizer_name = cfg.tokenizer or exported.tokenizer_info.get("name_or_path")
     out = Path(out)
-    stage = StageRun(STAGE, out, config=cfg.artifact_config(sampler, tokenizer_name),
+    stage = StageRun(STAGE, out, config=cfg.artifact_config(sampler, tokenizer_name), inputs=prompt_files,
                      upstream={"model": Path(model)}, tokenizer=exported.tokenizer_info, force=force)
     rank, world = dist_info()
     if stage.is_up_to_date():  # every rank sees the same manifest, so all skip together
         log(f"{out}: up to date")
         return out
     records = draw_samples(exported.model, kernel, sampler, cfg.num_samples, cfg.batch_size, cfg.seed,
-                           association, rank, world, progress=cfg.progress)
+                           association, rank, world, progress=cfg.progress, template=template, stop_id=stop_id)
     if world > 1:
         parts = out.parent / f".{out.name}.parts"
         write_part(parts, rank, records)
@@ -216,10 +263,14 @@ def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLi
     with stage as tmp:
         with open(tmp / "samples.jsonl", "w") as fh:
             for rec in records:
-                fh.write(json.dumps({"index": rec["index"], "ids": rec["ids"], "text": rec["text"],
-                                     "seed": {"run": rec["seed"], "batch": rec["batch_seed"], "row": rec["row"]},
-                                     "config": line_cfg}) + "\n")
+                line = {"index": rec["index"], "ids": rec["ids"], "text": rec["text"],
+                        "seed": {"run": rec["seed"], "batch": rec["batch_seed"], "row": rec["row"]},
+                        "config": line_cfg}
+                line.update({k: rec[k] for k in _CONDITIONED_FIELDS if k in rec})
+                fh.write(json.dumps(line) + "\n")
         stage.extra["stats"] = {"samples": len(records), "world_size": world,
                                 "network_calls_per_batch": records[0]["network_calls"] if records else 0}
+        if stop_id is not None:
+            stage.extra["stats"]["stopped_at_eos"] = sum(r["stopped_at_eos"] for r in records)
     log(f"{out}: {len(records)} samples ({sampler.method}, {sampler.steps} steps)")
     return out

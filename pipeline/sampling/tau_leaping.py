@@ -58,14 +58,14 @@ def denoise_block_tau_leaping(den: Denoiser, prefix: torch.Tensor, block_len: in
                               generator: torch.Generator | None = None) -> torch.Tensor:
     kernel, cfg = den.kernel, den.cfg
     B, P = prefix.shape
-    block = initial_block(kernel, B, block_len, prefix.device, generator)
+    block = initial_block(kernel, B, block_len, prefix.device, generator, den, P)
     for t, s in time_grid(steps):
         probs = truncate(den.probs(torch.cat([prefix, block], 1), t, start=P), cfg.top_k, cfg.top_p)
-        block = tau_leap_step(kernel, probs, block, s, t, generator)
+        block = den.hold(tau_leap_step(kernel, probs, block, s, t, generator), P)
         for _ in range(cfg.corrector_steps if s > 0 else 0):
             probs = truncate(den.probs(torch.cat([prefix, block], 1), s, start=P), cfg.top_k, cfg.top_p)
             renoised, _ = kernel.sample_xt(categorical(probs, generator),
                                            torch.full((B,), s, device=block.device), generator=generator)
             u = torch.rand(block.shape, generator=generator, device=block.device, dtype=torch.float64)
-            block = torch.where(u < cfg.corrector_frac, renoised, block)
+            block = den.hold(torch.where(u < cfg.corrector_frac, renoised, block), P)
     return block

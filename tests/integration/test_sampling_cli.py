@@ -163,3 +163,45 @@ def test_runtime_only_options_do_not_rerun_the_stages(exports, tmp_path, capsys)
     assert evaluate_cli.main(args + ["--eval-batch-size", "4", "--quiet"]) == 0
     assert "up to date" not in capsys.readouterr().out  # the NELBO draws t and x_t batch by batch
     assert json.loads((out / "results.json").read_text())["nelbo"]["nelbo_nats"] != nelbo
+
+
+def test_sample_cli_prompts_infill_and_stop_at_eos(exports, tmp_path, tokenizer, capsys):
+    """--prompt FILE cycles its prompts and keeps them; --stop-at-eos trims; --infill keeps the template."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat sat\n\nhello world\n")
+    out = tmp_path / "p"
+    args = ["--model", str(exports["mask"]), "--out", str(out), "--steps", "4", "--num-samples", "3",
+            "--batch-size", "2", "--seq-len", str(L), "--prompt", str(prompts), "--stop-at-eos", "--quiet"]
+    assert sample_cli.main(args) == 0
+    records = read_jsonl(out / "samples.jsonl")
+    for r in records:
+        text = ["the cat sat", "hello world"][r["index"] % 2]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # no preprocessed data: no [CLS]
+        assert r["prompt"] == text and r["ids"][:len(ids)] == ids and r["text"].startswith(text)
+        assert r["length"] == len(r["ids"]) <= L and isinstance(r["stopped_at_eos"], bool)
+        assert (r["ids"][-1] == tokenizer.sep_token_id) == r["stopped_at_eos"]
+        assert r["config"]["method"] == "mdlm"
+    capsys.readouterr()
+    assert sample_cli.main(args) == 0 and "up to date" in capsys.readouterr().out
+    prompts.write_text("the dog\n")  # the prompt file is a stage input
+    assert sample_cli.main(args) == 0 and "up to date" not in capsys.readouterr().out
+    assert {r["prompt"] for r in read_jsonl(out / "samples.jsonl")} == {"the dog"}
+
+    template = "the [MASK]*3 sat on the mat"
+    out_i = tmp_path / "i"
+    assert sample_cli.main(["--model", str(exports["semdlm_plus"]), "--out", str(out_i), "--steps", "4",
+                            "--num-samples", "2", "--batch-size", "2", "--infill", template, "--quiet"]) == 0
+    for r in read_jsonl(out_i / "samples.jsonl"):
+        head, tail = (tokenizer(p, add_special_tokens=False)["input_ids"] for p in ("the", "sat on the mat"))
+        assert r["infill"] == template and r["config"]["strides"] == 1 and len(r["ids"]) == 4 + len(tail)
+        assert r["ids"][:1] == head and r["ids"][4:] == tail
+    with pytest.raises(SystemExit) as exc:
+        sample_cli.main(["--model", str(exports["mask"]), "--out", str(tmp_path / "x"), "--infill", template,
+                         "--strides", "2"])
+    assert exc.value.code == 2 and "--strides must be 1" in capsys.readouterr().err
+    out_e = tmp_path / "e"  # evaluate draws conditioned samples the same way
+    assert evaluate_cli.main(["--model", str(exports["mask"]), "--out", str(out_e), "--judge", "none", "--no-nelbo",
+                              "--steps", "4", "--num-samples", "2", "--batch-size", "2", "--seq-len", str(L),
+                              "--prompt", "hello world", "--quiet"]) == 0
+    drawn = read_jsonl(out_e / "samples" / "steps4_lf0_ls0.jsonl")
+    assert all(r["prompt"] == "hello world" and r["text"].startswith("hello world") for r in drawn)
