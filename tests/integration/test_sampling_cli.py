@@ -9,6 +9,7 @@ import torch
 
 from pipeline import evaluate as evaluate_cli
 from pipeline import sample as sample_cli
+from pipeline.sampling.stage import DEFAULT_PENALTY
 
 L = 16
 
@@ -73,11 +74,17 @@ def test_sample_cli_writes_valid_samples(exports, tmp_path, tokenizer):
         assert len(r["ids"]) == L and all(0 <= i < len(tokenizer) for i in r["ids"])
         assert tokenizer.mask_token_id not in r["ids"]
         assert r["text"] == tokenizer.decode(r["ids"], skip_special_tokens=True)
-        assert r["config"]["method"] == "blockwise" and r["config"]["penalty"]["lambda_sem"] == 0.5
+        assert r["config"]["method"] == "ctmc" and r["config"]["penalty"]["lambda_sem"] == 0.5  # ctmc: the default
         assert set(r["seed"]) == {"run", "batch", "row"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "sample" and manifest["complete"]
     assert sample_cli.main(args) == 0  # second run: up to date, files untouched
+    # no --lambda-* flags: a semantic kernel samples with the documented penalty, the recent (left) window
+    plain = ["--model", str(exports["semdlm_plus"]), "--out", str(tmp_path / "d"), "--steps", "2", "--num-samples", "1",
+             "--seq-len", str(L), "--quiet"]
+    assert sample_cli.main(plain) == 0
+    penalty = read_jsonl(tmp_path / "d" / "samples.jsonl")[0]["config"]["penalty"]
+    assert (penalty["lambda_freq"], penalty["lambda_sem"]) == DEFAULT_PENALTY and penalty["window_side"] == "left"
     assert read_jsonl(out / "samples.jsonl") == records
 
 
