@@ -41,7 +41,7 @@ else
     step "5/7 Gen-PPL judge: $JUDGE"
 fi
 
-step "6/7 sample: blockwise sampler (Eq 121), 2 strides, semantic-frequency penalty (Eq 23)"
+step "6/7 sample: CTMC tau-leaping + predictor-corrector (the default for SemDLM+), 2 strides, semantic-frequency penalty (Eq 23)"
 "$PY" -m pipeline.sample --model "$OUT/export_semdlm_plus" --out "$OUT/samples" --steps 32 --strides 2 \
     --num-samples 16 --batch-size 8 --lambda-freq 1 --lambda-sem 0.5 --quiet
 

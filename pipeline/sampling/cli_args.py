@@ -39,7 +39,8 @@ def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
                    help="semi-autoregressive blocks (paper: 2; default 2, with --infill 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus truncation of the clean proposal (default: 0.9 for blockwise, else none; 1 = off)")
     p.add_argument("--rho", type=float, default=1.0, help="exponent of Eq 121 (blockwise)")
     p.add_argument("--freeze-threshold", type=float, default=None, help="blockwise: freeze tokens this confident")
     p.add_argument("--schedule", choices=MDLM_SCHEDULES, default="ancestral", help="mdlm unmasking schedule")

@@ -43,6 +43,18 @@ def default_penalty(kernel_name: str) -> tuple[float, float]:
     return DEFAULT_PENALTY if kernel_name in SEMANTIC_KERNELS else (0.0, 0.0)
 
 
+# Nucleus truncation of the clean proposal when --top-p is not given. Eq 121 (blockwise) "samples a
+# truncated clean proposal" (App E.1) without a value: 0.9, the usual nucleus (Holtzman et al. 2020, and
+# ReMDM's nucleus sampling). The other samplers draw from p_theta itself: for ctmc / tau_leaping /
+# mdlm the draw *is* the model's reverse process (the one the likelihood bounds), and truncating it
+# lowers entropy and Gen-PPL together (Zheng et al. 2024).
+BLOCKWISE_TOP_P = 0.9
+
+
+def default_top_p(method: str) -> float | None:
+    return BLOCKWISE_TOP_P if method == "blockwise" else None
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     """The sampler flags of ``pipeline.sample`` and ``pipeline.evaluate``: every field of
@@ -54,7 +66,7 @@ class SamplerOptions:
     seq_len: int | None = None  # None: the preprocessed sequence length, else DEFAULT_SEQ_LEN
     strides: int | None = None  # None: 1 with --infill (the model sees the right context), else 2
     top_k: int | None = None
-    top_p: float | None = None
+    top_p: float | None = None  # None: default_top_p(method)
     rho: float = 1.0
     freeze_threshold: float | None = None
     schedule: str = "ancestral"
@@ -103,10 +115,12 @@ class SamplerOptions:
         default_freq, default_sem = default_penalty(kernel_name)
         lambda_freq = default_freq if lambda_freq is None else lambda_freq
         lambda_sem = default_sem if lambda_sem is None else lambda_sem
+        method = self.method or default_method(kernel_name)
         return SamplerConfig(
-            method=self.method or default_method(kernel_name), steps=steps,
+            method=method, steps=steps,
             seq_len=self.seq_len or default_seq_len or DEFAULT_SEQ_LEN, strides=self.strides,
-            top_k=self.top_k, top_p=self.top_p, rho=self.rho, freeze_threshold=self.freeze_threshold,
+            top_k=self.top_k, top_p=default_top_p(method) if self.top_p is None else self.top_p, rho=self.rho,
+            freeze_threshold=self.freeze_threshold,
             schedule=self.schedule, remask=self.remask, remask_eta=self.remask_eta,
             corrector_steps=self.corrector_steps, corrector_step_size=self.corrector_step_size,
             corrector_frac=self.corrector_frac, hazard=self.hazard, final_argmax=self.final_argmax, cache=self.cache,
