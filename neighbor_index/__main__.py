@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from pipeline.common.artifacts import stage_errors
+from pipeline.common.locks import add_break_lock_argument
 
 from .build import run_neighbor_index
 from .config import INDEX_KINDS, NeighborIndexConfig
@@ -45,6 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="embedding device: auto, cpu, cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact is up to date")
+    add_break_lock_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             ivf_nprobe=args.ivf_nprobe, hnsw_m=args.hnsw_m, hnsw_ef_search=args.hnsw_ef_search,
             recall_sample=args.recall_sample, seed=args.seed, batch_size=args.batch_size,
             threads=args.threads, device=args.device, progress=not args.no_progress)
-        run_neighbor_index(cfg, args.preprocessed, args.out, force=args.force)
+        run_neighbor_index(cfg, args.preprocessed, args.out, force=args.force, break_lock=args.break_lock)
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.artifacts import ArtifactError, StageRun, load_manifest
+from pipeline.common.devices import check_device_available
 from pipeline.common.hf_assets import resolve_name
 from pipeline.common.neighbor_artifact import STAGE, semantic_association_rows, write_neighbor_arrays
 
@@ -79,7 +80,7 @@ def compute_embeddings(source: EmbeddingSource, cfg: NeighborIndexConfig) -> np.
 
 
 def run_neighbor_index(cfg: NeighborIndexConfig, preprocessed: str | Path, out: str | Path,
-                       force: bool = False) -> Path:
+                       force: bool = False, break_lock: bool = False) -> Path:
     """Build (or find up to date) the neighbor_index artifact ``out`` from a preprocess artifact."""
     preprocessed, out = Path(preprocessed), Path(out)
     upstream = load_manifest(preprocessed, stage="preprocess")
@@ -94,11 +95,20 @@ def run_neighbor_index(cfg: NeighborIndexConfig, preprocessed: str | Path, out: 
     source = resolve_embedding_source(cfg, tok_info)
     run = StageRun(STAGE, out, config=cfg.artifact_config(), inputs=source.weight_files,
                    upstream={"preprocessed": preprocessed}, tokenizer=tok_info,
-                   schema_version=SCHEMA_VERSION, force=force)
+                   schema_version=SCHEMA_VERSION, force=force, break_lock=break_lock)
     if run.is_up_to_date():
         print(f"{out}: up to date")
         return out
 
+    check_device_available(cfg.device)
+    with run.locked():  # before the embedding work: a second job on ``out`` stops here
+        _build_artifact(run, cfg, source, tok_info, counts)
+    return out
+
+
+def _build_artifact(run: StageRun, cfg: NeighborIndexConfig, source: EmbeddingSource, tok_info: dict,
+                    counts: np.ndarray) -> None:
+    out = run.out_dir
     tokens = source.vocab.tokens
     special_ids = set(source.vocab.special_ids.values()) | set(tok_info.get("special_ids", {}).values())
     classes = classify_tokens(tokens, special_ids)
@@ -132,7 +142,6 @@ def run_neighbor_index(cfg: NeighborIndexConfig, preprocessed: str | Path, out: 
         run.extra["runtime"] = {"threads": cfg.num_threads, "device": cfg.device, "batch_size": cfg.batch_size}
     print(f"{out}: {len(tokens)} tokens, top-{cfg.k_max} neighbours ({cfg.index}), embedding "
           f"{stats['embed_seconds']:.1f} s, search {stats['search_seconds']:.1f} s")
-    return out
 
 
 def _index_args(cfg: NeighborIndexConfig) -> dict:

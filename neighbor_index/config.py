@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from pipeline.common.devices import check_device_name
+
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 
 
@@ -57,6 +59,7 @@ class NeighborIndexConfig:
             raise ValueError("give either --embedder or --embeddings-from-model, not both")
         if self.embedding_key is not None and self.embeddings_from_model is None:
             raise ValueError("--embedding-key only applies with --embeddings-from-model")
+        check_device_name(self.device, allow_auto=True)
 
     @property
     def num_threads(self) -> int:

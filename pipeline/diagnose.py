@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from pipeline.common.artifacts import stage_errors
+from pipeline.common.locks import add_break_lock_argument
 from pipeline.research.diagnose import DiagnoseConfig, run_diagnose
 
 PROG = "python -m pipeline.diagnose"
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output artifact directory")
     p.add_argument("--force", action="store_true")
+    add_break_lock_argument(p)
     return p
 
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = DiagnoseConfig(kernels=tuple(k.strip() for k in args.kernels.split(",") if k.strip()),
                              num_t=args.num_t, eps=args.eps, method=args.method, mc_samples=args.mc_samples,
                              seed=args.seed, mask_id=args.mask_id)
-        run_diagnose(cfg, args.neighbors, args.out, force=args.force)
+        run_diagnose(cfg, args.neighbors, args.out, force=args.force, break_lock=args.break_lock)
     return 0
 
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler=sampler_options(args), steps=args.steps, lambda_freq=args.lambda_freq,
             lambda_sem=args.lambda_sem, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
             tokenizer=args.tokenizer, device=args.device, progress=not args.quiet)
-        run_evaluate(cfg, args.model, args.out, force=args.force)
+        run_evaluate(cfg, args.model, args.out, force=args.force, break_lock=args.break_lock)
     return 0
 
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from pipeline.common.artifacts import stage_errors
+from pipeline.common.locks import add_break_lock_argument
 
 PROG = "python -m pipeline.export"
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the latest, e.g. global_step1000)")
     p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    add_break_lock_argument(p)
     return p
 
 
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     with stage_errors(PROG):
         from pipeline.training.export import export_run
 
-        out = export_run(args.run_dir, args.out, tag=args.tag, use_ema=not args.raw_weights, force=args.force)
+        out = export_run(args.run_dir, args.out, tag=args.tag, use_ema=not args.raw_weights, force=args.force,
+                         break_lock=args.break_lock)
     print(f"{out}: written")
     return 0
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from pipeline.common.artifacts import stage_errors
+from pipeline.common.locks import add_break_lock_argument
 from pipeline.research.rs_harness import DEFAULT_EXACT_LIMIT, RsHarnessConfig, run_rs_harness
 from pipeline.sampling.unmasking import SCHEDULES
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output artifact directory")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    add_break_lock_argument(p)
     return p
 
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = RsHarnessConfig(q=args.q, n=args.n, k=args.k, iterations=_comma_list(args.iterations, int),
                               schedules=_comma_list(args.schedules) or (), exact_limit=args.exact_limit,
                               mc_samples=args.mc_samples, seed=args.seed)
-        run_rs_harness(cfg, args.out, force=args.force)
+        run_rs_harness(cfg, args.out, force=args.force, break_lock=args.break_lock)
     return 0
 
 

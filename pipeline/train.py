@@ -7,10 +7,13 @@
 
 A run directory that holds a checkpoint resumes automatically (a changed model/kernel config is
 refused). ``--universal`` resumes from a universal checkpoint on another world size (docs/training.md).
+Rank 0 holds the run directory's lock (RUN_DIR/.lock) for the whole run: a second job on the same
+directory exits with status 2 naming the holder; ``--break-lock`` takes it over.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -22,6 +25,7 @@ if __package__ in (None, ""):  # run as a script (deepspeed pipeline/train.py): 
 import torch  # noqa: E402
 
 from pipeline.common.artifacts import canonical_json, hash_object, stage_errors  # noqa: E402
+from pipeline.common.locks import DirectoryLock, add_break_lock_argument, run_dir_lock_path  # noqa: E402
 
 PROG = "pipeline/train.py"
 
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--universal", action="store_true",
                    help="resume from RUN_DIR/checkpoints/latest_universal (another world size)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    add_break_lock_argument(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="TrainConfig overrides (yaml values)")
     return p
 
@@ -47,6 +52,24 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launcher_rank() -> int:
+    """The global rank the launcher gave this process, before torch.distributed starts (as init_distributed
+    maps it: RANK from deepspeed / torchrun, SLURM_PROCID from srun, else a world of one)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
+def lock_run_dir(run_dir: str, break_lock: bool):
+    """Rank 0 takes the run directory's one lock before anything writes there; the other ranks write
+    only after the rendezvous with rank 0 (init_distributed), so they never touch the lock."""
+    if launcher_rank() != 0:
+        return contextlib.nullcontext()
+    return DirectoryLock(run_dir_lock_path(run_dir), what=f"run directory {run_dir}", break_lock=break_lock)
 
 
 def init_distributed(local_rank_arg: int | None):
@@ -90,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    from pipeline.training.config import load_config
+
+    cfg = load_config(args.config, args.overrides, run_dir=args.run_dir, preprocessed=args.preprocessed,
+                      neighbors=args.neighbors, kernel=args.kernel, max_steps=args.max_steps)
+    for name in ("run_dir", "preprocessed"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"{name} is required (--{name.replace('_', '-')} or {name}= in the config)")
+    with lock_run_dir(cfg.run_dir, args.break_lock):  # before DeepSpeed starts: a second job stops cheaply
+        return train(args, cfg)
+
+
+def train(args, cfg) -> int:
     import deepspeed
 
     from pipeline.core.kernels import KernelConfig, make_kernel
@@ -98,15 +133,9 @@ def run(args) -> int:
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
     from pipeline.training.components import load_upstream
-    from pipeline.training.config import load_config
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
     from pipeline.training.loop import Trainer, lr_multiplier
 
-    cfg = load_config(args.config, args.overrides, run_dir=args.run_dir, preprocessed=args.preprocessed,
-                      neighbors=args.neighbors, kernel=args.kernel, max_steps=args.max_steps)
-    for name in ("run_dir", "preprocessed"):
-        if getattr(cfg, name) is None:
-            raise ValueError(f"{name} is required (--{name.replace('_', '-')} or {name}= in the config)")
     kernel_cfg: KernelConfig = cfg.kernel_config()
     upstream = load_upstream(cfg.preprocessed, cfg.neighbors, kernel_cfg)
     if cfg.seq_len is not None and cfg.seq_len != upstream.seq_len:

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from pipeline.common.artifacts import stage_errors, verify_artifact
+from pipeline.common.locks import add_break_lock_argument
 
 from .build import run_preprocess
 from .config import PreprocessConfig
@@ -46,6 +47,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-index", type=int, default=0, help="multi-node: index of this group")
     p.add_argument("--num-shards", type=int, default=1, help="multi-node: number of groups")
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact is up to date")
+    add_break_lock_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -55,9 +57,10 @@ def _merge_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the --out all groups were run with")
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--force", action="store_true")
+    add_break_lock_argument(p)
     args = p.parse_args(argv)
     with stage_errors(f"{PROG} merge"):
-        merge_groups(args.out, args.num_shards, force=args.force)
+        merge_groups(args.out, args.num_shards, force=args.force, break_lock=args.break_lock)
     return 0
 
 
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             shard_index=args.shard_index, num_shards=args.num_shards, workers=args.workers,
             worker_kind=args.worker_kind, progress=not args.no_progress,
             inputs={"train": args.input, "validation": args.valid_input, "test": args.test_input})
-        run_preprocess(cfg, args.out, force=args.force)
+        run_preprocess(cfg, args.out, force=args.force, break_lock=args.break_lock)
     return 0
 
 

@@ -173,7 +173,8 @@ def _special_ids(spec, cfg: PreprocessConfig) -> dict:
     return {"cls": cls_id, "sep": sep_id, "separator": separator, "pad": ids.get("pad", 0)}
 
 
-def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, log=print) -> Path:
+def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, log=print,
+                   break_lock: bool = False) -> Path:
     """Build (or confirm up to date) the preprocess artifact; return its directory."""
     out = Path(out)
     grouped = cfg.num_shards > 1
@@ -183,7 +184,7 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
     # A local tokenizer loads in ~0.1 s without transformers, so "up to date" stays fast.
     spec = load_tokenizer_spec(cfg.tokenizer)
     run = StageRun(GROUP_STAGE if grouped else STAGE, target, config=cfg.artifact_config(), inputs=file_inputs,
-                   tokenizer=spec.info(), schema_version=SCHEMA_VERSION, force=force)
+                   tokenizer=spec.info(), schema_version=SCHEMA_VERSION, force=force, break_lock=break_lock)
     if run.is_up_to_date():
         log(f"{target}: up to date (use --force to rebuild)")
         return target

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 MODES = ("lm1b", "owt")
 DEFAULT_SEQ_LEN = {"lm1b": 128, "owt": 1024}  # the paper's context lengths (Sec 5.1)
 SPLITS = ("train", "validation", "test")
+MAX_SEQ_LEN = 1 << 20  # rows are fixed-length arrays: beyond this a typo, not a context length
+MAX_WORKERS = 1024
 
 
 @dataclass
@@ -41,8 +43,8 @@ class PreprocessConfig:
             raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}")
         if self.seq_len is None:
             self.seq_len = DEFAULT_SEQ_LEN[self.mode]
-        if not isinstance(self.seq_len, int) or self.seq_len < 4:
-            raise ValueError(f"--seq-len must be an integer >= 4, got {self.seq_len!r}")
+        if not isinstance(self.seq_len, int) or not 4 <= self.seq_len <= MAX_SEQ_LEN:
+            raise ValueError(f"--seq-len must be an integer in [4, {MAX_SEQ_LEN}], got {self.seq_len!r}")
         if self.wrap and self.mode != "lm1b":
             raise ValueError("--wrap applies to --mode lm1b (owt mode always wraps)")
         for name in ("valid_fraction", "test_fraction"):
@@ -62,8 +64,8 @@ class PreprocessConfig:
             raise ValueError("give the test split either --test-input or --test-fraction, not both")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"--shard-index must be in [0, --num-shards), got {self.shard_index} of {self.num_shards}")
-        if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"--workers must be in [1, {MAX_WORKERS}], got {self.workers}")
         if self.worker_kind not in ("thread", "process"):
             raise ValueError(f"--worker-kind must be 'thread' or 'process', got {self.worker_kind!r}")
         if self.shard_size_limit < 1 << 16:

@@ -39,7 +39,7 @@ def _check_groups(manifests: list[dict], dirs: list[Path]) -> None:
             raise ArtifactError(f"{str(d)!r} was built with another tokenizer than {str(dirs[0])!r}")
 
 
-def merge_groups(out: str | Path, num_shards: int, force: bool = False, log=print) -> Path:
+def merge_groups(out: str | Path, num_shards: int, force: bool = False, log=print, break_lock: bool = False) -> Path:
     out = Path(out)
     dirs = [group_dir(out, i, num_shards) for i in range(num_shards)]
     manifests = [load_manifest(d, stage=GROUP_STAGE) for d in dirs]  # refuses missing/incomplete groups
@@ -47,7 +47,8 @@ def merge_groups(out: str | Path, num_shards: int, force: bool = False, log=prin
     config = {k: v for k, v in manifests[0]["config"].items() if k != "shard_index"}
     config["merged_groups"] = num_shards
     run = StageRun(STAGE, out, config=config, upstream={d.name: d for d in dirs},
-                   tokenizer=manifests[0]["tokenizer"], schema_version=SCHEMA_VERSION, force=force)
+                   tokenizer=manifests[0]["tokenizer"], schema_version=SCHEMA_VERSION, force=force,
+                   break_lock=break_lock)
     if run.is_up_to_date():
         log(f"{out}: up to date (use --force to rebuild)")
         return out

@@ -17,6 +17,8 @@ Three guarantees, used by every stage through :class:`StageRun`:
 * **Refuse bad upstreams**: :func:`load_manifest` raises :class:`ArtifactError` naming the
   directory when the manifest is missing, unparsable, not marked complete, of another stage, or
   when a file it lists is missing or has another size.
+
+A run also holds the output's lock (:mod:`pipeline.common.locks`): one writer per artifact.
 """
 from __future__ import annotations
 
@@ -37,29 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import (  # noqa: F401 (the stages import their errors and stage_errors from here)
+    ArtifactError,
+    ConfigError,
+    DiskFullError,
+    StageError,
+    is_disk_full,
+    stage_errors,
+)
+from .locks import DirectoryLock, output_lock_path, pid_alive
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 # Bytes read from the head and from the tail of an input file for its quick fingerprint.
 _FINGERPRINT_EDGE_BYTES = 1 << 20
-
-
-class StageError(Exception):
-    """A user error of a stage: bad input, option, upstream artifact or environment, never a bug.
-
-    :func:`stage_errors` turns it into one line ``PROG: error: message`` and exit status 2. Every
-    user error a stage raises is one of these (or a ValueError / FileNotFoundError, which
-    :func:`stage_errors` treats the same way); a subclass may also derive from the built-in its
-    callers used to catch (``ArtifactError`` is a RuntimeError, ``ExportExistsError`` a
-    FileExistsError, ...).
-    """
-
-
-class ConfigError(StageError, ValueError):
-    """An invalid stage configuration (raised by the config dataclasses' validation)."""
-
-
-class ArtifactError(StageError, RuntimeError):
-    """A missing, incomplete or mismatched artifact. The message names the directory."""
 
 
 # --------------------------------------------------------------------------- hashing helpers
@@ -217,13 +210,19 @@ class StageRun:
 
     Usage::
 
-        run = StageRun("preprocess", out, config=cfg, inputs=files, force=args.force)
+        run = StageRun("preprocess", out, config=cfg, inputs=files, force=args.force,
+                       break_lock=args.break_lock)
         if run.is_up_to_date():
             print(f"{out}: up to date"); return 0
         with run as tmp:                 # tmp: an empty temporary sibling directory
             ... write files into tmp ...
             run.extra["stats"] = {...}   # anything else for the manifest
         # here out_dir is complete and holds manifest.json
+
+    ``with run`` holds the output's lock (:mod:`pipeline.common.locks`, a sibling ``.NAME.lock``):
+    a second job on the same directory stops with ``LockHeldError``. A stage with expensive work
+    before ``with run`` takes it earlier with ``with run.locked(): ...``. A write that runs out of
+    space raises :class:`DiskFullError`; the previous artifact stays in place either way.
     """
 
     stage: str
@@ -235,6 +234,7 @@ class StageRun:
     schema_version: int = 1
     force: bool = False
     extra: dict = field(default_factory=dict)
+    break_lock: bool = False  # take the output's lock whatever its holder's state (--break-lock)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -244,6 +244,8 @@ class StageRun:
                                  for name, d in self.upstream.items()}
         self._tmp: Path | None = None
         self._start = 0.0
+        self._lock: DirectoryLock | None = None
+        self._lock_taken_by_enter = False
 
     # The key whose equality means "nothing to do".
     def freshness_key(self) -> dict:
@@ -263,26 +265,69 @@ class StageRun:
             return False
         return existing.get("freshness_key") == canonical_json(self.freshness_key())
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the output's lock for the block (``with run`` inside it keeps holding it)."""
+        if self._lock is not None:
+            yield
+            return
+        self._lock = DirectoryLock(output_lock_path(self.out_dir), what=str(self.out_dir),
+                                   break_lock=self.break_lock).acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+            self._lock = None
+
     def __enter__(self) -> Path:
         self._start = time.time()
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_siblings()
-        self._tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir()
+        self._lock_taken_by_enter = self._lock is None
+        if self._lock_taken_by_enter:
+            self._lock = DirectoryLock(output_lock_path(self.out_dir), what=str(self.out_dir),
+                                       break_lock=self.break_lock).acquire()
+        try:
+            self._remove_stale_siblings()
+            self._tmp = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._tmp.mkdir()
+        except BaseException as exc:
+            self._release_own_lock()
+            if is_disk_full(exc):
+                raise self._disk_full(exc) from exc
+            raise
         return self._tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self._tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            return False
         try:
-            self._write_manifest(self._tmp)
-            self._swap_into_place(self._tmp)
-        except BaseException:
+            if exc_type is None:
+                try:
+                    self._write_manifest(self._tmp)
+                    self._swap_into_place(self._tmp)
+                except OSError as failure:
+                    if is_disk_full(failure):
+                        raise self._disk_full(failure) from failure
+                    raise
+        finally:
+            # Whatever failed (the stage's writes, the manifest, the swap), no half-written directory stays.
             shutil.rmtree(self._tmp, ignore_errors=True)
-            raise
+            self._release_own_lock()
+        if exc is not None and is_disk_full(exc):
+            raise self._disk_full(exc) from exc
         return False
+
+    def _release_own_lock(self) -> None:
+        if self._lock_taken_by_enter and self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._lock_taken_by_enter = False
+
+    def _disk_full(self, exc: OSError) -> DiskFullError:
+        kept = ("the previous artifact is unchanged" if (self.out_dir / MANIFEST_NAME).is_file()
+                else "there was no previous artifact")
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return DiskFullError(f"{self.out_dir}: no space left on device{where} ({exc.strerror or exc}); the partial "
+                             f"output was removed and {kept}. Free space and rerun.")
 
     def _remove_stale_siblings(self) -> None:
         # Leftovers of runs that were killed: never accepted by load_manifest, safe to delete
@@ -291,8 +336,11 @@ class StageRun:
         for kind in ("tmp", "old"):
             for stale in self.out_dir.parent.glob(f".{name}.{kind}-*"):
                 pid = stale.name.rsplit("-", 2)[-2]
-                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                     continue  # another live run is writing it
+                if kind == "old" and not self.out_dir.exists() and (stale / MANIFEST_NAME).is_file():
+                    os.rename(stale, self.out_dir)  # killed mid-swap: the previous artifact goes back first
+                    continue
                 shutil.rmtree(stale, ignore_errors=True)
 
     def _write_manifest(self, tmp: Path) -> None:
@@ -330,19 +378,14 @@ class StageRun:
         if self.out_dir.exists():
             old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(self.out_dir, old)
-        os.rename(tmp, self.out_dir)
+        try:
+            os.rename(tmp, self.out_dir)
+        except BaseException:
+            if old is not None:  # put the previous artifact back before anything else sees the gap
+                os.rename(old, self.out_dir)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _iso(ts: float) -> str:
@@ -357,20 +400,3 @@ def write_csv(path: str | os.PathLike, rows: list[dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-# What stage_errors reports as a user error: ours, plus the built-ins the stages raise for bad input.
-# Anything else (a RuntimeError from torch, a KeyError, ...) is a bug and keeps its traceback.
-USER_ERRORS = (StageError, FileNotFoundError, ValueError)
-
-
-@contextlib.contextmanager
-def stage_errors(prog: str):
-    """Turn user errors (:data:`USER_ERRORS`) into one line ``PROG: error: message`` on stderr and
-    exit status 2 (CLI helper); every other exception propagates with its traceback."""
-    try:
-        yield
-    except USER_ERRORS as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"{prog}: error: {message or type(exc).__name__}", file=sys.stderr)
-        raise SystemExit(2) from None

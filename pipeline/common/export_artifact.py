@@ -46,7 +46,7 @@ class Exported:
 
 def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None,
                 tokenizer_info: dict, artifacts: dict, kind: str, force: bool = False,
-                training: dict | None = None, state_dict: dict | None = None) -> Path:
+                training: dict | None = None, state_dict: dict | None = None, break_lock: bool = False) -> Path:
     """Write an export artifact; ``state_dict`` (e.g. EMA weights) replaces ``model.state_dict()``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -65,7 +65,7 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     # safetensors wants contiguous, unshared CPU tensors; non-persistent buffers are not in state_dict.
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
     run = StageRun(STAGE, Path(out_dir), config=config, upstream=upstream, tokenizer=tokenizer_info,
-                   force=True)  # the weights are not part of the freshness key: always rewrite
+                   force=True, break_lock=break_lock)  # the weights are not in the freshness key: always rewrite
     if not force and Path(out_dir).exists():
         raise ExportExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
     with run as tmp:

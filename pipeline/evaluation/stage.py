@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.common.artifacts import ConfigError, StageRun, load_manifest
+from pipeline.common.devices import check_device_available, check_device_name
 from pipeline.core.likelihood import BOUNDS
 from pipeline.sampling.runner import draw_samples
 from pipeline.sampling.stage import (
@@ -83,6 +84,7 @@ class EvaluateConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.bound not in BOUNDS:
             raise ConfigError(f"--bound must be one of {BOUNDS}, got {self.bound!r}")
+        check_device_name(self.device)
         if self.samples and not self.sample:
             raise ConfigError("give --samples or --no-samples, not both")
         if self.samples and conditioning_options(self.sampler):
@@ -165,12 +167,13 @@ def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log, conditioning=(N
 
 
 def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.PathLike, force: bool = False,
-                 log=print) -> Path:
+                 log=print, break_lock: bool = False) -> Path:
     """Evaluate the export ``model`` into the artifact ``out`` (see the module docstring)."""
     from pipeline.common.export_artifact import load_export
     from pipeline.evaluation.eval_sets import load_eval_set
     from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
 
+    check_device_available(cfg.device)
     exported = load_export(model, device=cfg.device)
     artifacts = exported.config.get("artifacts") or {}
     out = Path(out)
@@ -186,76 +189,78 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
         conditioning = (cond, stop_id)
     set_inputs += prompt_files
     stage = StageRun(STAGE, out, config=cfg.artifact_config(), inputs=set_inputs, upstream=upstream,
-                     tokenizer=exported.tokenizer_info, force=force)
+                     tokenizer=exported.tokenizer_info, force=force, break_lock=break_lock)
     if stage.is_up_to_date():
         log(f"{out}: up to date")
         return out
-    judge = load_judge(cfg.judge, cfg.device) if cfg.use_judge and exported.kind == "diffusion" else None
-    results = {"model": str(Path(model).resolve()), "kind": exported.kind,
-               "kernel": exported.kernel.cfg.name if exported.kernel is not None else None,
-               "judge": judge.name if judge else None, "training": exported.config.get("training")}
-    pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
-    # every eval set is read (and tokenised) first: a bad source fails before any model time is spent
-    set_sequences = {spec.name: load_eval_set(spec, exported.config, exported.tokenizer_info, cfg.max_test_sequences)
-                     for spec in cfg.eval_sets}
+    with stage.locked():  # before any model time: a second job on ``out`` stops here
+        judge = load_judge(cfg.judge, cfg.device) if cfg.use_judge and exported.kind == "diffusion" else None
+        results = {"model": str(Path(model).resolve()), "kind": exported.kind,
+                   "kernel": exported.kernel.cfg.name if exported.kernel is not None else None,
+                   "judge": judge.name if judge else None, "training": exported.config.get("training")}
+        pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
+        # every eval set is read (and tokenised) first: a bad source fails before any model time is spent
+        set_sequences = {spec.name: load_eval_set(spec, exported.config, exported.tokenizer_info,
+                                                  cfg.max_test_sequences) for spec in cfg.eval_sets}
 
-    def score(seqs, desc):
-        return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
-                              cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc)
+        def score(seqs, desc):
+            return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
+                                  cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc)
 
-    if cfg.nelbo:
-        split = cfg.test_split or (Path(artifacts["preprocessed"]) / "test" if artifacts.get("preprocessed") else None)
-        if split is None and not cfg.eval_sets:
-            raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
-                              "(the export names no preprocessed data)")
-        if split is not None:
-            results["nelbo"] = score(read_test_sequences(split, cfg.max_test_sequences), "test NELBO")
-    if cfg.eval_sets:
-        results["eval_sets"] = {}
-        for spec in cfg.eval_sets:
-            r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
-            results["eval_sets"][spec.name] = {
-                **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
-                                     "sequences", "candidates")},
-                "source": spec.source, "detokenizer": spec.detokenizer}
-            log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
-                f"PPL <= {r['perplexity']:.2f}")
-    neighbors = None
-    if artifacts.get("neighbors"):
-        from pipeline.common.neighbor_artifact import load_neighbor_tables
+        if cfg.nelbo:
+            preprocessed = artifacts.get("preprocessed")
+            split = cfg.test_split or (Path(preprocessed) / "test" if preprocessed else None)
+            if split is None and not cfg.eval_sets:
+                raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
+                                  "(the export names no preprocessed data)")
+            if split is not None:
+                results["nelbo"] = score(read_test_sequences(split, cfg.max_test_sequences), "test NELBO")
+        if cfg.eval_sets:
+            results["eval_sets"] = {}
+            for spec in cfg.eval_sets:
+                r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
+                results["eval_sets"][spec.name] = {
+                    **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
+                                         "sequences", "candidates")},
+                    "source": spec.source, "detokenizer": spec.detokenizer}
+                log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
+                    f"PPL <= {r['perplexity']:.2f}")
+        neighbors = None
+        if artifacts.get("neighbors"):
+            from pipeline.common.neighbor_artifact import load_neighbor_tables
 
-        neighbors = load_neighbor_tables(artifacts["neighbors"]).neighbors
-    rows, point_samples = [], {}
-    if exported.kind == "diffusion" and cfg.sample:
-        if cfg.samples:
-            records = read_samples(Path(cfg.samples))
-            sampled = records[0]["config"] if records else {}
-            penalty = sampled.get("penalty", {})
-            rows.append({"steps": sampled.get("steps"), "lambda_freq": penalty.get("lambda_freq", 0.0),
-                         "lambda_sem": penalty.get("lambda_sem", 0.0), "num_samples": len(records),
-                         **evaluate_point(records, judge, neighbors, cfg)})
-            point_samples["given"] = records
-        else:
-            rows, point_samples = _sweep(exported, cfg, judge, neighbors, log, conditioning)
-    with stage as tmp:
-        plots = []
-        if rows:
-            write_sweep_csv(rows, tmp / "sweep.csv")
-            plot_entropy_histogram(rows[0]["entropy_per_sample"], tmp / "entropy_hist.png")
-            plots.append("entropy_hist.png")
-            if len({r["steps"] for r in rows}) > 1:
-                plot_sweep(rows, tmp / "sweep_steps.png")
-                plots.append("sweep_steps.png")
-            (tmp / "samples").mkdir()
-            for name, records in point_samples.items():
-                with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
-                    keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
-                    fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
-        results["sweep"] = rows
-        results["plots"] = plots
-        first = next(iter(point_samples.values()), [])
-        results["examples"] = [r["text"] for r in first[:3]]
-        results["max_sample_len"] = max((len(r["ids"]) for recs in point_samples.values() for r in recs), default=0)
-        write_report(tmp, results)
+            neighbors = load_neighbor_tables(artifacts["neighbors"]).neighbors
+        rows, point_samples = [], {}
+        if exported.kind == "diffusion" and cfg.sample:
+            if cfg.samples:
+                records = read_samples(Path(cfg.samples))
+                sampled = records[0]["config"] if records else {}
+                penalty = sampled.get("penalty", {})
+                rows.append({"steps": sampled.get("steps"), "lambda_freq": penalty.get("lambda_freq", 0.0),
+                             "lambda_sem": penalty.get("lambda_sem", 0.0), "num_samples": len(records),
+                             **evaluate_point(records, judge, neighbors, cfg)})
+                point_samples["given"] = records
+            else:
+                rows, point_samples = _sweep(exported, cfg, judge, neighbors, log, conditioning)
+        with stage as tmp:
+            plots = []
+            if rows:
+                write_sweep_csv(rows, tmp / "sweep.csv")
+                plot_entropy_histogram(rows[0]["entropy_per_sample"], tmp / "entropy_hist.png")
+                plots.append("entropy_hist.png")
+                if len({r["steps"] for r in rows}) > 1:
+                    plot_sweep(rows, tmp / "sweep_steps.png")
+                    plots.append("sweep_steps.png")
+                (tmp / "samples").mkdir()
+                for name, records in point_samples.items():
+                    with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
+                        keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
+                        fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
+            results["sweep"] = rows
+            results["plots"] = plots
+            first = next(iter(point_samples.values()), [])
+            results["examples"] = [r["text"] for r in first[:3]]
+            results["max_sample_len"] = max((len(r["ids"]) for recs in point_samples.values() for r in recs), default=0)
+            write_report(tmp, results)
     log(f"{out}: report at {out / 'report.md'}")
     return out

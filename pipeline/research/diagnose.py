@@ -299,7 +299,7 @@ def resolve_mask_id(mask_id: int | None, manifest: dict) -> int | None:
 
 
 def run_diagnose(cfg: DiagnoseConfig, neighbors: str | os.PathLike, out: str | os.PathLike,
-                 force: bool = False, log=print) -> Path:
+                 force: bool = False, log=print, break_lock: bool = False) -> Path:
     """Diagnose the kernels of ``cfg`` on the neighbour artifact ``neighbors`` into the artifact ``out``
     (diagnostics.csv, summary.md, diagnostics.png); logs the summary table."""
     from pipeline.common.neighbor_artifact import load_neighbor_tables
@@ -308,18 +308,20 @@ def run_diagnose(cfg: DiagnoseConfig, neighbors: str | os.PathLike, out: str | o
     nb = load_neighbor_tables(neighbors)
     mask_id = resolve_mask_id(cfg.mask_id, nb.manifest) if "mask" in cfg.kernels else None
     run = StageRun(STAGE, out, config={**cfg.artifact_config(), "mask_id": mask_id},
-                   upstream={"neighbor_index": Path(neighbors)}, force=force)
+                   upstream={"neighbor_index": Path(neighbors)}, force=force,
+                   break_lock=break_lock)
     if run.is_up_to_date():
         log(f"{out}: up to date")
         log((out / "summary.md").read_text())
         return out
-    rows, summary = diagnose(nb, mask_id, cfg)
-    text = markdown_summary(summary, cfg, f"V={nb.vocab_size}, table k={nb.k_max}, "
-                            f"|S|={int((nb.unigram_prior > 0).sum())}")
-    with run as tmp:
-        write_csv(tmp / "diagnostics.csv", rows)
-        (tmp / "summary.md").write_text(text)
-        plot(rows, tmp / "diagnostics.png", cfg.kernels)
-        run.extra["summary"] = summary
+    with run.locked():  # before the computation: a second job on ``out`` stops here
+        rows, summary = diagnose(nb, mask_id, cfg)
+        text = markdown_summary(summary, cfg, f"V={nb.vocab_size}, table k={nb.k_max}, "
+                                f"|S|={int((nb.unigram_prior > 0).sum())}")
+        with run as tmp:
+            write_csv(tmp / "diagnostics.csv", rows)
+            (tmp / "summary.md").write_text(text)
+            plot(rows, tmp / "diagnostics.png", cfg.kernels)
+            run.extra["summary"] = summary
     log(text)
     return out

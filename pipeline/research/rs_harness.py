@@ -293,22 +293,24 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_rs_harness(cfg: RsHarnessConfig, out: str | os.PathLike, force: bool = False, log=print) -> Path:
+def run_rs_harness(cfg: RsHarnessConfig, out: str | os.PathLike, force: bool = False, log=print,
+                   break_lock: bool = False) -> Path:
     """Run the harness into the artifact ``out`` (kl.csv, summary.md, kl_vs_K.png); logs the table."""
     out = Path(out)
-    stage = StageRun(STAGE, out, config=cfg.artifact_config(), force=force)
+    stage = StageRun(STAGE, out, config=cfg.artifact_config(), force=force, break_lock=break_lock)
     if stage.is_up_to_date():
         log(f"{out}: up to date")
         log((out / "summary.md").read_text())
         return out
     started = time.time()
-    rows, info = compute(cfg)
-    desc = f"RS(n={cfg.n}, k={cfg.k}) over GF({cfg.q})"
-    table = markdown_table(rows, info, desc)
-    with stage as tmp:
-        write_csv(tmp / "kl.csv", rows)
-        (tmp / "summary.md").write_text(table)
-        plot(rows, tmp / "kl_vs_K.png", desc)
-        stage.extra["stats"] = {**info, "seconds": round(time.time() - started, 2)}
+    with stage.locked():  # before the computation: a second job on ``out`` stops here
+        rows, info = compute(cfg)
+        desc = f"RS(n={cfg.n}, k={cfg.k}) over GF({cfg.q})"
+        table = markdown_table(rows, info, desc)
+        with stage as tmp:
+            write_csv(tmp / "kl.csv", rows)
+            (tmp / "summary.md").write_text(table)
+            plot(rows, tmp / "kl_vs_K.png", desc)
+            stage.extra["stats"] = {**info, "seconds": round(time.time() - started, 2)}
     log(table)
     return out

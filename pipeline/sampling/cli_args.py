@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.common.locks import add_break_lock_argument
+
 from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK
 from .penalty import WINDOW_SIDES
 from .stage import SamplerOptions
@@ -71,6 +73,7 @@ def add_sampler_args(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer for decoding (default: the export's)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    add_break_lock_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -7,6 +7,7 @@ and calls :func:`run_sample`; ``python -m pipeline.evaluate`` uses :class:`Sampl
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.common.artifacts import ConfigError, StageRun
+from pipeline.common.devices import check_device_available, check_device_name
 
 from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
 from .conditioning import Conditioning, load_conditioning, prompt_texts, stop_token_id
@@ -154,6 +156,7 @@ class SampleConfig:
     def __post_init__(self):
         if self.num_samples < 1 or self.batch_size < 1:
             raise ConfigError("--num-samples and --batch-size must be >= 1")
+        check_device_name(self.device)
 
     def sampler_config(self, kernel_name: str, default_seq_len: int | None) -> SamplerConfig:
         return self.sampler.resolve(kernel_name, default_seq_len, self.steps, self.lambda_freq, self.lambda_sem)
@@ -233,14 +236,16 @@ def resolve_device(device: str) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLike, force: bool = False,
-               log=print) -> Path:
+               log=print, break_lock: bool = False) -> Path:
     """Draw ``cfg.num_samples`` samples from the export ``model`` into the artifact ``out``.
 
-    Under torchrun (RANK, WORLD_SIZE) every rank draws its batches and rank 0 gathers and writes.
+    Under torchrun (RANK, WORLD_SIZE) every rank draws its batches and rank 0 gathers and writes;
+    rank 0 holds the output's lock for the whole run.
     """
     from pipeline.common.export_artifact import load_export
 
     device = resolve_device(cfg.device)
+    check_device_available(device)
     exported = load_export(model, device=device)
     if exported.kind != "diffusion":
         raise ConfigError(f"{model}: kind {exported.kind!r} cannot be sampled by this stage (needs 'diffusion')")
@@ -258,21 +263,31 @@ def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLi
         raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables (config.json artifacts.neighbors)")
     out = Path(out)
     stage = StageRun(STAGE, out, config=cfg.artifact_config(sampler, tokenizer_name), inputs=prompt_files,
-                     upstream={"model": Path(model)}, tokenizer=exported.tokenizer_info, force=force)
+                     upstream={"model": Path(model)}, tokenizer=exported.tokenizer_info, force=force,
+                     break_lock=break_lock)
     rank, world = dist_info()
     if stage.is_up_to_date():  # every rank sees the same manifest, so all skip together
         log(f"{out}: up to date")
         return out
-    records = draw_samples(exported.model, kernel, sampler, cfg.num_samples, cfg.batch_size, cfg.seed,
-                           association, rank, world, progress=cfg.progress, template=template, stop_id=stop_id)
-    if world > 1:
-        parts = out.parent / f".{out.name}.parts"
-        write_part(parts, rank, records)
-        if rank != 0:
-            return out
-        records = gather_parts(parts, world)
-        shutil.rmtree(parts, ignore_errors=True)
-    decode_all(records, tokenizer_name)
+    with stage.locked() if rank == 0 else contextlib.nullcontext():  # before the sampling work
+        records = draw_samples(exported.model, kernel, sampler, cfg.num_samples, cfg.batch_size, cfg.seed,
+                               association, rank, world, progress=cfg.progress, template=template, stop_id=stop_id)
+        if world > 1:
+            # Named by the config: ranks of a launch refused by the lock cannot mix other samples in.
+            parts = out.parent / f".{out.name}.parts-{stage.config_hash[:12]}"
+            write_part(parts, rank, records)
+            if rank != 0:
+                return out
+            records = gather_parts(parts, world)
+            shutil.rmtree(parts, ignore_errors=True)
+        decode_all(records, tokenizer_name)
+        _write_samples(stage, records, sampler, world, stop_id)
+    log(f"{out}: {len(records)} samples ({sampler.method}, {sampler.steps} steps)")
+    return out
+
+
+def _write_samples(stage: StageRun, records: list[dict], sampler: SamplerConfig, world: int,
+                   stop_id: int | None) -> None:
     line_cfg = sampler.to_dict()
     with stage as tmp:
         with open(tmp / "samples.jsonl", "w") as fh:
@@ -286,5 +301,3 @@ def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLi
                                 "network_calls_per_batch": records[0]["network_calls"] if records else 0}
         if stop_id is not None:
             stage.extra["stats"]["stopped_at_eos"] = sum(r["stopped_at_eos"] for r in records)
-    log(f"{out}: {len(records)} samples ({sampler.method}, {sampler.steps} steps)")
-    return out

@@ -10,7 +10,10 @@ Layout under ``RUN_DIR/checkpoints/``::
 ``client_state`` (saved once by DeepSpeed, returned on every rank) holds the step, tokens seen, the
 dataloader state, rank 0's RNG states, the EMA, the config identity + hash and
 ``universal_checkpoint_info`` (what ``ds_to_universal`` needs to re-shard onto another world size).
-``save_checkpoint`` / ``load_checkpoint`` are collective: call them on every rank.
+``save_checkpoint`` / ``load_checkpoint`` are collective: call them on every rank. A save that
+fails to write (disk full, quota, I/O error) removes its incomplete tag and raises
+:class:`CheckpointWriteError`; older tags are pruned only after a new one is complete, so the
+newest complete checkpoint stays loadable.
 """
 from __future__ import annotations
 
@@ -24,13 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.common.artifacts import canonical_json
+from pipeline.common.artifacts import StageError, canonical_json
 from pipeline.core.kernels import KernelConfig
 from pipeline.core.model import ModelConfig
 
 MARKER = "semdlm_checkpoint.json"
 TAG_RE = re.compile(r"^global_step(\d+)$")
 UNIVERSAL_LATEST = "latest_universal"
+
+
+class CheckpointWriteError(StageError, OSError):
+    """A checkpoint could not be written; the message names the newest complete one, which is intact."""
 
 
 def tag_for(step: int) -> str:
@@ -119,17 +126,42 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, marker
     root = checkpoint_dir(run_dir)
     client_state = dict(client_state)
     client_state[UNIVERSAL_CHECKPOINT_INFO] = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
-    engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
-    torch.save({"rng": rng_state(), "ema": client_state.get("ema")}, root / tag / f"rank_state_{rank}.pt")
-    barrier()
+    try:
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+        torch.save({"rng": rng_state(), "ema": client_state.get("ema")}, root / tag / f"rank_state_{rank}.pt")
+        barrier()
+        if rank == 0:
+            part = root / tag / (MARKER + ".part")
+            part.write_text(json.dumps({**marker, "tag": tag, "step": step}, indent=2, sort_keys=True) + "\n")
+            part.replace(root / tag / MARKER)
+    except (OSError, RuntimeError) as exc:
+        if not _is_write_failure(exc):
+            raise
+        if not (root / tag / MARKER).is_file():  # never resumed from: free its space
+            shutil.rmtree(root / tag, ignore_errors=True)
+        previous = latest_tag(run_dir)
+        kept = f"the newest complete checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"could not write checkpoint {tag} to {root} ({_first_line(exc)}); is the disk "
+                                   f"full? The incomplete checkpoint was removed and {kept}; free space and rerun "
+                                   "to resume from it.") from exc
     if rank == 0:
-        part = root / tag / (MARKER + ".part")
-        part.write_text(json.dumps({**marker, "tag": tag, "step": step}, indent=2, sort_keys=True) + "\n")
-        part.replace(root / tag / MARKER)
         for old in complete_tags(run_dir)[:-keep_last]:
             shutil.rmtree(root / old, ignore_errors=True)
     barrier()
     return tag
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An OSError of the filesystem, or torch.save's zip writer failing (a RuntimeError from
+    inline_container.cc, "file write failed" / "unexpected pos", which is what a full disk gives)."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc)
+    return "PytorchStreamWriter" in text or "inline_container" in text
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_checkpoint(engine, run_dir: Path, tag: str, rank: int, world_size: int, universal: bool) -> dict:

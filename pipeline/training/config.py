@@ -3,16 +3,19 @@
     cfg = load_config("configs/tiny.yaml", ["lr=1e-3", "model_args.n_layer=4"])
 
 Values of overrides are parsed with ``yaml.safe_load`` (so ``1e-3``, ``true``, ``[0.9, 0.95]`` work);
-dotted keys reach into the dict-valued fields (``model_args``, ``kernel_args``). Unknown keys and
-inconsistent values raise ValueError with the offending key named.
+dotted keys reach into the dict-valued fields (``model_args``, ``kernel_args``). Unknown keys, values of
+the wrong type (also inside ``model_args`` / ``kernel_args``), unparsable YAML and inconsistent values raise
+ConfigError (a ValueError) with the offending key named.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from pipeline.common.artifacts import ConfigError
 from pipeline.core.kernels import KernelConfig
 from pipeline.core.likelihood import BOUNDS
 from pipeline.core.model import ModelConfig
@@ -80,8 +83,17 @@ class TrainConfig:
         positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "val_mc_steps",
                     "val_num_steps", "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
         for name in positive:
-            if int(getattr(self, name)) <= 0:
+            if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_workers", "weight_decay", "shuffle_seed", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_canonical_nodes < 1 or (self.seq_len is not None and self.seq_len < 1):
+            problems.append("num_canonical_nodes and seq_len (when set) must be >= 1")
+        if not (self.adam_eps > 0 and self.peak_flops > 0 and math.isfinite(self.lr)):
+            problems.append("adam_eps and peak_flops must be > 0 and lr finite")
+        if not 0.0 <= self.t_min < 1.0:
+            problems.append(f"t_min must be in [0, 1), got {self.t_min}")
         for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS),
                               ("val_bound", BOUNDS)):
             if getattr(self, name) not in allowed:
@@ -94,10 +106,10 @@ class TrainConfig:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or self.grad_clip <= 0:
             problems.append("min_lr_ratio must be in [0, 1] and grad_clip > 0")
-        if len(self.betas) != 2:
-            problems.append(f"betas must be two numbers, got {self.betas}")
+        if len(self.betas) != 2 or not all(_is_number(b) and 0.0 <= b < 1.0 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if problems:
-            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+            raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
         # Build the sub-configs now so a bad preset or field fails at load time, not mid-run.
         self.model_config()
         self.kernel_config()
@@ -105,7 +117,7 @@ class TrainConfig:
 
     # -- derived configs
     def model_config(self, vocab_size: int | None = None, seq_len: int | None = None) -> ModelConfig:
-        args = dict(self.model_args)
+        args = _typed_args("model_args", self.model_args, ModelConfig)
         if vocab_size is not None:
             args["vocab_size"] = vocab_size
         cfg = ModelConfig.preset(self.model, **args)
@@ -114,10 +126,10 @@ class TrainConfig:
         return cfg
 
     def kernel_config(self) -> KernelConfig:
-        unknown = set(self.kernel_args) - {f.name for f in fields(KernelConfig)}
-        if unknown:
-            raise ValueError(f"unknown kernel_args {sorted(unknown)}")
-        return KernelConfig.preset(self.kernel, **self.kernel_args)
+        args = _typed_args("kernel_args", self.kernel_args, KernelConfig)
+        if "name" in args:
+            raise ConfigError("kernel_args.name: choose the kernel with kernel=NAME (or --kernel NAME)")
+        return KernelConfig.preset(self.kernel, **args)
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.lambda_chg, self.lambda_same)
@@ -141,20 +153,47 @@ class TrainConfig:
         return d
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _typed_args(name: str, args: dict, config_class) -> dict:
+    """``model_args`` / ``kernel_args`` checked against the fields of the config they override."""
+    declared = {f.name: _declared_type(f) for f in fields(config_class)}
+    unknown = sorted(set(args) - set(declared))
+    if unknown:
+        raise ConfigError(f"unknown {name} {unknown}; known: {sorted(declared)}")
+    checked = {k: _coerce(f"{name}.{k}", declared[k], v) for k, v in args.items()}
+    # An int for a float field stays as given: checkpoint identities hold these values verbatim.
+    return {k: args[k] if type(args[k]) is int and isinstance(v, float) else v for k, v in checked.items()}
+
+
+def _declared_type(f: Field) -> str:
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
+def _yaml_value(text: str, where: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{where}: not valid YAML ({detail})") from None
+
+
 def parse_overrides(items: list[str]) -> dict:
     """["a=1", "model_args.n_layer=4"] -> {"a": 1, "model_args": {"n_layer": 4}} (values via yaml.safe_load)."""
     out: dict = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
-        node = out
+        key, sep, raw = item.partition("=")
         *parents, leaf = key.strip().split(".")
+        if not sep or not all(parents + [leaf]):
+            raise ConfigError(f"override {item!r} is not of the form key=value (key: name or name.field)")
+        value = _yaml_value(raw, f"override {item!r}") if raw != "" else None
+        node = out
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a mapping")
+                raise ConfigError(f"override {item!r}: {part!r} is not a mapping")
         node[leaf] = value
     return out
 
@@ -175,23 +214,23 @@ def _coerce(name: str, declared: str, value):
         return None
     base = declared.split("|")[0].strip()
     try:
-        if base == "float" and not isinstance(value, bool):
+        if base == "float" and not isinstance(value, bool) and not math.isnan(float(value)):
             return float(value)
         if base == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
             return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf (or 1e400) for an int
         pass
     expected = {"bool": bool, "str": str, "dict": dict, "tuple": (list, tuple)}.get(base)
     if expected is not None and isinstance(value, expected):
         return value
-    raise ValueError(f"{name} must be of type {declared}, got {value!r}")
+    raise ConfigError(f"{name} must be of type {declared}, got {value!r}")
 
 
 def config_from_dict(values: dict) -> TrainConfig:
-    declared = {f.name: str(f.type) for f in fields(TrainConfig)}
+    declared = {f.name: _declared_type(f) for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(declared))
     if unknown:
-        raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(declared)}")
+        raise ConfigError(f"unknown TrainConfig keys {unknown}; known keys: {sorted(declared)}")
     return TrainConfig(**{k: _coerce(k, declared[k], v) for k, v in values.items()})
 
 
@@ -202,9 +241,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **e
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _yaml_value(path.read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of TrainConfig keys")
+            raise ConfigError(f"{path}: the top level must be a mapping of TrainConfig keys")
         values = loaded
     values = _merge(values, parse_overrides(overrides or []))
     values = _merge(values, {k: v for k, v in explicit.items() if v is not None})

@@ -34,8 +34,12 @@ def load_ds_config(path: str | Path) -> dict:
         raise FileNotFoundError(f"DeepSpeed config {str(path)!r} does not exist")
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or not all(isinstance(config.get(k, {}), dict)
+                                               for k in ("fp16", "bf16", "zero_optimization", "optimizer")):
+        raise ValueError(f"{path}: a DeepSpeed config is a JSON object whose fp16, bf16, zero_optimization and "
+                         "optimizer entries are objects")
     if "gradient_clipping" not in config:
         raise ValueError(f"{path}: set gradient_clipping explicitly (DeepSpeed's default is no clipping)")
     if config.get("fp16", {}).get("enabled"):

@@ -315,3 +315,42 @@ def test_autoregressive_baseline_trains_exports_and_judges(preprocessed, tmp_pat
     result = generative_perplexity(["the cat sat on the mat .", "stocks fell sharply on monday ."],
                                    load_judge(str(out)))
     assert np.isfinite(result["gen_ppl"]) and result["gen_ppl"] > 1
+
+
+ENOSPC_AT_STEP4 = """
+import errno, os, runpy, sys
+import torch
+real_save = torch.save
+def full_disk(obj, f, *args, **kwargs):  # DeepSpeed's and our checkpoint files both go through torch.save
+    if "global_step4" in str(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+    return real_save(obj, f, *args, **kwargs)
+torch.save = full_disk
+sys.argv = ["pipeline/train.py", *sys.argv[1:]]
+runpy.run_path("pipeline/train.py", run_name="__main__")
+"""
+
+
+def test_full_disk_at_a_checkpoint_keeps_the_previous_one_loadable(preprocessed, tmp_path):
+    """1 rank (a 2-rank job fails the same way on the rank that cannot write, and the launcher stops the rest)."""
+    from pipeline.training.checkpoint import complete_tags, read_checkpoint_for_export
+
+    run_dir = tmp_path / "run"
+    cmd = train_command(run_dir, preprocessed, [*TINY, "max_steps=6", "ckpt_every=2"])
+    proc = run_train([PYTHON, "-c", ENOSPC_AT_STEP4, *cmd[2:]])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("pipeline/train.py: error: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "could not write checkpoint global_step4" in lines[0] and "No space left on device" in lines[0]
+    assert "the newest complete checkpoint global_step2 is intact" in lines[0]
+    assert complete_tags(run_dir) == ["global_step2"]
+    assert not (run_dir / "checkpoints" / "global_step4").exists() and not (run_dir / ".lock").exists()
+    assert read_checkpoint_for_export(run_dir).training["step"] == 2
+    before = step_losses(run_dir)
+
+    proc = run_train(train_command(run_dir, preprocessed, [*TINY, "max_steps=4", "ckpt_every=2"]))
+    _check(proc)
+    assert "resumed from global_step2" in proc.stdout
+    after = step_losses(run_dir)
+    assert [after[s] for s in (3, 4)] == [before[s] for s in (3, 4)]  # the same steps again, bit for bit
+    assert complete_tags(run_dir) == ["global_step2", "global_step4"]
