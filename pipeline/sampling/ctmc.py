@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.core.ct_elbo import ConditionalRates, conditional_reverse_rates, time_tables
+from pipeline.core.ct_elbo import ConditionalRates, TimeTables, conditional_reverse_rates, time_tables
 
 from .base import Denoiser, initial_block, time_grid
 from .draws import categorical, truncate
@@ -47,9 +47,40 @@ _T_EDGE = 1e-6  # rates are evaluated at t <= 1 - _T_EDGE (d/dt at t = 1 would b
 _REJECTION_TRIES = 32  # draws of nu outside a row; nu(row) is small, 32 misses in a row ~never happen
 
 
+_MEMO_SIZE = 8  # time values kept per kernel: a leap needs t, its midpoint and s; the next leap's t is this s
+
+
+def _memo(kernel, key, compute):
+    """``compute()`` memoised per kernel for the last few keys: schedule values at one float time.
+
+    A leap evaluates the schedules at t, (t + s) / 2 and s, its corrector again at s, and the next leap
+    starts at that s: without the memo a leap computes 4 time tables, with it 2. Each costs a few
+    forward-mode derivatives of the schedules (~5 ms on CPU, more than the O(N K) rates of a block);
+    a memoised value is the tensor a fresh call would return, bit for bit.
+    """
+    memo = kernel.__dict__.setdefault("_ctmc_memo", {})
+    if key not in memo:
+        if len(memo) >= _MEMO_SIZE:
+            memo.pop(next(iter(memo)))  # oldest first
+        memo[key] = compute()
+    return memo[key]
+
+
+def _tables_at(kernel, t: float, device) -> TimeTables:
+    t = float(t)
+    return _memo(kernel, ("tables", t, str(device)),
+                 lambda: time_tables(kernel, torch.full((1,), t, dtype=torch.float64, device=device)))
+
+
+def _branch_derivatives(kernel, s: float):
+    """kernel.branch_weights_and_derivatives at the float time s (memoised)."""
+    s = float(s)
+    return _memo(kernel, ("branch", s),
+                 lambda: kernel.branch_weights_and_derivatives(torch.tensor(s, dtype=torch.float64)))
+
+
 def _rates_at(kernel, t: float, z: torch.Tensor, v: torch.Tensor) -> ConditionalRates:
-    tab = time_tables(kernel, torch.full((1,), float(t), dtype=torch.float64, device=z.device))
-    return conditional_reverse_rates(kernel, tab, torch.zeros_like(z), z, v)
+    return conditional_reverse_rates(kernel, _tables_at(kernel, t, z.device), torch.zeros_like(z), z, v)
 
 
 def draw_clean_tokens(kernel, probs: torch.Tensor, z: torch.Tensor, t: float, generator=None,
@@ -116,7 +147,7 @@ def _max_exit_rate(kernel, own: ConditionalRates, s: float) -> torch.Tensor:
     """max over states z of |pdot_v(z)| / q_s(z | v), per position's v: the row entries, and beta'/beta for
     the states only the global branch reaches. A move of length 1 / this keeps every jump probability
     <= 1, so the uniformised kernel I + step G^v is exact and q_s(. | v)-reversible."""
-    (_, b, _), (_, db, _) = kernel.branch_weights_and_derivatives(torch.tensor(float(s), dtype=torch.float64))
+    (_, b, _), (_, db, _) = _branch_derivatives(kernel, s)
     ok = own.target_q > 0
     rows = torch.where(ok, own.target_qdot.abs() / torch.where(ok, own.target_q, 1.0), 0.0).amax(-1)
     generic = float(db.abs() / b) if float(b) > 0 else 0.0
@@ -140,7 +171,7 @@ def corrector_step(kernel, probs: torch.Tensor, z: torch.Tensor, s: float, step:
     fwd = torch.nonzero(move & (own.qdot < 0)).flatten()  # forward: away from v, into its row or nu
     if fwd.numel():
         targets, gain = own.targets.index_select(0, fwd), own.target_qdot.index_select(0, fwd).clamp_min(0.0)
-        db = kernel.branch_weights_and_derivatives(torch.tensor(float(s), dtype=torch.float64))[1][1]
+        db = _branch_derivatives(kernel, s)[1][1]
         outside = float(db) * (1.0 - kernel.global_dist[targets].sum(-1)).clamp_min(0.0)  # beta' nu(outside row)
         choice = categorical(torch.cat([gain, outside.unsqueeze(-1)], -1), generator)
         y = targets.gather(-1, choice.clamp_max(targets.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
