@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.common import faults
 from pipeline.common.artifacts import StageError, canonical_json
 from pipeline.core.kernels import KernelConfig
 from pipeline.core.model import ModelConfig
@@ -126,10 +127,17 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, marker
     root = checkpoint_dir(run_dir)
     client_state = dict(client_state)
     client_state[UNIVERSAL_CHECKPOINT_INFO] = {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}
+    if rank == 0 and (root / tag).is_dir() and not (root / tag / MARKER).is_file():
+        shutil.rmtree(root / tag)  # left by a save that was killed: start this tag from scratch
+    barrier()
+    faults.point("save.begin", step, rank)
+    faults.tear_nth_save(engine, step, rank)
     try:
         engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
         torch.save({"rng": rng_state(), "ema": client_state.get("ema")}, root / tag / f"rank_state_{rank}.pt")
+        faults.point("save.rank_state", step, rank)
         barrier()
+        faults.point("save.before_marker", step, rank)
         if rank == 0:
             part = root / tag / (MARKER + ".part")
             part.write_text(json.dumps({**marker, "tag": tag, "step": step}, indent=2, sort_keys=True) + "\n")
@@ -144,11 +152,30 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, marker
         raise CheckpointWriteError(f"could not write checkpoint {tag} to {root} ({_first_line(exc)}); is the disk "
                                    f"full? The incomplete checkpoint was removed and {kept}; free space and rerun "
                                    "to resume from it.") from exc
+    faults.point("save.after_marker", step, rank)
     if rank == 0:
-        for old in complete_tags(run_dir)[:-keep_last]:
-            shutil.rmtree(root / old, ignore_errors=True)
+        prune(run_dir, keep_last, step)
     barrier()
     return tag
+
+
+def prune(run_dir: Path, keep_last: int, step: int) -> None:
+    """Remove complete tags older than the newest ``keep_last`` and incomplete tags older than ``step``.
+
+    A tag loses its marker before its files: a kill mid-prune leaves an incomplete tag (never resumed
+    from, removed by the next prune), never a marked tag with files missing.
+    """
+    root = checkpoint_dir(run_dir)
+    keep = set(complete_tags(run_dir)[-keep_last:])
+    for path in sorted(root.iterdir()):
+        m = TAG_RE.match(path.name)
+        if not m or path.name in keep or int(m.group(1)) >= step:
+            continue
+        marker = path / MARKER
+        if marker.is_file():
+            marker.unlink()
+            faults.point("save.prune", step, 0)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_write_failure(exc: BaseException) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipeline.common import faults
 from pipeline.core.likelihood import tightest
 from pipeline.core.objectives import Objective
 from pipeline.core.time_sampling import TimeSampler, TimeSamplerConfig, step_seed
@@ -198,6 +199,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         env, engine = self.env, self.engine
+        faults.point("step.begin", self.step + 1, env.rank)
         micro, ids, local_den = self._prepare_micro_batches()
         (global_den,) = env.all_reduce_sum([local_den])
         scale = env.world_size * self.accum / max(global_den, 1e-12)  # undo DeepSpeed's mean over ranks/micro-steps
@@ -206,7 +208,9 @@ class Trainer:
             with self.timer.phase("forward_backward"):
                 torch.manual_seed(seed)  # dropout: a pure function of (seed, step, rank, micro-step)
                 num, _ = self.objective.loss_terms(self.objective.logits(engine, batch), batch)
+                faults.point("step.forward", self.step + 1, env.rank)
                 engine.backward(num * scale)
+                faults.point("step.backward", self.step + 1, env.rank)
             value = float(num.detach())
             finite &= math.isfinite(value)
             local_num += value
@@ -255,6 +259,7 @@ class Trainer:
             for name, nats in bounds.items():
                 totals[name] += float(nats.sum())
             tokens += float(self.objective.scored_tokens(real))
+            faults.point("val.batch", self.step, self.env.rank)
         *sums, tokens = self.env.all_reduce_sum([totals[n] for n in names] + [tokens])
         _, nats = tightest(dict(zip(names, sums)))  # the evaluation's choice, on the validation batches
         nelbo = nats / max(tokens, 1.0)
