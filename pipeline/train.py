@@ -134,6 +134,7 @@ def train(args, cfg) -> int:
     from pipeline.training import data
     from pipeline.training.components import load_upstream
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
+    from pipeline.training.init_from import apply_init_weights, load_init_weights
     from pipeline.training.loop import Trainer, lr_multiplier
 
     kernel_cfg: KernelConfig = cfg.kernel_config()
@@ -147,6 +148,9 @@ def train(args, cfg) -> int:
     existing = ckpt.latest_tag(Path(cfg.run_dir))
     if existing is not None and not args.universal:  # refuse before any expensive setup
         ckpt.check_identity(ckpt.read_marker(Path(cfg.run_dir), existing)["identity"], identity, cfg.run_dir)
+    init = None  # a run with a checkpoint resumes from it: init_from only starts new runs
+    if cfg.init_from and existing is None and not args.universal:
+        init = load_init_weights(cfg.init_from, model_cfg, upstream.tokenizer["identity"], cfg.init_from_weights)
 
     env = init_distributed(args.local_rank)
     run_dir = Path(cfg.run_dir)
@@ -159,6 +163,10 @@ def train(args, cfg) -> int:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(model_cfg)
+    if init is not None:
+        apply_init_weights(model, init)
+        if env.rank == 0:
+            print(f"initialised from {init.source}: optimizer fresh, step 0", flush=True)
     n_params = count_parameters(model)  # before DeepSpeed partitions anything (ZeRO-3)
     optimizer = None
     if "optimizer" not in ds_config:
@@ -187,9 +195,14 @@ def train(args, cfg) -> int:
               f"{'autoregressive' if model_cfg.causal else 'kernel ' + kernel_cfg.name}; "
               f"world {env.world_size} x micro {cfg.micro_batch} x accum "
               f"{cfg.accum_steps(env.world_size)} = {cfg.global_batch}; {precision}", flush=True)
+    samples = None
+    if cfg.sample_every and env.rank == 0 and kernel is not None:  # the AR baseline is not sampled in training
+        from pipeline.training.samples import TrainingSamples
+
+        samples = TrainingSamples(cfg, kernel, upstream.tokenizer.get("name_or_path"), upstream.seq_len, env.device)
     trainer = Trainer(cfg, engine, objective, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
-                      universal=args.universal)
+                      universal=args.universal, samples=samples)
     return trainer.run()
 
 

@@ -42,6 +42,8 @@ class TrainConfig:
     neighbors: str | None = None
     run_dir: str | None = None
     seq_len: int | None = None                # expected sequence length of the data (checked, None = any)
+    init_from: str | None = None              # export or run dir whose weights start a new run (init_from.py)
+    init_from_weights: str = "ema"            # init_from a run dir: its ema | raw weights
     # -- batch and optimisation
     global_batch: int = 16                    # sequences per optimizer step, all ranks
     micro_batch: int = 8                      # sequences per rank per forward
@@ -76,12 +78,18 @@ class TrainConfig:
     probe_samples: int = 4                    # micro-batches per bucket
     peak_flops: float = 989e12                # per device bf16 dense peak for MFU: H100/H200 989e12, A100 312e12
     log_sample_ids: bool = False              # write each step's sample ids to RUN_DIR/sample_ids_rank{R}.jsonl
+    # -- samples during training (pipeline/training/samples.py; rank 0, EMA weights, kernel's default sampler)
+    sample_every: int = 0                     # 0 = off
+    sample_num: int = 4                       # sequences per draw
+    sample_steps: int = 32                    # sampler steps per draw (few: a glance, not an evaluation)
+    judge: str | None = None                  # Gen-PPL judge of the draws: an AR export or a HF causal LM
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         problems = []
         positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "val_mc_steps",
-                    "val_num_steps", "keep_last", "max_bad_steps", "probe_buckets", "probe_samples")
+                    "val_num_steps", "keep_last", "max_bad_steps", "probe_buckets", "probe_samples", "sample_num",
+                    "sample_steps")
         for name in positive:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
@@ -95,13 +103,15 @@ class TrainConfig:
         if not 0.0 <= self.t_min < 1.0:
             problems.append(f"t_min must be in [0, 1), got {self.t_min}")
         for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS),
-                              ("val_bound", BOUNDS)):
+                              ("val_bound", BOUNDS), ("init_from_weights", ("ema", "raw"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.global_batch % max(self.micro_batch, 1):
             problems.append(f"global_batch={self.global_batch} is not a multiple of micro_batch={self.micro_batch}")
-        if not self.lr > 0 or min(self.warmup_steps, self.val_every, self.probe_every, self.ckpt_every) < 0:
-            problems.append("lr must be > 0; warmup_steps, val_every, probe_every, ckpt_every must be >= 0")
+        if not self.lr > 0 or min(self.warmup_steps, self.val_every, self.probe_every, self.ckpt_every,
+                                  self.sample_every) < 0:
+            problems.append("lr must be > 0; warmup_steps, val_every, probe_every, ckpt_every, sample_every must "
+                            "be >= 0")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or self.grad_clip <= 0:

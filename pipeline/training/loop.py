@@ -99,10 +99,11 @@ class StopFlag:
 class Trainer:
     def __init__(self, cfg: TrainConfig, engine, objective: Objective, stream, val_set, env: Dist, run_dir: Path,
                  identity: dict, marker_base: dict, flops_per_token: float, seq_len: int, pad_id: int | None,
-                 universal: bool = False):
+                 universal: bool = False, samples=None):
         self.cfg, self.engine, self.objective, self.stream, self.val_set = cfg, engine, objective, stream, val_set
         self.env, self.run_dir, self.identity, self.marker_base = env, run_dir, identity, marker_base
         self.flops_per_token, self.seq_len, self.pad_id, self.universal = flops_per_token, seq_len, pad_id, universal
+        self.samples = samples  # TrainingSamples on rank 0 when sample_every > 0, else None
         self.accum = cfg.accum_steps(env.world_size)
         # The AR baseline shares data, optimisation, EMA and checkpoints; only the objective differs.
         self.autoregressive = objective.autoregressive
@@ -236,13 +237,18 @@ class Trainer:
                 "grad_norm": float(grad_norm) if grad_norm is not None else None}
 
     # ------------------------------------------------------------------ validation and probe
-    @torch.no_grad()
-    def validate(self) -> dict:
-        """The objective's bound on the validation batches with the EMA weights, in nats per token."""
+    def ema_model(self) -> torch.nn.Module:
+        """A fresh eval-mode model holding the EMA weights (what an export would hold)."""
         from pipeline.core.model import build_model
 
         model = build_model(self.engine.module.cfg).to(self.env.device).eval()
         model.load_state_dict(dict(zip(self.ema.names, self.ema.shadow)), strict=True)
+        return model
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """The objective's bound on the validation batches with the EMA weights, in nats per token."""
+        model = self.ema_model()
         gen = torch.Generator(device=self.env.device).manual_seed(step_seed(self.cfg.seed, _VAL_SALT + self.env.rank))
         # every rank reduces the same names, also one whose slice of the validation set is empty
         names = self.objective.bound_names(self.cfg.val_bound, self.cfg.val_num_steps)
@@ -312,6 +318,11 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
             if cfg.val_every and (self.step % cfg.val_every == 0 or self.step == cfg.max_steps):
                 values.update(self.validate())
+            if self.samples is not None and self.step % cfg.sample_every == 0:
+                with torch.random.fork_rng(devices=[]):  # build_model draws initial weights: keep training's RNG
+                    metrics, texts = self.samples.draw(self.ema_model(), self.step)
+                values.update(metrics)
+                self.logger.log_text(self.step, "samples/text", texts)
             self.logger.log(self.step, values, console=self.step % cfg.log_every == 0 or "val/nelbo" in values)
             if self.consecutive_bad >= cfg.max_bad_steps:
                 self.save()

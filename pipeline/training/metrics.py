@@ -79,6 +79,16 @@ class MetricsLogger:
             shown = " ".join(f"{k.split('/')[-1]}={_fmt(v)}" for k, v in clean.items())
             print(f"step {step}: {shown}", flush=True)
 
+    def log_text(self, step: int, key: str, texts: list[str]) -> None:
+        """Texts (samples) to TensorBoard's text plugin and one metrics.jsonl record."""
+        if not self.active:
+            return
+        if self.writer is not None:
+            self.writer.add_text(key, "\n\n".join(f"{i}: {t}" for i, t in enumerate(texts)), step)
+        self.jsonl.write(json.dumps({"step": step, key: texts}) + "\n")
+        for i, text in enumerate(texts[:2]):
+            print(f"step {step}: sample {i}: {text[:160]}", flush=True)
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

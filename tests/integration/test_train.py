@@ -354,3 +354,56 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one_loadable(preprocessed,
     after = step_losses(run_dir)
     assert [after[s] for s in (3, 4)] == [before[s] for s in (3, 4)]  # the same steps again, bit for bit
     assert complete_tags(run_dir) == ["global_step2", "global_step4"]
+
+
+def test_init_from_a_run_starts_a_new_run_under_another_kernel(reference_run, preprocessed, neighbors, tmp_path):
+    """Continue the (mask) reference run under semdlm_plus: its weights, a fresh optimizer, step 0."""
+    from pipeline.training.checkpoint import read_checkpoint_for_export
+
+    run_dir = tmp_path / "ft"
+    # lr 1e-30: one AdamW step moves no fp32 weight by more than 1e-30, so step 1 holds the initial weights
+    overrides = [*TINY, "max_steps=1", "ckpt_every=1", "lr=1e-30", "warmup_steps=0", "kernel_args.k_max=8",
+                 f"init_from={reference_run}", "init_from_weights=raw"]
+    proc = run_train(train_command(run_dir, preprocessed, overrides,
+                                   extra=["--kernel", "semdlm_plus", "--neighbors", str(neighbors)]))
+    _check(proc)
+    assert f"initialised from run {reference_run} (global_step8, raw weights)" in proc.stdout
+    source = read_checkpoint_for_export(reference_run, use_ema=False).weights
+    started = read_checkpoint_for_export(run_dir, use_ema=False)
+    assert started.training["step"] == 1 and started.kernel_cfg.name == "semdlm_plus"
+    for name, value in source.items():
+        assert torch.allclose(started.weights[name], value, rtol=0, atol=1e-25), name
+
+    proc = run_train(train_command(tmp_path / "bad", preprocessed, [*TINY, "model_args.n_layer=3",
+                                                                     f"init_from={reference_run}"]))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "init_from" in proc.stderr and "n_layer: 2 there, 3 here" in proc.stderr
+
+
+def test_samples_during_training_are_logged_and_leave_training_unchanged(reference_run, preprocessed, tmp_path):
+    """The reference run again with sample_every=4 and a Gen-PPL judge: texts, entropy, distinct-2 and
+    Gen-PPL logged at steps 4 and 8; every loss equal to the reference's bit for bit."""
+    from pipeline.common.artifacts import load_manifest
+    from pipeline.common.export_artifact import save_export
+    from pipeline.core.model import ModelConfig
+
+    judge_cfg = ModelConfig.preset("tiny", vocab_size=30522, causal=True)
+    tokenizer = load_manifest(preprocessed, stage="preprocess")["tokenizer"]
+    judge = save_export(tmp_path / "judge", build_model(judge_cfg), judge_cfg, None, tokenizer, {}, "ar")
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "max_steps=8", "ckpt_every=4", "log_sample_ids=true", "val_every=8", "sample_every=4",
+                 "sample_num=2", "sample_steps=4", f"judge={judge}"]
+    proc = run_train(train_command(run_dir, preprocessed, overrides, ranks=2))
+    _check(proc)
+    assert step_losses(run_dir) == step_losses(reference_run)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    texts = {r["step"]: r["samples/text"] for r in records if "samples/text" in r}
+    assert sorted(texts) == [4, 8] and all(len(t) == 2 and all(isinstance(s, str) and s for s in t)
+                                           for t in texts.values())
+    scalars = {r["step"]: r for r in records if "samples/entropy" in r}
+    assert sorted(scalars) == [4, 8]
+    for rec in scalars.values():
+        assert rec["samples/entropy"] > 0 and 0 < rec["samples/distinct_2"] <= 1 and rec["samples/gen_ppl"] > 1
+    assert "step 4: sample 0: " in proc.stdout
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and any(b"samples/text" in e.read_bytes() for e in events)

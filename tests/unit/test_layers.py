@@ -16,7 +16,8 @@ ENTRY_POINTS = {"pipeline.train", "pipeline.export", "pipeline.sample", "pipelin
 ALLOWED = {
     "pipeline.core": set(),
     "pipeline.common": {"pipeline.core"},
-    "pipeline.training": {"pipeline.core", "pipeline.common"},
+    # training draws samples during a run (samples.py): it sits above sampling and evaluation
+    "pipeline.training": {"pipeline.core", "pipeline.common", "pipeline.sampling", "pipeline.evaluation"},
     "pipeline.sampling": {"pipeline.core", "pipeline.common"},
     "pipeline.evaluation": {"pipeline.core", "pipeline.common", "pipeline.sampling"},
     "pipeline.research": {"pipeline.core", "pipeline.common", "pipeline.sampling"},
