@@ -20,7 +20,7 @@ set -euo pipefail
 RUN_DIR=${RUN_DIR:?set RUN_DIR to a training run directory}
 OUT=${OUT:?set OUT to the export directory}
 PYTHON=${PYTHON:-.venv/bin/python}
-EXTRA_ARGS=${EXTRA_ARGS:-""}            # anything else for python -m pipeline.export (--tag, --raw-weights)
+EXTRA_ARGS=${EXTRA_ARGS:-""}            # anything else for python -m pipeline.export (--tag, --raw-weights, --eval)
 # --------------------------------------------------------------------------------------------
 
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}

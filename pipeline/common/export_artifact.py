@@ -6,7 +6,9 @@ An export is an artifact (stage "export") holding
   (KernelConfig.to_dict() or null), ``tokenizer`` (identity + special ids), ``artifacts`` (absolute
   paths of the preprocessed data and of the neighbour tables, with their manifest hashes) and, when
   exported from a run, ``training`` (step, tokens seen, run directory);
-* ``model.safetensors``: the weights (the EMA weights when exported from a run).
+* ``model.safetensors``: the weights (the EMA weights when exported from a run);
+* the Hugging Face side (:mod:`pipeline.common.hf_export`): config.json's HF keys, remote code, tokenizer
+  files and README.md, so transformers loads the same directory (``trust_remote_code=True``).
 
 :func:`save_export` writes one (``pipeline.training.export.export_run`` from a run's checkpoint),
 :func:`load_export` reads it back with its kernel, built by the same factory as in training.
@@ -21,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.common.artifacts import StageError, StageRun, load_manifest, manifest_hash
+from pipeline.common.hf_export import hf_config_fields, write_hf_files
+from pipeline.common.model_card import EvaluationSummary
 from pipeline.common.neighbor_artifact import load_neighbor_tables
 from pipeline.core.kernels import Kernel, KernelConfig, make_kernel
 from pipeline.core.model import ModelConfig, build_model
@@ -46,8 +50,13 @@ class Exported:
 
 def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None,
                 tokenizer_info: dict, artifacts: dict, kind: str, force: bool = False,
-                training: dict | None = None, state_dict: dict | None = None, break_lock: bool = False) -> Path:
-    """Write an export artifact; ``state_dict`` (e.g. EMA weights) replaces ``model.state_dict()``."""
+                training: dict | None = None, state_dict: dict | None = None, break_lock: bool = False,
+                hf_tokenizer=None, evaluation: EvaluationSummary | None = None) -> Path:
+    """Write an export artifact; ``state_dict`` (e.g. EMA weights) replaces ``model.state_dict()``.
+
+    ``hf_tokenizer`` (see ``hf_export.load_export_tokenizer``) is saved into the export; ``evaluation``
+    (``model_card.read_evaluation``, an evaluation of these same weights) puts its bounds on the model card.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "diffusion" and kernel_cfg is None:
@@ -61,6 +70,9 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     config = {"kind": kind, "model": model_cfg.to_dict(),
               "kernel": kernel_cfg.to_dict() if kernel_cfg is not None else None,
               "tokenizer": dict(tokenizer_info), "artifacts": refs, "training": training or {}}
+    config.update(hf_config_fields(kind, config["model"], tokenizer_info))  # our readers ignore these keys
+    if evaluation is not None:
+        upstream["evaluation"] = evaluation.directory
     weights = state_dict if state_dict is not None else model.state_dict()
     # safetensors wants contiguous, unshared CPU tensors; non-persistent buffers are not in state_dict.
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
@@ -71,6 +83,7 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     with run as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "kind": kind})
+        write_hf_files(tmp, config, hf_tokenizer, evaluation)
     return Path(out_dir)
 
 
