@@ -146,6 +146,7 @@ def train(args, cfg) -> int:
     identity = cfg.identity(upstream.vocab_size, upstream.seq_len, upstream.tokenizer["identity"])
     existing = ckpt.latest_tag(Path(cfg.run_dir))
     if existing is not None and not args.universal:  # refuse before any expensive setup
+        ckpt.check_files(Path(cfg.run_dir), existing)  # a damaged tag: named, with the older one to fall back to
         ckpt.check_identity(ckpt.read_marker(Path(cfg.run_dir), existing)["identity"], identity, cfg.run_dir)
 
     env = init_distributed(args.local_rank)
