@@ -3,6 +3,7 @@
     python -m neighbor_index --preprocessed DIR --out DIR [--k-max 64]
         [--embedder PATH_OR_ID | --embeddings-from-model PATH] [--index {flat,ivf,hnsw}]
         [--tau 1.0] [--min-count N] [--force]
+    python -m neighbor_index verify DIR...   (exit 0 clean, 1 problems found; see python -m pipeline.verify)
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 
 from pipeline.common.artifacts import stage_errors
 from pipeline.common.locks import add_break_lock_argument
+from pipeline.common.neighbor_artifact import STAGE
+from pipeline.common.verify import artifact_check, report
 
 from .build import run_neighbor_index
 from .config import INDEX_KINDS, NeighborIndexConfig
@@ -51,7 +54,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verify_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=f"{PROG} verify", description="Check a neighbour artifact: every file "
+                                "re-hashed, every table loaded and its shape checked (exit 0 clean, 1 problems).")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    args = p.parse_args(argv)
+    return report(f"{PROG} verify", args.dirs, artifact_check(stages=(STAGE,)))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"]:
+        return _verify_main(argv[1:])
     args = _build_parser().parse_args(argv)
     with stage_errors(PROG):
         cfg = NeighborIndexConfig(

@@ -147,6 +147,7 @@ def train(args, cfg) -> int:
     identity = cfg.identity(upstream.vocab_size, upstream.seq_len, upstream.tokenizer["identity"])
     existing = ckpt.latest_tag(Path(cfg.run_dir))
     if existing is not None and not args.universal:  # refuse before any expensive setup
+        ckpt.check_files(Path(cfg.run_dir), existing)  # a damaged tag: named, with the older one to fall back to
         ckpt.check_identity(ckpt.read_marker(Path(cfg.run_dir), existing)["identity"], identity, cfg.run_dir)
     init = None  # a run with a checkpoint resumes from it: init_from only starts new runs
     if cfg.init_from and existing is None and not args.universal:

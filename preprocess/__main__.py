@@ -2,17 +2,18 @@
 
     python -m preprocess --input PATH... --out DIR --mode {lm1b,owt} [--seq-len N] [--tokenizer PATH_OR_ID]
     python -m preprocess merge --out DIR --num-shards N
-    python -m preprocess verify DIR
+    python -m preprocess verify DIR...        (exit 0 clean, 1 problems found; see python -m pipeline.verify)
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.common.artifacts import stage_errors, verify_artifact
+from pipeline.common.artifacts import stage_errors
 from pipeline.common.locks import add_break_lock_argument
+from pipeline.common.verify import artifact_check, report
 
-from .build import run_preprocess
+from .build import GROUP_STAGE, STAGE, run_preprocess
 from .config import PreprocessConfig
 from .merge import merge_groups
 
@@ -65,16 +66,11 @@ def _merge_main(argv: list[str]) -> int:
 
 
 def _verify_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=f"{PROG} verify", description="Re-hash every file of an artifact.")
-    p.add_argument("dir")
+    p = argparse.ArgumentParser(prog=f"{PROG} verify", description="Check a preprocess artifact: every file "
+                                "re-hashed, every MDS shard against index.json (exit 0 clean, 1 problems found).")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
     args = p.parse_args(argv)
-    with stage_errors(f"{PROG} verify"):
-        bad = verify_artifact(args.dir)
-    if bad:
-        print(f"{args.dir}: checksum mismatch in {len(bad)} files: {', '.join(bad[:10])}", file=sys.stderr)
-        return 1
-    print(f"{args.dir}: all checksums match")
-    return 0
+    return report(f"{PROG} verify", args.dirs, artifact_check(stages=(STAGE, GROUP_STAGE)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,9 @@ Three guarantees, used by every stage through :class:`StageRun`:
   fingerprints, upstream manifest hashes) matches the existing manifest prints "up to date" and
   does nothing; ``force=True`` rebuilds.
 * **Refuse bad upstreams**: :func:`load_manifest` raises :class:`ArtifactError` naming the
-  directory when the manifest is missing, unparsable, not marked complete, of another stage, or
-  when a file it lists is missing or has another size.
+  directory when the manifest is missing, unparsable, not marked complete, edited after it was
+  written (its ``manifest_sha256`` self-checksum), of another stage, or when a file it lists is
+  missing or has another size (truncated or replaced).
 
 A run also holds the output's lock (:mod:`pipeline.common.locks`): one writer per artifact.
 """
@@ -51,6 +52,7 @@ from .locks import DirectoryLock, output_lock_path, pid_alive
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
+SELF_CHECKSUM = "manifest_sha256"
 # Bytes read from the head and from the tail of an input file for its quick fingerprint.
 _FINGERPRINT_EDGE_BYTES = 1 << 20
 
@@ -142,6 +144,10 @@ def load_manifest(directory: str | os.PathLike, stage: str | None = None,
         raise ArtifactError(f"{str(manifest_path)!r} is unreadable: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("complete") is not True:
         raise ArtifactError(f"{str(directory)!r}: manifest is not marked complete")
+    recorded = manifest.get(SELF_CHECKSUM)  # absent in manifests written before it existed: accepted
+    if recorded is not None and recorded != manifest_self_checksum(manifest):
+        raise ArtifactError(f"{manifest_path} was edited after it was written (its {SELF_CHECKSUM} no longer "
+                            "matches its content); rebuild the artifact (rerun its stage with --force)")
     if stage is not None and manifest.get("stage") != stage:
         raise ArtifactError(f"{str(directory)!r} holds a {manifest.get('stage')!r} artifact, "
                             f"expected a {stage!r} artifact")
@@ -149,11 +155,18 @@ def load_manifest(directory: str | os.PathLike, stage: str | None = None,
         for rel, meta in manifest.get("outputs", {}).items():
             path = directory / rel
             if not path.is_file():
-                raise ArtifactError(f"{str(directory)!r} is incomplete: {rel!r} is missing")
+                raise ArtifactError(f"{path} is missing: {str(directory)!r} is incomplete "
+                                    f"(its {MANIFEST_NAME} lists it); rebuild it (rerun its stage with --force)")
             if path.stat().st_size != meta["size"]:
-                raise ArtifactError(f"{str(directory)!r} is incomplete: {rel!r} has size "
-                                    f"{path.stat().st_size}, manifest says {meta['size']}")
+                raise ArtifactError(f"{path} was truncated or replaced: it has {path.stat().st_size} bytes, "
+                                    f"{MANIFEST_NAME} records {meta['size']}; rebuild {str(directory)!r} "
+                                    "(rerun its stage with --force)")
     return manifest
+
+
+def manifest_self_checksum(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own checksum: a hand edit changes it."""
+    return hash_object({k: v for k, v in manifest.items() if k != SELF_CHECKSUM})
 
 
 def verify_artifact(directory: str | os.PathLike) -> list[str]:
@@ -368,6 +381,9 @@ class StageRun:
             **self.extra,
             "freshness_key": canonical_json(self.freshness_key()),
         }
+        # Checksummed as it will read back (default=str turns Paths etc. into strings).
+        manifest = json.loads(json.dumps(manifest, default=str))
+        manifest[SELF_CHECKSUM] = manifest_self_checksum(manifest)
         # Written last, through its own temp file: its presence marks the directory complete.
         part = tmp / (MANIFEST_NAME + ".part")
         part.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -11,7 +11,8 @@ An export is an artifact (stage "export") holding
   files and README.md, so transformers loads the same directory (``trust_remote_code=True``).
 
 :func:`save_export` writes one (``pipeline.training.export.export_run`` from a run's checkpoint),
-:func:`load_export` reads it back with its kernel, built by the same factory as in training.
+:func:`load_export` reads it back with its kernel, built by the same factory as in training, after checking
+the names and shapes of model.safetensors against the model config.json describes (:func:`check_weights_match`).
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.common.artifacts import StageError, StageRun, load_manifest, manifest_hash
+from pipeline.common.artifacts import ArtifactError, StageError, StageRun, load_manifest, manifest_hash
 from pipeline.common.hf_export import hf_config_fields, write_hf_files
 from pipeline.common.model_card import EvaluationSummary
 from pipeline.common.neighbor_artifact import load_neighbor_tables
@@ -87,14 +89,47 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     return Path(out_dir)
 
 
+def read_export_config(directory: Path) -> tuple[dict, ModelConfig]:
+    """config.json and its ModelConfig; ArtifactError naming the file when either is unusable."""
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+        return config, ModelConfig(**config["model"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path} is not a usable export config ({type(exc).__name__}: {exc}); "
+                            "re-export the run (python -m pipeline.export RUN_DIR --out DIR --force)") from exc
+
+
+def check_weights_match(directory: Path, model: torch.nn.Module) -> None:
+    """Names and shapes of model.safetensors against ``model`` (built from config.json), read from the file's
+    header without loading a tensor; one ArtifactError naming the file instead of torch's many-line one."""
+    path = Path(directory) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            found = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not a readable safetensors file ({exc})") from exc
+    wanted = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    missing = sorted(set(wanted) - set(found))
+    unexpected = sorted(set(found) - set(wanted))
+    reshaped = [n for n in wanted if n in found and found[n] != wanted[n]]
+    if not (missing or unexpected or reshaped):
+        return
+    first = (f"{reshaped[0]} is {list(found[reshaped[0]])} in the file, {list(wanted[reshaped[0]])} in the model"
+             if reshaped else f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+    raise ArtifactError(f"{path} does not match {path.parent / 'config.json'}: {len(missing)} tensors missing, "
+                        f"{len(unexpected)} unexpected, {len(reshaped)} of another shape (first: {first}); "
+                        "re-export the run (python -m pipeline.export RUN_DIR --out DIR --force)")
+
+
 def load_export(directory, device: torch.device | str = "cpu") -> Exported:
     """Load an export: model in eval mode, kernel with its neighbour tables (None for AR)."""
     directory = Path(directory)
     load_manifest(directory, stage=STAGE)
-    config = json.loads((directory / "config.json").read_text())
+    config, model_cfg = read_export_config(directory)
     kind = config["kind"]
-    model_cfg = ModelConfig(**config["model"])
     model = build_model(model_cfg)
+    check_weights_match(directory, model)
     state = load_file(str(directory / "model.safetensors"), device="cpu")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()

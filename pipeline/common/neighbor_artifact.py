@@ -16,6 +16,8 @@ tensors (:class:`NeighborTables`), which is what kernels and the samplers consum
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,16 +114,33 @@ def write_neighbor_arrays(directory: str | os.PathLike, arrays: dict[str, np.nda
 
 
 def read_neighbor_arrays(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """(arrays by name, manifest) of a complete, validated neighbour artifact; ArtifactError otherwise."""
+    """(arrays by name, manifest) of a complete, validated neighbour artifact; ArtifactError otherwise.
+
+    The tables are small (tens of MB for a 30k vocabulary), so every load also re-hashes them against the
+    manifest: a flipped bit would otherwise change the kernel silently.
+    """
     directory = Path(directory)
     manifest = load_manifest(directory, stage=STAGE)
     arrays = {}
     for name in TABLE_FILES:
         path = directory / f"{name}.npy"
         if path.is_file():
-            arrays[name] = np.load(path, allow_pickle=False)
+            arrays[name] = load_table(path, manifest.get("outputs", {}).get(path.name))
     validate_neighbor_arrays(arrays, str(directory))
     return arrays, manifest
+
+
+def load_table(path: Path, recorded: dict | None = None) -> np.ndarray:
+    """One ``.npy`` table (no pickles), checked against its manifest entry; ArtifactError naming the file."""
+    data = path.read_bytes()
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded["sha256"]:
+        raise ArtifactError(f"{path} is corrupt: its sha256 differs from the one its manifest records (changed "
+                            "after neighbor_index wrote it); rebuild the artifact (python -m neighbor_index --force)")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{path} is not a readable .npy table ({exc}); rebuild the artifact "
+                            "(python -m neighbor_index --force)") from exc
 
 
 @dataclass(frozen=True)

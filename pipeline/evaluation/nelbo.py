@@ -27,12 +27,13 @@ SEQ_COLUMN = "tokens"
 
 def read_test_sequences(split_dir: str | Path, max_sequences: int | None = None) -> torch.Tensor:
     """The sequences of an MDS split (the first ``max_sequences`` when given), in order, as Long[N, L]."""
-    from streaming import StreamingDataset
+    from pipeline.common.mds_check import verified_dataset_class
 
     split_dir = Path(split_dir)
     if not (split_dir / "index.json").is_file():
         raise FileNotFoundError(f"{split_dir}: not an MDS split directory (no index.json)")
-    ds = StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1, predownload=None)
+    # each shard is checked against its index.json sha1 before it is read (ShardCorruptError)
+    ds = verified_dataset_class()(local=str(split_dir), shuffle=False, batch_size=1, predownload=None)
     n = len(ds) if max_sequences is None else min(len(ds), max_sequences)
     rows = [np.asarray(ds[i][SEQ_COLUMN], dtype=np.int64) for i in range(n)]
     del ds

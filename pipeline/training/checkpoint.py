@@ -32,6 +32,8 @@ from pipeline.common.artifacts import StageError, canonical_json
 from pipeline.core.kernels import KernelConfig
 from pipeline.core.model import ModelConfig
 
+from .checkpoint_verify import check_sizes, read_marker_file, record_files
+
 MARKER = "semdlm_checkpoint.json"
 TAG_RE = re.compile(r"^global_step(\d+)$")
 UNIVERSAL_LATEST = "latest_universal"
@@ -94,7 +96,12 @@ def read_marker(run_dir: Path, tag: str) -> dict:
     path = checkpoint_dir(run_dir) / tag / MARKER
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} is not a complete checkpoint (no {MARKER})")
-    return json.loads(path.read_text())
+    return read_marker_file(path)
+
+
+def check_files(run_dir: Path, tag: str) -> None:
+    """Before loading a tag: its files as saved (sizes, see checkpoint_verify), or CheckpointDamagedError."""
+    check_sizes(checkpoint_dir(run_dir), tag, MARKER, complete_tags(run_dir))
 
 
 def check_identity(saved: dict, current: dict, where: str) -> None:
@@ -140,7 +147,9 @@ def save_checkpoint(engine, run_dir: Path, step: int, client_state: dict, marker
         faults.point("save.before_marker", step, rank)
         if rank == 0:
             part = root / tag / (MARKER + ".part")
-            part.write_text(json.dumps({**marker, "tag": tag, "step": step}, indent=2, sort_keys=True) + "\n")
+            files = record_files(root / tag, skip=MARKER)  # every rank's files, after the barrier
+            part.write_text(json.dumps({**marker, "tag": tag, "step": step, "files": files}, indent=2,
+                                       sort_keys=True) + "\n")
             part.replace(root / tag / MARKER)
     except (OSError, RuntimeError) as exc:
         if not _is_write_failure(exc):
@@ -230,6 +239,7 @@ def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: b
     tag = tag or latest_tag(run_dir)
     if tag is None:
         raise FileNotFoundError(f"{run_dir} holds no complete checkpoint (looked in {checkpoint_dir(run_dir)})")
+    check_files(run_dir, tag)
     marker = read_marker(run_dir, tag)
     tag_dir = checkpoint_dir(run_dir) / tag
     # ZeRO-0/1/2 write mp_rank_00_model_states.pt; ZeRO-3 writes one per rank (client_state in each).

@@ -5,6 +5,9 @@ deterministically from (shuffle_seed, num_canonical_nodes, epoch), and ``Streami
 records how many samples were yielded, so ``state_dict()`` / ``load_state_dict()`` resume mid-epoch
 without repeating or skipping a sample, also on another world size (num_canonical_nodes is fixed).
 
+Every shard is checked against the sha1 its index.json records the first time a process reads it
+(``pipeline.common.mds_check``): a damaged shard stops training with one line naming the file.
+
 Under the deepspeed launcher ranks on a node share memory segments named after the world layout;
 ``LOCAL_WORLD_SIZE`` must be set (the launcher sets ``LOCAL_SIZE``) or they collide.
 """
@@ -34,10 +37,13 @@ def clean_stale_shared_memory() -> None:
 
 
 def _tokens_dataset_class():
-    from streaming import StreamingDataset
+    from pipeline.common.mds_check import verified_dataset_class
 
-    class TokenDataset(StreamingDataset):
-        """StreamingDataset yielding {"tokens": int64 [L], "sample_id": int}: ids make resume testable."""
+    class TokenDataset(verified_dataset_class()):
+        """StreamingDataset yielding {"tokens": int64 [L], "sample_id": int}: ids make resume testable.
+
+        Each shard is checked against its index.json sha1 before it is first read (ShardCorruptError).
+        """
 
         def get_item(self, sample_id: int, retry: int = 7):
             row = super().get_item(sample_id, retry)

@@ -143,6 +143,7 @@ class Trainer:
             return
         if not self.universal:
             ckpt.check_identity(ckpt.read_marker(self.run_dir, tag)["identity"], self.identity, str(self.run_dir))
+            ckpt.check_files(self.run_dir, tag)  # a truncated file: one clear line, not DeepSpeed's traceback
         state = ckpt.load_checkpoint(self.engine, self.run_dir, tag, self.env.rank, self.env.world_size,
                                      self.universal)
         ckpt.check_identity(state["identity"], self.identity, str(self.run_dir))

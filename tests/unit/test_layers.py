@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "preprocess", "neighbor_index")
 ENTRY_POINTS = {"pipeline.train", "pipeline.export", "pipeline.sample", "pipeline.evaluate", "pipeline.diagnose",
-                "pipeline.rs_harness", "pipeline.inspect_kernel"}
+                "pipeline.rs_harness", "pipeline.inspect_kernel", "pipeline.verify"}
 
 # layer -> the layers it may import (itself always allowed)
 ALLOWED = {
