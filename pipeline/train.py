@@ -5,6 +5,9 @@
         [--max-steps N] [key=value ...]
     python pipeline/train.py ...            # one process, same flags
 
+The data: ``--preprocessed DIR`` (one local artifact) or ``data.streams`` in the config (several
+artifacts, local or on any storage mosaicml-streaming reads, mixed by weight; docs/training.md, Data).
+
 A run directory that holds a checkpoint resumes automatically (a changed model/kernel config is
 refused). ``--universal`` resumes from a universal checkpoint on another world size (docs/training.md).
 Rank 0 holds the run directory's lock (RUN_DIR/.lock) for the whole run: a second job on the same
@@ -36,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DeepSpeed JSON (ZeRO stage etc.); batch, clipping, precision come from --config")
     p.add_argument("--config", default=None, help="TrainConfig YAML (configs/*.yaml)")
     p.add_argument("--run-dir", default=None, help="run directory: checkpoints, TensorBoard, metrics")
-    p.add_argument("--preprocessed", default=None, help="preprocess artifact directory")
+    p.add_argument("--preprocessed", default=None,
+                   help="preprocess artifact directory (several, or remote ones: data.streams in the config)")
     p.add_argument("--neighbors", default=None, help="neighbor_index artifact directory (semdlm kernels)")
     p.add_argument("--kernel", default=None, help="kernel preset (mask, uniform, semdlm, semdlm_softmax, semdlm_plus)")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train to")
@@ -117,9 +121,11 @@ def run(args) -> int:
 
     cfg = load_config(args.config, args.overrides, run_dir=args.run_dir, preprocessed=args.preprocessed,
                       neighbors=args.neighbors, kernel=args.kernel, max_steps=args.max_steps)
-    for name in ("run_dir", "preprocessed"):
-        if getattr(cfg, name) is None:
-            raise ValueError(f"{name} is required (--{name.replace('_', '-')} or {name}= in the config)")
+    if cfg.run_dir is None:
+        raise ValueError("run_dir is required (--run-dir or run_dir= in the config)")
+    if cfg.data_spec() is None:
+        raise ValueError("preprocessed is required (--preprocessed or preprocessed= in the config), "
+                         "or data.streams in the config (docs/training.md, Data)")
     with lock_run_dir(cfg.run_dir, args.break_lock):  # before DeepSpeed starts: a second job stops cheaply
         return train(args, cfg)
 
@@ -132,16 +138,17 @@ def train(args, cfg) -> int:
     from pipeline.core.objectives import build_objective
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
-    from pipeline.training.components import load_upstream
+    from pipeline.training.components import load_data_upstream
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
     from pipeline.training.init_from import apply_init_weights, load_init_weights
     from pipeline.training.loop import Trainer, lr_multiplier
 
     kernel_cfg: KernelConfig = cfg.kernel_config()
-    upstream = load_upstream(cfg.preprocessed, cfg.neighbors, kernel_cfg)
+    data_spec = cfg.data_spec()
+    upstream = load_data_upstream(data_spec, cfg.neighbors, kernel_cfg)  # remote manifests fetched and checked
     if cfg.seq_len is not None and cfg.seq_len != upstream.seq_len:
-        raise ValueError(f"config expects seq_len {cfg.seq_len}, {cfg.preprocessed} holds {upstream.seq_len}-token "
-                         "sequences (set seq_len=null to accept any)")
+        raise ValueError(f"config expects seq_len {cfg.seq_len}, {data_spec.streams[0].where} holds "
+                         f"{upstream.seq_len}-token sequences (set seq_len=null to accept any)")
     model_cfg = cfg.model_config(upstream.vocab_size, upstream.seq_len)
     ds_config = load_ds_config(args.ds_config)
     identity = cfg.identity(upstream.vocab_size, upstream.seq_len, upstream.tokenizer["identity"])
@@ -182,15 +189,18 @@ def train(args, cfg) -> int:
                                                        upstream.tables, env.device)
     objective = build_objective(kernel, cfg.loss, cfg.loss_config())
 
-    _, loader = data.build_train_loader(upstream.preprocessed / "train", cfg.micro_batch, cfg.shuffle_seed,
-                                        cfg.num_canonical_nodes, cfg.num_workers)
-    val_set = (data.ValidationSet(upstream.preprocessed / "validation", env.rank, env.world_size, cfg.micro_batch,
-                                  cfg.val_batches) if cfg.val_every else None)
+    check_indexes(upstream)  # a stale cache is refused before streaming reads it ...
+    dataset, loader = data.build_train_loader(data_spec, cfg.micro_batch, cfg.shuffle_seed, cfg.num_canonical_nodes,
+                                              cfg.num_workers)
+    val_set = (data.ValidationSet(data_spec, env.rank, env.world_size, cfg.micro_batch, cfg.val_batches)
+               if cfg.val_every else None)
+    check_indexes(upstream)  # ... and an index just downloaded must be the manifest's (not a torn upload)
     marker = {"identity": identity, "identity_hash": hash_object(identity), "tokenizer": upstream.tokenizer,
               "artifacts": upstream.references()}
     if env.rank == 0:
         (run_dir / "train_config.json").write_text(canonical_json({"config": cfg.to_dict(), "ds_config": ds_config,
                                                                    "world_size": env.world_size}) + "\n")
+        (run_dir / "streams.json").write_text(canonical_json(data.stream_table(dataset, data_spec.streams)) + "\n")
         precision = "bf16 autocast" if ds_config["torch_autocast"]["enabled"] else "fp32"
         print(f"model {cfg.model}: {n_params['total']:,} parameters ({n_params['non_embedding']:,} non-embedding); "
               f"{'autoregressive' if model_cfg.causal else 'kernel ' + kernel_cfg.name}; "
@@ -205,6 +215,15 @@ def train(args, cfg) -> int:
                       flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
                       universal=args.universal, samples=samples)
     return trainer.run()
+
+
+def check_indexes(upstream) -> None:
+    """Each data stream's cached split index is the one its manifest lists (pipeline/training/streams.py)."""
+    from pipeline.training.streams import check_cached_index
+
+    for split, pairs in (("train", upstream.train_streams), ("validation", upstream.validation_streams)):
+        for spec, manifest in pairs:
+            check_cached_index(spec, manifest, split)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """CLI of the preprocess stage.
 
     python -m preprocess --input PATH... --out DIR --mode {lm1b,owt} [--seq-len N] [--tokenizer PATH_OR_ID]
-    python -m preprocess merge --out DIR --num-shards N
+                         [--remote URI]      # then upload the artifact (s3://, gs://, hf://, ... or a path)
+    python -m preprocess merge --out DIR --num-shards N [--remote URI]
     python -m preprocess verify DIR...        (exit 0 clean, 1 problems found; see python -m pipeline.verify)
 """
 from __future__ import annotations
@@ -16,8 +17,11 @@ from pipeline.common.verify import artifact_check, report
 from .build import GROUP_STAGE, STAGE, run_preprocess
 from .config import PreprocessConfig
 from .merge import merge_groups
+from .upload import upload_artifact
 
 PROG = "python -m preprocess"
+REMOTE_HELP = ("then upload the artifact there with mosaicml-streaming's uploader (s3://, gs://, oci://, hf://, "
+               "... or a plain path); training reads it as a data stream {remote: URI, local: CACHE}")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -48,6 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-index", type=int, default=0, help="multi-node: index of this group")
     p.add_argument("--num-shards", type=int, default=1, help="multi-node: number of groups")
     p.add_argument("--force", action="store_true", help="rebuild even if the artifact is up to date")
+    p.add_argument("--remote", default=None, metavar="URI", help=REMOTE_HELP)
     add_break_lock_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -58,10 +63,13 @@ def _merge_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the --out all groups were run with")
     p.add_argument("--num-shards", type=int, required=True)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--remote", default=None, metavar="URI", help=REMOTE_HELP)
     add_break_lock_argument(p)
     args = p.parse_args(argv)
     with stage_errors(f"{PROG} merge"):
-        merge_groups(args.out, args.num_shards, force=args.force, break_lock=args.break_lock)
+        out = merge_groups(args.out, args.num_shards, force=args.force, break_lock=args.break_lock)
+        if args.remote:
+            upload_artifact(out, args.remote)
     return 0
 
 
@@ -81,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         return _verify_main(argv[1:])
     args = _build_parser().parse_args(argv)
     with stage_errors(PROG):
+        if args.remote is not None and not args.remote.strip():
+            raise ValueError("--remote is empty: give a URI (s3://bucket/prefix, ...) or a path")
+        if args.remote is not None and args.num_shards > 1:
+            raise ValueError("--remote: a multi-node run uploads the merged artifact; pass --remote to "
+                             f"`{PROG} merge`")
         cfg = PreprocessConfig(
             mode=args.mode, seq_len=args.seq_len, tokenizer=args.tokenizer, wrap=args.wrap,
             text_field=args.text_field, valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
@@ -89,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             shard_index=args.shard_index, num_shards=args.num_shards, workers=args.workers,
             worker_kind=args.worker_kind, progress=not args.no_progress,
             inputs={"train": args.input, "validation": args.valid_input, "test": args.test_input})
-        run_preprocess(cfg, args.out, force=args.force, break_lock=args.break_lock)
+        out = run_preprocess(cfg, args.out, force=args.force, break_lock=args.break_lock)
+        if args.remote:
+            upload_artifact(out, args.remote)
     return 0
 
 

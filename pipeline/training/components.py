@@ -3,16 +3,19 @@
 The kernel is built from them by ``pipeline.core.kernels.make_kernel``, the factory export,
 sampling and the diagnostics use too. The two artifacts are validated against each other before anything is
 built: same tokenizer identity, a neighbour table present (and of the right vocabulary) whenever the
-kernel needs one.
+kernel needs one. With several data streams (pipeline/training/streams.py) the first train stream is
+"the" preprocess artifact: its manifest gives the tokenizer and seq_len (every stream must agree) and
+its directory is what checkpoints and exports record as ``preprocessed``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.common.artifacts import ArtifactError, load_manifest, manifest_hash
 from pipeline.common.neighbor_artifact import NeighborTables, load_neighbor_tables
 from pipeline.core.kernels import KernelConfig
+from pipeline.training.streams import DataSpec, StreamSpec, check_streams, fetch_manifest
 
 
 @dataclass
@@ -23,6 +26,9 @@ class UpstreamArtifacts:
     manifest: dict
     neighbors: Path | None
     tables: NeighborTables | None
+    # data.streams runs: the manifest of each train / validation stream, in order (empty for --preprocessed)
+    train_streams: list[tuple[StreamSpec, dict]] = field(default_factory=list)
+    validation_streams: list[tuple[StreamSpec, dict]] = field(default_factory=list)
 
     @property
     def tokenizer(self) -> dict:
@@ -52,6 +58,10 @@ class UpstreamArtifacts:
         if self.neighbors is not None:
             refs.update(neighbors=str(self.neighbors.resolve()),
                         neighbors_manifest_sha256=manifest_hash(self.neighbors))
+        separate = [s for s, _ in self.validation_streams] != [s for s, _ in self.train_streams]
+        for key, pairs in (("streams", self.train_streams), ("validation_streams", self.validation_streams)):
+            if pairs and (key == "streams" or separate):
+                refs[key] = [{**spec.to_dict(), "manifest_sha256": manifest_hash(spec.local)} for spec, _ in pairs]
         return refs
 
 
@@ -64,6 +74,30 @@ def load_upstream(preprocessed: str | Path, neighbors: str | Path | None, kernel
     if missing:
         raise ArtifactError(f"{preprocessed}: split(s) {missing} missing (has {manifest.get('splits')}); "
                             "rerun preprocess with --valid-fraction or --valid-input")
+    return UpstreamArtifacts(preprocessed, manifest, *_neighbors(manifest, preprocessed, neighbors, kernel_cfg))
+
+
+def load_data_upstream(data: DataSpec, neighbors: str | Path | None, kernel_cfg: KernelConfig,
+                       timeout: float | None = None) -> UpstreamArtifacts:
+    """Every stream's manifest (remote ones downloaded into their cache), checked against each other and
+    against the neighbour artifact; ArtifactError/ValueError naming the stream on a mismatch."""
+    if not data.from_streams and data.validation == data.streams:  # --preprocessed: as before streams
+        return load_upstream(data.streams[0].local, neighbors, kernel_cfg)
+    timeout = data.download_timeout if timeout is None else timeout
+    fetched: dict[StreamSpec, tuple[dict, Path]] = {}
+    for spec in (*data.streams, *data.validation):
+        if spec not in fetched:
+            fetched[spec] = fetch_manifest(spec, timeout)
+    train = [(s, fetched[s][0]) for s in data.streams]
+    validation = [(s, fetched[s][0]) for s in data.validation]
+    check_streams(train, validation)
+    manifest, directory = fetched[data.streams[0]]
+    return UpstreamArtifacts(directory, manifest, *_neighbors(manifest, directory, neighbors, kernel_cfg),
+                             train_streams=train, validation_streams=validation)
+
+
+def _neighbors(manifest: dict, preprocessed: Path, neighbors: str | Path | None, kernel_cfg: KernelConfig):
+    """(neighbour directory, its tables) checked against the preprocess manifest; (None, None) without."""
     tables = None
     if neighbors is None and kernel_cfg.needs_neighbors:
         raise ValueError(f"kernel {kernel_cfg.name!r} needs a neighbour table: pass --neighbors DIR "
@@ -79,5 +113,4 @@ def load_upstream(preprocessed: str | Path, neighbors: str | Path | None, kernel
         if tables.vocab_size != int(manifest["tokenizer"]["vocab_size"]):
             raise ArtifactError(f"{neighbors}: table has {tables.vocab_size} rows, tokenizer has "
                                 f"{manifest['tokenizer']['vocab_size']} tokens")
-    return UpstreamArtifacts(preprocessed, manifest, neighbors, tables)
-
+    return neighbors, tables

@@ -3,9 +3,9 @@
     cfg = load_config("configs/tiny.yaml", ["lr=1e-3", "model_args.n_layer=4"])
 
 Values of overrides are parsed with ``yaml.safe_load`` (so ``1e-3``, ``true``, ``[0.9, 0.95]`` work);
-dotted keys reach into the dict-valued fields (``model_args``, ``kernel_args``). Unknown keys, values of
-the wrong type (also inside ``model_args`` / ``kernel_args``), unparsable YAML and inconsistent values raise
-ConfigError (a ValueError) with the offending key named.
+dotted keys reach into the dict-valued fields (``model_args``, ``kernel_args``, ``data``). Unknown keys,
+values of the wrong type (also inside ``model_args`` / ``kernel_args`` / ``data``), unparsable YAML and
+inconsistent values raise ConfigError (a ValueError) with the offending key named.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pipeline.core.kernels import KernelConfig
 from pipeline.core.likelihood import BOUNDS
 from pipeline.core.model import ModelConfig
 from pipeline.core.objectives import LOSSES, LossConfig
+from pipeline.training.streams import DataSpec, parse_data
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -59,7 +60,8 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: str = "auto"                   # auto: bf16 on GPU, fp32 on CPU
     seed: int = 0
-    # -- data
+    # -- data (besides preprocessed): streams and mixtures, pipeline/training/streams.py
+    data: dict = field(default_factory=dict)  # {streams: [{remote, local, proportion|repeat|choose}], ...}
     shuffle_seed: int = 9176
     num_canonical_nodes: int = 1              # fixed, so resuming on another world size keeps the order
     num_workers: int = 0
@@ -121,6 +123,7 @@ class TrainConfig:
         if problems:
             raise ConfigError("invalid TrainConfig: " + "; ".join(problems))
         # Build the sub-configs now so a bad preset or field fails at load time, not mid-run.
+        self.data_spec()
         self.model_config()
         self.kernel_config()
         self.loss_config()
@@ -140,6 +143,10 @@ class TrainConfig:
         if "name" in args:
             raise ConfigError("kernel_args.name: choose the kernel with kernel=NAME (or --kernel NAME)")
         return KernelConfig.preset(self.kernel, **args)
+
+    def data_spec(self) -> DataSpec | None:
+        """The run's train / validation streams (one for ``preprocessed``); None when no data is named."""
+        return parse_data(self.data, self.preprocessed)
 
     def loss_config(self) -> LossConfig:
         return LossConfig(self.lambda_chg, self.lambda_same)

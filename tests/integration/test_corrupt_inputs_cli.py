@@ -114,6 +114,7 @@ def test_a_flipped_bit_found_by_a_dataloader_worker_is_one_clean_line(copies, mo
     rebuilt from its traceback; it must still be one line naming the shard."""
     from pipeline.common.mds_check import ShardCorruptError
     from pipeline.training.data import build_train_loader
+    from pipeline.training.streams import parse_data
 
     pre, _ = copies
     for name in ("RANK", "LOCAL_RANK"):
@@ -122,7 +123,7 @@ def test_a_flipped_bit_found_by_a_dataloader_worker_is_one_clean_line(copies, mo
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     shard = pre / "train" / "shard.00002.mds"  # the decompressed copy training reads after its first run
     flip_bit(shard)
-    _, loader = build_train_loader(pre / "train", 8, shuffle_seed=0, num_canonical_nodes=1, num_workers=1)
+    _, loader = build_train_loader(parse_data({}, str(pre)), 8, shuffle_seed=0, num_canonical_nodes=1, num_workers=1)
     with pytest.raises(ShardCorruptError) as info:
         for _ in loader:
             pass

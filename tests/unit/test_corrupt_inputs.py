@@ -82,8 +82,10 @@ def streaming_env(monkeypatch):
 def drain_train_split(split: Path, num_workers: int = 0) -> int:
     """Micro-batches of 8 through the training loader until the epoch ends (or it raises)."""
     from pipeline.training.data import build_train_loader
+    from pipeline.training.streams import parse_data
 
-    _, loader = build_train_loader(split, 8, shuffle_seed=0, num_canonical_nodes=1, num_workers=num_workers)
+    data = parse_data({}, str(Path(split).parent))  # --preprocessed ARTIFACT: one local stream
+    _, loader = build_train_loader(data, 8, shuffle_seed=0, num_canonical_nodes=1, num_workers=num_workers)
     return sum(1 for _ in loader)
 
 
@@ -162,11 +164,12 @@ def test_validation_and_evaluation_readers_check_shards_too(artifact, streaming_
     from pipeline.common.mds_check import ShardCorruptError
     from pipeline.evaluation.nelbo import read_test_sequences
     from pipeline.training.data import ValidationSet
+    from pipeline.training.streams import parse_data
 
     shard = artifact / "validation" / "shard.00000.mds.zstd"
     flip_bit(shard)
     with pytest.raises(ShardCorruptError, match=str(shard)):
-        next(ValidationSet(artifact / "validation", 0, 1, micro_batch=4, num_batches=1).batches())
+        next(ValidationSet(parse_data({}, str(artifact)), 0, 1, micro_batch=4, num_batches=1).batches())
     with pytest.raises(ShardCorruptError, match=str(shard)):
         read_test_sequences(artifact / "validation")
 
