@@ -88,11 +88,11 @@ def time_corruption(kernel, batch: int, seq_len: int, vocab_size: int, reps: int
     return times
 
 
-def build(name: str, tables, vocab_size: int):
+def build(name: str, tables, vocab_size: int, device: torch.device | str | None = None):
     from pipeline.core.kernels import KernelConfig, build_kernel
     neighbors, similarities, valid, unigram = tables
     return build_kernel(KernelConfig.preset(name), vocab_size, BERT_MASK_ID, neighbors, valid, unigram,
-                        similarities=similarities)
+                        similarities=similarities, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,13 @@ from pipeline.core.model import DiffusionTransformer, ModelConfig
 KERNELS = ("mask", "uniform", "semdlm_plus")
 
 
+def _synced(fn, device: torch.device):
+    """``fn`` followed by a device synchronisation (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return fn
+    return lambda: (fn(), torch.cuda.synchronize(device))[0]
+
+
 def _median_time(fn, reps: int, warmup: int = 1) -> float:
     times = []
     for i in range(warmup + reps):
@@ -72,24 +79,29 @@ def _each_uniform_bound(kernel, model, x0, xt, t, g, reps, preset, forward, toke
 
 
 @torch.no_grad()
-def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: int, tstep: bool) -> list[dict]:
+def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: int, tstep: bool,
+                device: torch.device | str = "cpu") -> list[dict]:
+    device = torch.device(device)
     torch.manual_seed(0)
     cfg = ModelConfig.preset(preset, vocab_size=30522, max_seq_len=max(seq_len, 256))
-    model = DiffusionTransformer(cfg).eval()
+    model = DiffusionTransformer(cfg).eval().to(device)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randint(999, cfg.vocab_size, (batch, seq_len), generator=g)
     t = torch.rand(batch, generator=g).clamp(1e-3, 1 - 1e-3)
     xt = x0.clone()
     xt[torch.rand(batch, seq_len, generator=g) < 0.5] = BERT_MASK_ID
+    if device.type != "cpu":  # the draws above stay on the CPU generator (same data on every device)
+        x0, t, xt = x0.to(device), t.to(device), xt.to(device)
+        g = torch.Generator(device=device).manual_seed(1)
     tokens = batch * seq_len
-    forward = _median_time(lambda: model(xt, t), reps)
+    forward = _median_time(_synced(lambda: model(xt, t), device), reps)
     print(f"{preset}: B={batch} L={seq_len} V={cfg.vocab_size}, one forward median {forward * 1e3:.1f} ms "
           f"({forward / tokens * 1e6:.1f} us/token)", flush=True)
     rows = []
     for name in kernels:
-        kernel = build(name, tables, cfg.vocab_size)
-        cost, ratio = _paired(lambda: model(xt, t), lambda k=kernel: bound_estimates(k, model, x0, t=t, generator=g),
-                              reps)
+        kernel = build(name, tables, cfg.vocab_size, device)
+        cost, ratio = _paired(_synced(lambda: model(xt, t), device),
+                              _synced(lambda k=kernel: bound_estimates(k, model, x0, t=t, generator=g), device), reps)
         rows.append({"model": preset, "kernel": name, "bound": "continuous", "forward_ms": forward * 1e3,
                      "bound_ms": cost * 1e3, "us_per_token": cost / tokens * 1e6, "ratio": ratio})
         print(f"  {name:<12} continuous {cost * 1e3:9.1f} ms  {cost / tokens * 1e6:8.1f} us/token  "
@@ -97,7 +109,7 @@ def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: in
         if name == "uniform":  # two bounds per draw: what each costs alone (model call included)
             rows += _each_uniform_bound(kernel, model, x0, xt, t, g, reps, preset, forward, tokens)
     if tstep:
-        kernel = build("semdlm_plus", tables, cfg.vocab_size)
+        kernel = build("semdlm_plus", tables, cfg.vocab_size, device)
         start = time.perf_counter()
         bound_estimates(kernel, model, x0, bound="tstep", num_steps=1000, mc_steps=4, generator=g)
         cost = time.perf_counter() - start

@@ -104,7 +104,10 @@ def time_generate(model: TimedModel, kernel, cfg: SamplerConfig, batch: int, ass
     """One timed ``generate``: total and forward seconds, calls, the ids."""
     model.reset()
     start = time.perf_counter()
-    ids, den = generate(model, kernel, cfg, batch, torch.Generator().manual_seed(seed), association=association)
+    ids, den = generate(model, kernel, cfg, batch, torch.Generator(device=kernel.device).manual_seed(seed),
+                        association=association)
+    if ids.is_cuda:
+        torch.cuda.synchronize(ids.device)
     total = time.perf_counter() - start
     return {"total": total, "forward": model.seconds, "calls": den.calls, "ids": ids,
             "outside": 1.0 - model.seconds / total, "tokens_per_s": ids.numel() / total}

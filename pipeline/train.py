@@ -131,17 +131,59 @@ def run(args) -> int:
 
 
 def train(args, cfg) -> int:
+    return build_trainer(args, cfg).run()
+
+
+def build_engine(cfg, model_cfg, ds_config: dict, env, compile_backend: str = "inductor", init=None):
+    """(DeepSpeed engine, parameter counts): the model built from ``cfg.seed``, torch's fused AdamW
+    unless the DeepSpeed JSON asks for its own (ZeRO-Offload), our LR schedule.
+
+    ``ds_config`` is already patched (``patch_ds_config``). ``cfg.compile`` compiles the model's forward
+    in place with ``compile_backend`` (``nn.Module.compile``: parameter names, checkpoints and the EMA are
+    unchanged; bench/gpu.py --smoke uses ``aot_eager``, which skips code generation).
+    """
     import deepspeed
 
+    from pipeline.core.model import build_model, count_parameters
+    from pipeline.training.init_from import apply_init_weights
+    from pipeline.training.loop import lr_multiplier
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(model_cfg)
+    if init is not None:  # init_from (pipeline/training/init_from.py): a new run from existing weights
+        apply_init_weights(model, init)
+        if env.rank == 0:
+            print(f"initialised from {init.source}: optimizer fresh, step 0", flush=True)
+    n_params = count_parameters(model)  # before DeepSpeed partitions anything (ZeRO-3)
+    if cfg.compile:
+        model.compile(backend=compile_backend)
+    optimizer = None
+    if "optimizer" not in ds_config:
+        # fused: one pass over the flat fp32 partition that ZeRO hands it, on GPU and CPU alike (on CPU
+        # the default single-tensor loop costs ~15x the fused kernel: docs/benchmarks.md, Reference step)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                                      weight_decay=cfg.weight_decay, fused=True)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=model.parameters() if optimizer is None else None,
+        config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg)))
+    return engine, n_params
+
+
+def build_trainer(args, cfg):
+    """Everything a run needs, on every rank: distributed, the engine, kernel, objective, data, the Trainer.
+
+    ``train`` runs it; ``bench/reference_step.py`` times the same object's steps.
+    """
     from pipeline.core.kernels import KernelConfig, make_kernel
-    from pipeline.core.model import build_model, count_parameters, flops_per_token
+    from pipeline.core.model import flops_per_token
     from pipeline.core.objectives import build_objective
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
     from pipeline.training.components import load_data_upstream
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
-    from pipeline.training.init_from import apply_init_weights, load_init_weights
-    from pipeline.training.loop import Trainer, lr_multiplier
+    from pipeline.training.init_from import load_init_weights
+    from pipeline.training.loop import Trainer
 
     kernel_cfg: KernelConfig = cfg.kernel_config()
     data_spec = cfg.data_spec()
@@ -169,21 +211,7 @@ def train(args, cfg) -> int:
     ds_config = patch_ds_config(ds_config, cfg, env.world_size, env.device.type == "cuda")
     if args.universal:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(model_cfg)
-    if init is not None:
-        apply_init_weights(model, init)
-        if env.rank == 0:
-            print(f"initialised from {init.source}: optimizer fresh, step 0", flush=True)
-    n_params = count_parameters(model)  # before DeepSpeed partitions anything (ZeRO-3)
-    optimizer = None
-    if "optimizer" not in ds_config:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
-                                      weight_decay=cfg.weight_decay, fused=env.device.type == "cuda")
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, model_parameters=model.parameters() if optimizer is None else None,
-        config=ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, cfg)))
+    engine, n_params = build_engine(cfg, model_cfg, ds_config, env, init=init)
     # The AR baseline (model.causal) corrupts nothing: no kernel.
     kernel = None if model_cfg.causal else make_kernel(kernel_cfg, upstream.vocab_size, upstream.mask_id,
                                                        upstream.tables, env.device)
@@ -211,10 +239,9 @@ def train(args, cfg) -> int:
         from pipeline.training.samples import TrainingSamples
 
         samples = TrainingSamples(cfg, kernel, upstream.tokenizer.get("name_or_path"), upstream.seq_len, env.device)
-    trainer = Trainer(cfg, engine, objective, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
-                      flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
-                      universal=args.universal, samples=samples)
-    return trainer.run()
+    return Trainer(cfg, engine, objective, data.BatchStream(loader), val_set, env, run_dir, identity, marker,
+                   flops_per_token(model_cfg, upstream.seq_len), upstream.seq_len, upstream.pad_id,
+                   universal=args.universal, samples=samples)
 
 
 def check_indexes(upstream) -> None:

@@ -16,7 +16,12 @@ small model, Arriola et al. 2025; the paper's Appendix E.1 "Model setup"):
   it: BD3-LM's small model always has adaLN (139.3 M parameters untied, as ``small`` here);
 * LayerNorm without bias computed in float32 (as MDLM), residual dropout, GELU(tanh) MLP;
 * output layer untied (MDLM: a zero-initialised Linear, so the initial prediction is uniform) or tied
-  to the token embedding (plus a zero-initialised bias).
+  to the token embedding (plus a zero-initialised bias);
+* ``activation_checkpointing``: in training, every block's activations are recomputed in the backward
+  instead of stored (``torch.utils.checkpoint``, non-reentrant; dropout masks are replayed, so outputs and
+  gradients are those of the plain model). It trades one more forward per block for memory: an
+  execution choice, not part of the architecture (``ModelConfig.EXECUTION_FIELDS``: a run may switch it
+  on resume).
 
 Logits are returned in float32 even under bf16 autocast (likelihoods are computed from them).
 """
@@ -28,6 +33,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 BERT_VOCAB_SIZE = 30522
 
@@ -52,6 +58,10 @@ class ModelConfig:
     freq_embed_dim: int = 256     # sinusoidal features of t before the conditioning MLP
     time_scale: float = 1000.0    # t in [0, 1] is scaled like DiT's integer timesteps so the
                                   # sinusoidal features actually vary over the unit interval
+    activation_checkpointing: bool = False  # recompute block activations in the backward (training only)
+
+    # Fields that change how the model is computed, not what it computes (left out of checkpoint identities).
+    EXECUTION_FIELDS = ("activation_checkpointing",)
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,6 +103,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def architecture_dict(self) -> dict:
+        """``to_dict`` without the execution fields: what a checkpoint of this model must agree on."""
+        return {k: v for k, v in asdict(self).items() if k not in self.EXECUTION_FIELDS}
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -263,8 +277,12 @@ class DiffusionTransformer(nn.Module):
         c = self._conditioning(t, B, x_t.device)
         mask = self._attention_mask(attention_mask, L)
         x = self.embed(x_t)
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, c, self.rotary, mask)
+            if recompute:
+                x = checkpoint(block, x, c, self.rotary, mask, use_reentrant=False)
+            else:
+                x = block(x, c, self.rotary, mask)
         x = self.norm_final(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
@@ -324,16 +342,31 @@ def parameter_count_formula(cfg: ModelConfig) -> dict[str, int]:
     return {"total": total, "non_embedding": total - vocab_matrices}
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N + 12 n_layer d L (Chowdhery et al. 2022, PaLM App. B).
+def conditioning_parameters(cfg: ModelConfig) -> int:
+    """Parameters of the time-conditioning path (time MLP, every adaLN modulation, the final modulation).
 
-    N counts the parameters that take part in matrix multiplies: everything except the input
-    embedding lookup (with tied weights the shared matrix is still the output matmul, so it counts).
-    Forward + backward; MFU = tokens/s * flops_per_token / peak FLOP/s.
+    They multiply the per-sequence vector c: once per sequence, not once per token (7.4 M of ``small``'s
+    139 M; counting them per token overstates its FLOPs by 6 %).
+    """
+    if not cfg.adaln:
+        return 0
+    d, c, f = cfg.d_model, cfg.cond_dim, cfg.freq_embed_dim
+    return (f * c + c) + (c * c + c) + cfg.n_layer * (c * 6 * d + 6 * d) + (c * 2 * d + 2 * d)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N + 12 n_layer d L (Chowdhery et al. 2022, PaLM App. B), forward + backward.
+
+    N counts the parameters that take part in per-token matrix multiplies: everything except the input
+    embedding lookup (with tied weights the shared matrix is still the output matmul, so it counts) and
+    the conditioning path, whose 6 N_c FLOPs are spent once per sequence (6 N_c / L per token; see
+    :func:`conditioning_parameters`). 12 n_layer d L is bidirectional attention (QK^T and AV). Checked
+    against ``torch.utils.flop_counter`` in tests/unit/test_model.py. MFU = tokens/s * this / peak FLOP/s.
     """
     counts = parameter_count_formula(cfg)
     n_matmul = counts["total"] - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
-    return 6.0 * n_matmul + 12.0 * cfg.n_layer * cfg.d_model * seq_len
+    n_cond = conditioning_parameters(cfg)
+    return 6.0 * (n_matmul - n_cond) + 6.0 * n_cond / seq_len + 12.0 * cfg.n_layer * cfg.d_model * seq_len
 
 
 # --------------------------------------------------------------------------- CLI: parameter table

@@ -59,6 +59,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     precision: str = "auto"                   # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False                     # torch.compile the model's forward in place (see bench/gpu.py)
     seed: int = 0
     # -- data (besides preprocessed): streams and mixtures, pipeline/training/streams.py
     data: dict = field(default_factory=dict)  # {streams: [{remote, local, proportion|repeat|choose}], ...}
@@ -160,9 +161,11 @@ class TrainConfig:
 
     def identity(self, vocab_size: int, seq_len: int, tokenizer_identity: str) -> dict:
         """What a checkpoint must agree on to be resumed: the model, kernel, objective and data format."""
-        return {"model": self.model_config(vocab_size).to_dict(), "kernel": self.kernel_config().to_dict(),
-                "loss": self.loss, "loss_config": asdict(self.loss_config()), "t_min": self.t_min,
-                "seq_len": seq_len, "tokenizer_identity": tokenizer_identity}
+        # activation checkpointing (an execution choice) may change between a run and its resume
+        return {"model": self.model_config(vocab_size).architecture_dict(),
+                "kernel": self.kernel_config().to_dict(), "loss": self.loss,
+                "loss_config": asdict(self.loss_config()), "t_min": self.t_min, "seq_len": seq_len,
+                "tokenizer_identity": tokenizer_identity}
 
     def to_dict(self) -> dict:
         d = asdict(self)

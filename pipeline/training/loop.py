@@ -9,6 +9,12 @@ Loss normalisation: a loss of the form sum_i w_i l_i / D (Eq 120's denominator D
 the number of real tokens for the NELBO-weighted loss) is normalised by D summed over the whole
 global batch, all ranks and micro-steps (one all-reduce of a scalar before the forward), so the
 gradient does not depend on how the batch is sharded.
+
+Host synchronisation: a step reads device values back once, after the optimizer step (loss,
+non-finite flag, stop flag, gradient norm in one transfer). The denominators, the loss numerators
+and the all-reduces stay on the device, so on a GPU the micro-steps are queued without waiting
+(DeepSpeed's step checks the gradient norm on the host once more; tests/unit/test_trainer_step.py
+counts ours).
 """
 from __future__ import annotations
 
@@ -47,10 +53,13 @@ class Dist:
     device: torch.device
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
-        buf = torch.tensor(values, dtype=torch.float64)
+        return self.all_reduce_sum_(torch.tensor(values, dtype=torch.float64, device=self.device)).tolist()
+
+    def all_reduce_sum_(self, buf: torch.Tensor) -> torch.Tensor:
+        """Sum ``buf`` over the ranks in place, on its device (NCCL reduces CUDA tensors only); no host sync."""
         if self.world_size > 1:
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        return buf.tolist()
+        return buf
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -181,10 +190,10 @@ class Trainer:
     def _real(self, x0: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(x0, dtype=torch.bool) if self.pad_id is None else x0 != self.pad_id
 
-    def _prepare_micro_batches(self) -> tuple[list, list[int], float]:
+    def _prepare_micro_batches(self) -> tuple[list, list[int], torch.Tensor]:
         env, micro = self.env, []
         ids: list[int] = []
-        denominator = 0.0
+        denominator = torch.zeros((), dtype=torch.float64, device=env.device)  # summed on the device: no sync
         for a in range(self.accum):
             with self.timer.phase("data_wait"):
                 batch = self.stream.next()
@@ -196,16 +205,17 @@ class Trainer:
                 t = None if self.autoregressive else self.sampler.sample(self.step, env.rank, a, device=env.device)
                 batch = self.objective.prepare(x0, self._real(x0), t, generator=gen)
             micro.append((x0, batch, seed))
-            denominator += float(batch.denominator)
+            denominator += batch.denominator.to(torch.float64)
         return micro, ids, denominator
 
     def train_step(self) -> dict:
         env, engine = self.env, self.engine
         faults.point("step.begin", self.step + 1, env.rank)
-        micro, ids, local_den = self._prepare_micro_batches()
-        (global_den,) = env.all_reduce_sum([local_den])
-        scale = env.world_size * self.accum / max(global_den, 1e-12)  # undo DeepSpeed's mean over ranks/micro-steps
-        local_num, finite = 0.0, True
+        micro, ids, global_den = self._prepare_micro_batches()
+        env.all_reduce_sum_(global_den)
+        # undo DeepSpeed's mean over ranks / micro-steps; float32 as the python scalar it replaces was applied
+        scale = (env.world_size * self.accum / global_den.clamp_min(1e-12)).to(torch.float32)
+        local_num = torch.zeros((), dtype=torch.float64, device=env.device)
         for a, (_, batch, seed) in enumerate(micro):
             with self.timer.phase("forward_backward"):
                 torch.manual_seed(seed)  # dropout: a pure function of (seed, step, rank, micro-step)
@@ -213,18 +223,26 @@ class Trainer:
                 faults.point("step.forward", self.step + 1, env.rank)
                 engine.backward(num * scale)
                 faults.point("step.backward", self.step + 1, env.rank)
-            value = float(num.detach())
-            finite &= math.isfinite(value)
-            local_num += value
+            local_num += num.detach().to(torch.float64)  # non-finite if any micro-step is
             with self.timer.phase("optimizer" if a == self.accum - 1 else "forward_backward"):
                 engine.step()  # a no-op except at the accumulation boundary
-        num_sum, bad_ranks, stop = env.all_reduce_sum([local_num if finite else 0.0, float(not finite),
-                                                       float(self.stop.raised)])
+        finite = torch.isfinite(local_num)
+        stop = torch.full((), float(self.stop.raised), dtype=torch.float64, device=env.device)  # a fill, no copy
+        reduced = env.all_reduce_sum_(torch.stack([torch.where(finite, local_num, 0.0), (~finite).to(torch.float64),
+                                                   stop]))
+        grad_norm = engine.get_global_grad_norm()
+        readback = [reduced, global_den.view(1)]
+        if isinstance(grad_norm, torch.Tensor):  # one transfer to the host for the whole step
+            readback.append(grad_norm.detach().to(reduced).view(1))
+        num_sum, bad_ranks, stop, global_den, *norm = torch.cat(readback).tolist()
+        if not isinstance(grad_norm, torch.Tensor):
+            norm = [] if grad_norm is None else [float(grad_norm)]
         applied = engine.was_step_applied() and bad_ranks == 0
         self.step += 1
         self.tokens_seen += self.cfg.global_batch * self.seq_len
         if applied:
-            self.ema.update(engine.module)
+            with self.timer.phase("ema"):
+                self.ema.update(engine.module)
             self.consecutive_bad = 0
         else:
             self.consecutive_bad += 1
@@ -233,9 +251,8 @@ class Trainer:
             with open(self.ids_file, "a") as fh:
                 fh.write(json.dumps({"step": self.step, "ids": ids}) + "\n")
         loss = num_sum / max(global_den, 1e-12) if bad_ranks == 0 else float("nan")
-        grad_norm = engine.get_global_grad_norm()
         return {"loss": loss, "applied": applied, "stop": stop > 0, "micro": micro,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                "grad_norm": norm[0] if norm else None}
 
     # ------------------------------------------------------------------ validation and probe
     def ema_model(self) -> torch.nn.Module:

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import torch
 
-STEP_PHASES = ("data_wait", "corruption", "forward_backward", "optimizer")
+STEP_PHASES = ("data_wait", "corruption", "forward_backward", "optimizer", "ema")
 
 
 def model_flops_utilization(tokens_per_second: float, flops_per_token: float, peak_flops: float,
                             num_devices: int) -> float:
     """MFU = achieved model FLOP/s / (peak FLOP/s per device * devices) (PaLM, Chowdhery et al. 2022).
 
-    ``flops_per_token`` is pipeline.core.model.flops_per_token: 6N + 12 n_layer d L (attention included).
+    ``flops_per_token`` is pipeline.core.model.flops_per_token: 6N + 12 n_layer d L (attention included, the
+    per-sequence conditioning path counted once per sequence).
     """
     return tokens_per_second * flops_per_token / (peak_flops * num_devices)
 

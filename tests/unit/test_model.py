@@ -6,6 +6,8 @@ from pipeline.core.model import (
     AutoregressiveLM,
     DiffusionTransformer,
     ModelConfig,
+    build_model,
+    conditioning_parameters,
     count_parameters,
     flops_per_token,
     parameter_count_formula,
@@ -149,6 +151,46 @@ def test_dropout_eval_is_deterministic_and_train_is_not():
     assert not torch.equal(model(x, t), model(x, t))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_activation_checkpointing_recomputes_blocks_with_the_same_outputs_and_gradients(causal):
+    """Dropout on: the recomputation replays the same masks, so nothing but memory and time changes."""
+    plain = build_model(_tiny(dropout=0.2, causal=causal))
+    _perturb(plain)
+    recomputed = build_model(_tiny(dropout=0.2, causal=causal, activation_checkpointing=True))
+    recomputed.load_state_dict(plain.state_dict())
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randint(0, 64, (3, 10), generator=g), torch.rand(3, generator=g)
+    weights = torch.randn(3, 10, 64, generator=g)
+    outputs, grads, calls = [], [], []
+    for model in (plain, recomputed):
+        backbone = model.backbone if causal else model
+        count = [0]
+        backbone.blocks[0].register_forward_pre_hook(lambda *_, c=count: c.__setitem__(0, c[0] + 1))
+        model.train()
+        torch.manual_seed(7)
+        out = model(x) if causal else model(x, t)
+        (out * weights).sum().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        calls.append(count[0])
+    assert calls == [1, 2]  # the checkpointed block ran again in the backward
+    assert torch.equal(outputs[0], outputs[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name
+    recomputed.eval(), plain.eval()  # no recomputation outside training
+    with torch.no_grad():
+        args = (x,) if causal else (x, t)
+        assert torch.equal(recomputed(*args), plain(*args))
+
+
+def test_activation_checkpointing_is_not_part_of_the_architecture():
+    on = ModelConfig.preset("tiny", activation_checkpointing=True)
+    assert "activation_checkpointing" in on.to_dict()
+    assert on.architecture_dict() == ModelConfig.preset("tiny").architecture_dict()
+    assert "activation_checkpointing" not in on.architecture_dict()
+
+
 def test_ar_objective_loss_starts_uniform_and_a_training_step_reduces_it():
     torch.manual_seed(0)
     model = AutoregressiveLM(_tiny(causal=True))
@@ -193,6 +235,32 @@ def test_config_validation_and_sequence_length():
 def test_flops_per_token_formula():
     cfg = _tiny()
     n = parameter_count_formula(cfg)["total"] - cfg.vocab_size * cfg.d_model  # input lookup is free
-    assert flops_per_token(cfg, 32) == 6 * n + 12 * cfg.n_layer * cfg.d_model * 32
+    n_cond = conditioning_parameters(cfg)  # acts on c: once per sequence
+    assert n_cond == (32 * 32 + 32) + (32 * 32 + 32) + 2 * (32 * 6 * 64 + 6 * 64) + (32 * 2 * 64 + 2 * 64)
+    assert flops_per_token(cfg, 32) == 6 * (n - n_cond) + 6 * n_cond / 32 + 12 * cfg.n_layer * cfg.d_model * 32
     tied = _tiny(tie_embeddings=True)
-    assert flops_per_token(tied, 32) == 6 * parameter_count_formula(tied)["total"] + 12 * 2 * 64 * 32
+    assert flops_per_token(tied, 32) == (6 * (parameter_count_formula(tied)["total"] - n_cond) + 6 * n_cond / 32
+                                         + 12 * 2 * 64 * 32)
+    plain = _tiny(adaln=False)
+    assert conditioning_parameters(plain) == 0
+    assert flops_per_token(plain, 32) == 6 * (parameter_count_formula(plain)["total"] - 64 * 64) + 12 * 2 * 64 * 32
+
+
+@pytest.mark.parametrize("batch, seq_len", [(2, 128), (1, 1024)])
+def test_flops_per_token_matches_torchs_flop_counter_on_small(batch, seq_len):
+    """Forward + backward of ``small`` counted op by op (fake tensors: shapes only, no compute); the math SDPA
+    backend so attention shows up as the bmm's the counter knows. Equal up to biases and LayerNorm weights."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = ModelConfig.preset("small")
+    with FakeTensorMode(), sdpa_kernel(SDPBackend.MATH):
+        model = DiffusionTransformer(cfg)
+        x, t = torch.randint(0, cfg.vocab_size, (batch, seq_len)), torch.rand(batch)
+        with FlopCounterMode(display=False) as counter:
+            model(x, t).sum().backward()
+    counted = counter.get_total_flops() / (batch * seq_len)
+    assert counted == pytest.approx(flops_per_token(cfg, seq_len), rel=2e-3)
+    attention = counter.get_flop_counts()["Global"][torch.ops.aten.bmm] / (batch * seq_len)
+    assert attention == 12 * cfg.n_layer * cfg.d_model * seq_len

@@ -15,7 +15,7 @@ from pipeline.core.model import ModelConfig, build_model
 from pipeline.core.objectives import mdlm_time_weights
 from pipeline.training.checkpoint import check_identity, rng_state, set_rng_state
 from pipeline.training.config import TrainConfig, load_config, parse_overrides
-from pipeline.training.ds_config import load_ds_config, patch_ds_config, resolve_precision
+from pipeline.training.ds_config import CPU_REDUCE_BUCKET, load_ds_config, patch_ds_config, resolve_precision
 from pipeline.training.ema import EMA
 from pipeline.training.loop import lr_multiplier, noise_seed
 from pipeline.training.metrics import gradient_variance_probe, model_flops_utilization
@@ -78,6 +78,11 @@ def test_ds_configs_are_patched_consistently(name):
     gpu = patch_ds_config(raw, cfg, world_size=8, cuda_available=True)
     assert gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and gpu["gradient_accumulation_steps"] == 2
     assert ("optimizer" in gpu) == (name == "zero2_offload")
+    # CPU: small gradient buckets (DeepSpeed reallocates them every backward); GPU: the JSON's
+    stage = raw["zero_optimization"]["stage"]
+    assert gpu["zero_optimization"]["reduce_bucket_size"] == raw["zero_optimization"]["reduce_bucket_size"]
+    expected = CPU_REDUCE_BUCKET if stage in (1, 2) else raw["zero_optimization"]["reduce_bucket_size"]
+    assert cpu["zero_optimization"]["reduce_bucket_size"] == expected
 
 
 def test_precision_resolution():
@@ -125,6 +130,18 @@ def test_changed_identity_is_refused_with_the_difference_named():
         check_identity(saved, {**saved, "model": {"n_layer": 4, "d_model": 64}}, "run")
     with pytest.raises(ValueError, match=r"loss: 'change_aware' -> 'elbo'"):
         check_identity(saved, {**saved, "loss": "elbo"}, "run")
+
+
+def test_execution_options_do_not_change_the_checkpoint_identity():
+    """Activation checkpointing and torch.compile change how a step is computed, not what: resumable."""
+    base = TrainConfig().identity(30522, 128, "vocab-sha256:x")
+    other = TrainConfig(model_args={"activation_checkpointing": True}, compile=True).identity(30522, 128,
+                                                                                               "vocab-sha256:x")
+    check_identity(base, other, "run")
+    assert base == other and "activation_checkpointing" not in base["model"]
+    changed = TrainConfig(model_args={"n_layer": 3}).identity(30522, 128, "vocab-sha256:x")
+    with pytest.raises(ValueError, match="n_layer: 2 -> 3"):
+        check_identity(base, changed, "run")
 
 
 def test_rng_state_round_trip_is_exact_and_weights_only_loadable(tmp_path):

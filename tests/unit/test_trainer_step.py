@@ -218,3 +218,45 @@ def test_gradient_does_not_depend_on_the_accumulation_split(tmp_path, micro_batc
     assert out_split["loss"] == pytest.approx(out_whole["loss"], rel=1e-6)
     for name, g in engine_whole.applied_grads.items():
         assert torch.allclose(engine_split.applied_grads[name], g, rtol=1e-4, atol=1e-7), name
+
+
+class QuietEngine(FakeEngine):
+    """FakeEngine without host reads of its own, whose gradient norm stays a tensor (as DeepSpeed's)."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accum).backward()
+
+    def get_global_grad_norm(self):
+        if self.applied_grads is None:
+            return None
+        return torch.sqrt(sum((g.double() ** 2).sum() for g in self.applied_grads.values()))
+
+
+def test_a_step_reads_device_values_back_once(tmp_path, monkeypatch):
+    """No host sync per micro-step: loss numerators, denominators, the non-finite flag and the gradient norm
+    stay tensors until one transfer at the end of the step (the sample ids are host data already)."""
+    cfg = TrainConfig(global_batch=4, micro_batch=2, seed=3, warmup_steps=0, lr=LR)
+    kernel = build_kernel(KernelConfig.preset("mask"), V, mask_id=MASK)
+    env = Dist(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"))
+    engine = QuietEngine(tiny_model(causal=False), cfg.accum_steps(1))
+    trainer = Trainer(cfg, engine, build_objective(kernel, cfg.loss, cfg.loss_config()),
+                      FakeStream(make_batches(2, 2)), None, env, tmp_path / "run", {}, {"identity_hash": "test"},
+                      1.0, L, PAD)
+    reads = []
+    for name in ("tolist", "item", "__float__", "__bool__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            if self.is_floating_point() or self.dtype == torch.bool:
+                reads.append((_name, self.numel()))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    try:
+        out = trainer.train_step()
+    finally:
+        monkeypatch.undo()
+        trainer.logger.close()
+    assert reads == [("tolist", 5)]  # loss sum, non-finite count, stop flag, denominator, gradient norm
+    assert out["applied"] and out["grad_norm"] == pytest.approx(float(engine.get_global_grad_norm()))
+    assert engine.micro_steps == 2 and out["loss"] > 0
