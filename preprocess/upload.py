@@ -12,7 +12,12 @@ import tempfile
 from pathlib import Path
 
 from pipeline.common.artifacts import MANIFEST_NAME, StageError, load_manifest
-from pipeline.training.streams import remote_path
+
+
+def remote_path(remote: str, *parts: str) -> str:
+    """``remote``/part/...: URIs and plain paths alike (as streaming joins them; the same join as
+    pipeline.training.streams, which this stage may not import)."""
+    return "/".join([remote.rstrip("/"), *parts])
 
 
 def upload_artifact(directory: str | Path, remote: str, log=print) -> None:
