@@ -38,10 +38,16 @@ def build_data(out: Path, seq_len: int) -> Path:
     return out
 
 
+# --compare: the eager step with the default fused AdamW against the same step with foreach AdamW
+# and with torch.compile (issue 15); the first step, which compiles, is left out like every first step
+VARIANTS = {"eager, fused AdamW (default)": [], "eager, foreach AdamW": ["adamw=foreach"],
+            "compile, fused AdamW": ["compile=true"]}
+
+
 def run_trainer(run_dir: Path, data: Path, model: str, batch: int, steps: int, kernel: str,
-                neighbors: str | None) -> list[dict]:
+                neighbors: str | None, extra: list[str] | None = None) -> list[dict]:
     overrides = [f"model={model}", f"global_batch={batch}", f"micro_batch={batch}", f"max_steps={steps}",
-                 "log_every=1", "val_every=0", "ckpt_every=0", "seq_len=null", "warmup_steps=1"]
+                 "log_every=1", "val_every=0", "ckpt_every=0", "seq_len=null", "warmup_steps=1", *(extra or [])]
     cmd = [sys.executable, "pipeline/train.py", "--ds_config", "ds_configs/zero2.json", "--config",
            "configs/tiny.yaml", "--run-dir", str(run_dir), "--preprocessed", str(data), "--kernel", kernel,
            *(["--neighbors", neighbors] if neighbors else []), *overrides]
@@ -73,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--neighbors", default=None, help="neighbor_index artifact (semantic kernels; built on the "
                    "same tokenizer, any sequence length)")
     p.add_argument("--work-dir", default=None, help="keep data and runs here (default: a temp dir)")
+    p.add_argument("--compare", action="store_true",
+                   help="eager vs foreach AdamW vs torch.compile, s/step per model (instead of the breakdown)")
     args = p.parse_args(argv)
+    if args.compare:
+        return compare(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_train_"))
     cases = [("tiny", 16, 32, args.tiny_steps)]
     if not args.skip_small:
@@ -103,6 +113,27 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "OK" if r["data_wait_share"] < 0.05 else "ABOVE TARGET"
         print(f"{r['model']}: loader wait {100 * r['data_wait_share']:.2f}% of the step (target < 5%): {verdict}")
     print(json.dumps(rows))
+    return 0
+
+
+def compare(args) -> int:
+    """s/step of each VARIANTS entry, one run each, and its ratio to the default (eager, fused AdamW)."""
+    import shutil
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_train_"))
+    cases = [("tiny", 16, 32, args.tiny_steps)] + ([] if args.skip_small else [("small", 8, 128, args.small_steps)])
+    print(f"{'model':6} {'variant':30} {'s/step':>8} {'tokens/s':>10} {'vs default':>10}")
+    for model, batch, seq_len, steps in cases:
+        data = build_data(work / f"data{seq_len}", seq_len)
+        base = None
+        for name, extra in VARIANTS.items():
+            run_dir = work / f"run_{model}_{len(extra) and extra[0].split('=')[0]}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            r = summarise(model, run_trainer(run_dir, data, model, batch, steps + 1, args.kernel, args.neighbors,
+                                             extra), batch * seq_len, None)
+            base = base or r["step_time_s"]
+            print(f"{model:6} {name:30} {r['step_time_s']:8.3f} {r['tokens_per_s']:10.1f} "
+                  f"{r['step_time_s'] / base:9.2f}x", flush=True)
     return 0
 
 

@@ -162,7 +162,8 @@ def build_engine(cfg, model_cfg, ds_config: dict, env, compile_backend: str = "i
         # fused: one pass over the flat fp32 partition that ZeRO hands it, on GPU and CPU alike (on CPU
         # the default single-tensor loop costs ~15x the fused kernel: docs/benchmarks.md, Reference step)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
-                                      weight_decay=cfg.weight_decay, fused=True)
+                                      weight_decay=cfg.weight_decay, fused=cfg.adamw == "fused",
+                                      foreach=cfg.adamw == "foreach")
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=model.parameters() if optimizer is None else None,
         config=ds_config,

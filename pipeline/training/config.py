@@ -60,6 +60,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: str = "auto"                   # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False                     # torch.compile the model's forward in place (see bench/gpu.py)
+    adamw: str = "fused"                      # fused (one kernel, CPU and GPU) | foreach (bench: --compare)
     seed: int = 0
     # -- data (besides preprocessed): streams and mixtures, pipeline/training/streams.py
     data: dict = field(default_factory=dict)  # {streams: [{remote, local, proportion|repeat|choose}], ...}
@@ -106,7 +107,8 @@ class TrainConfig:
         if not 0.0 <= self.t_min < 1.0:
             problems.append(f"t_min must be in [0, 1), got {self.t_min}")
         for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS),
-                              ("val_bound", BOUNDS), ("init_from_weights", ("ema", "raw"))):
+                              ("val_bound", BOUNDS), ("init_from_weights", ("ema", "raw")),
+                              ("adamw", ("fused", "foreach"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.global_batch % max(self.micro_batch, 1):
