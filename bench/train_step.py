@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny-steps", type=int, default=20)
     p.add_argument("--small-steps", type=int, default=4)
     p.add_argument("--skip-small", action="store_true")
+    p.add_argument("--skip-tiny", action="store_true", help="with --compare: small only")
     p.add_argument("--kernel", default="mask")
     p.add_argument("--neighbors", default=None, help="neighbor_index artifact (semantic kernels; built on the "
                    "same tokenizer, any sequence length)")
@@ -121,7 +122,8 @@ def compare(args) -> int:
     import shutil
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_train_"))
-    cases = [("tiny", 16, 32, args.tiny_steps)] + ([] if args.skip_small else [("small", 8, 128, args.small_steps)])
+    cases = ([] if args.skip_tiny else [("tiny", 16, 32, args.tiny_steps)]) + \
+        ([] if args.skip_small else [("small", 8, 128, args.small_steps)])
     print(f"{'model':6} {'variant':30} {'s/step':>8} {'tokens/s':>10} {'vs default':>10}")
     for model, batch, seq_len, steps in cases:
         data = build_data(work / f"data{seq_len}", seq_len)
