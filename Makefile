@@ -1,6 +1,6 @@
 # semdlm: `make demo` runs every stage that exists end to end on CPU; `make test` runs ruff, then the
-# whole test suite (tests/unit, tests/integration and any other folder under tests/); `make test-fast`
-# runs tests/unit only (no DeepSpeed, no subprocess, no CLI runs; under 2 minutes on 2 cores);
+# whole test suite (tests/unit, tests/integration and any other folder under tests/, one pytest process per file:
+# scripts/run_tests.sh); `make test-fast` runs tests/unit only (no DeepSpeed, no subprocess, no CLI runs; ~2 min on 2 cores);
 # `make lint` runs ruff alone. All create .venv and install the package (editable, with the dev
 # extra) when it is missing.
 PYTHON ?= python3
@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(TEST_ENV) $(PY) -m pytest tests -q
+	$(TEST_ENV) PY=$(PY) bash scripts/run_tests.sh tests
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest tests/unit -q
