@@ -149,7 +149,7 @@ def build(model: str, batch: int, seq_len: int, work: Path, kernel: str, neighbo
     """(the trainer as pipeline/train.py builds it, a BareStep on the same model and data)."""
     from pipeline.train import build_trainer
     from pipeline.training.config import load_config
-    from pipeline.training.data import ValidationSet
+    from pipeline.training.data import _tokens_dataset_class
 
     data = build_data(work / f"data{seq_len}", seq_len)
     run_dir = work / f"run_{model}"
@@ -160,7 +160,8 @@ def build(model: str, batch: int, seq_len: int, work: Path, kernel: str, neighbo
                       kernel=kernel, neighbors=neighbors)
     args = SimpleNamespace(ds_config=str(REPO / ds_config), universal=False, local_rank=None)
     trainer = build_trainer(args, cfg)
-    x0 = next(ValidationSet(data / "train", 0, 1, batch, 1).batches())  # the first rows of the same split
+    split = _tokens_dataset_class()(local=str(data / "train"), shuffle=False, batch_size=batch, predownload=None)
+    x0 = torch.stack([torch.from_numpy(split[i]["tokens"]) for i in range(batch)])  # the first rows of the same split
     bare = BareStep(trainer.engine.module.cfg, cfg, x0, trainer.objective.kernel, trainer.pad_id, trainer.env.device,
                     bare_optimizer)
     return trainer, bare
