@@ -12,22 +12,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from damage import flip_bit, truncate
 from test_train import PYTHON, REPO, TINY, env, run_train, train_command
 
 pytestmark = pytest.mark.slow
 
 ERROR = "pipeline/train.py: error: "
-
-
-def flip_bit(path: Path, offset: int | None = None) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 if offset is None else offset] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def truncate(path: Path, keep: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.truncate(keep)
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:

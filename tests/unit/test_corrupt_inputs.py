@@ -11,21 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from damage import flip_bit, truncate
 
 from pipeline.common.artifacts import ArtifactError, StageRun, load_manifest, stage_errors
 
 from neighbor_tables import shifted_tables, write_neighbor_artifact
-
-
-def flip_bit(path: Path, offset: int | None = None) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2 if offset is None else offset] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def truncate(path: Path, keep: int) -> None:
-    with open(path, "r+b") as fh:
-        fh.truncate(keep)
 
 
 def one_line_error(capsys, prog: str, action) -> str:
