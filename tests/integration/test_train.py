@@ -84,6 +84,12 @@ def run_train(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess
     return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
+def deepspeed_shm_buffers(cmd: list[str]) -> list[str]:
+    """DeepSpeed's CPU comm buffers in /dev/shm of the launch ``cmd`` (named by its master port)."""
+    port = cmd[cmd.index("--master_port") + 1]
+    return sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+
+
 def sample_ids(run_dir: Path, rank: int) -> dict[int, list[int]]:
     path = run_dir / f"sample_ids_rank{rank}.jsonl"
     return {r["step"]: r["ids"] for r in map(json.loads, path.read_text().splitlines())}
@@ -117,7 +123,9 @@ def reference_run(tmp_path_factory, preprocessed) -> Path:
     run_dir = tmp_path_factory.mktemp("train_ref") / "run"
     overrides = [*TINY, "max_steps=8", "ckpt_every=4", "log_sample_ids=true", "val_every=8", "probe_every=4",
                  "probe_buckets=3", "probe_samples=2"]
-    _check(run_train(train_command(run_dir, preprocessed, overrides, ranks=2)))
+    cmd = train_command(run_dir, preprocessed, overrides, ranks=2)
+    _check(run_train(cmd))
+    assert deepspeed_shm_buffers(cmd) == [], "a finished run left DeepSpeed's shared memory in /dev/shm"
     return run_dir
 
 
@@ -155,6 +163,7 @@ def test_sigkill_then_resume_is_bit_identical(reference_run, preprocessed, tmp_p
     finally:
         proc.wait()
     killed_at = max(step_losses(run_dir))
+    assert deepspeed_shm_buffers(cmd) == [], "a killed run left DeepSpeed's shared memory in /dev/shm"
     assert killed_at >= 6 and (run_dir / "checkpoints" / "global_step4" / "semdlm_checkpoint.json").is_file()
 
     proc = run_train(cmd)
