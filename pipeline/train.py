@@ -80,7 +80,7 @@ def init_distributed(local_rank_arg: int | None):
     """torch.distributed through DeepSpeed; a single process without a launcher gets a world of one."""
     import deepspeed
 
-    from pipeline.training.cpu_host import keep_freed_memory, release_deepspeed_shm
+    from pipeline.common.cpu_host import keep_freed_memory, release_deepspeed_shm
     from pipeline.training.data import set_streaming_env
     from pipeline.training.loop import Dist
 
@@ -100,7 +100,7 @@ def init_distributed(local_rank_arg: int | None):
     if cuda:
         torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    if not cuda:  # pipeline/training/cpu_host.py
+    if not cuda:  # pipeline/common/cpu_host.py
         keep_freed_memory()  # no caching allocator on CPU: keep the per-step tensors' pages
         release_deepspeed_shm(rank, torch.distributed.barrier)  # else 69 MB per rank stay in /dev/shm
     set_streaming_env(rank, world, local_rank, local_world)

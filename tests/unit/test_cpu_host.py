@@ -1,4 +1,4 @@
-"""CPU-rank process settings (pipeline/training/cpu_host.py): glibc keeps freed pages, DeepSpeed's shm buffer
+"""CPU-rank process settings (pipeline/common/cpu_host.py): glibc keeps freed pages, DeepSpeed's shm buffer
 is unlinked once every rank has mapped it."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.training import cpu_host
+from pipeline.common import cpu_host
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = """
 import resource, sys
 import torch
-from pipeline.training.cpu_host import keep_freed_memory
-applied = keep_freed_memory()
+from pipeline.common.cpu_host import keep_freed_memory_on_cpu
+applied = keep_freed_memory_on_cpu("cpu")  # as the sampling and evaluation CLIs call it
 faults = []
 for _ in range(24):
     x = torch.empty(16 * 2 ** 20)  # 64 MB: over glibc's largest mmap threshold
@@ -50,6 +50,13 @@ def test_freed_memory_is_reused_by_the_next_step_instead_of_faulted_in_again():
     applied, faults = _fault_counts("system")  # glibc's defaults: a fresh mmap every step
     assert applied == "False"
     assert min(faults[-6:]) > PAGES // 2, f"pages faulted in per step with glibc's defaults: {faults}"
+
+
+def test_a_gpu_process_keeps_glibcs_defaults(monkeypatch):
+    assert not cpu_host.keep_freed_memory_on_cpu("cuda")
+    assert not cpu_host.keep_freed_memory_on_cpu("cuda:1")
+    monkeypatch.setenv("SEMDLM_MALLOC", "system")
+    assert not cpu_host.keep_freed_memory_on_cpu("cpu")
 
 
 def test_the_shm_name_is_the_one_deepspeed_builds():
