@@ -22,6 +22,10 @@ which does not see the time a busy machine keeps the process waiting for a core.
   ``F.cross_entropy(logits, labels)`` with labels -100 at unmasked positions. No DeepSpeed, EMA,
   corruption, loader or logging. Same precision as the trainer (fp32 on CPU, bf16 autocast on GPU).
 
+Building the trainer also applies its CPU process setting (freed memory stays in glibc's heap,
+``pipeline/common/cpu_host.py``), which the bare loop then shares: the two differ only in their steps.
+``SEMDLM_MALLOC=system`` measures both with glibc's defaults.
+
 Shapes: ``tiny`` at B = 16, L = 32 (the trainer tests' shape), ``small`` at B = 8, L = 128 (one
 micro-batch per step, no accumulation), the bert vocabulary (V = 30,522), mask kernel.
 
