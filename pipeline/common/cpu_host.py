@@ -4,8 +4,8 @@ CUDA's caching allocator nor NCCL.
 * :func:`keep_freed_memory`: glibc's malloc serves every block over 32 MB with a fresh ``mmap`` and
   hands it back with ``munmap`` on free, and trims the heap's free top; a training step on CPU allocates
   and frees the same large tensors every step (logits, their gradients, DeepSpeed's flat gradient
-  partition, its bucket and norm temporaries), so every step page-faults them in anew: on this machine a
-  third of a ``tiny`` step and a sixth of a ``small`` one, half of it kernel time. CUDA's caching
+  partition, its bucket and norm temporaries), so every step page-faults them in anew: on this machine
+  over a third of a ``tiny`` step and a sixth of a ``small`` one (docs/benchmarks.md). CUDA's caching
   allocator exists for the same reason. Turning ``mmap`` off for large blocks and trimming off keeps freed
   memory in the heap for the next step (the process keeps its peak resident size, as a GPU process keeps
   its peak reserved memory). Sampling on CPU gains as much (``tiny``, L = 128, 64 steps: 59 -> 29 s).
@@ -25,19 +25,25 @@ import ctypes
 import os
 from pathlib import Path
 
+from .errors import ConfigError
+
 SHM_DIR = Path("/dev/shm")
 DEEPSPEED_SHM_PREFIX = "deepspeed_allreduce_buffer"
 
 
 # mallopt(3) parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MALLOC_SETTINGS = ("keep", "system")  # SEMDLM_MALLOC: keep freed memory (default), or glibc's defaults
 TRIM_THRESHOLD = 2 ** 31 - 1  # bytes: the largest mallopt takes (an int); freed memory below it stays
 
 
 def keep_freed_memory(environ=os.environ) -> bool:
     """Make glibc keep freed memory for reuse (see the module docstring); False where it does not apply
     (``SEMDLM_MALLOC=system``, or a C library without ``mallopt``, e.g. musl or macOS)."""
-    if environ.get("SEMDLM_MALLOC", "keep") == "system":
+    setting = environ.get("SEMDLM_MALLOC", "keep")
+    if setting not in MALLOC_SETTINGS:
+        raise ConfigError(f"SEMDLM_MALLOC must be one of {', '.join(MALLOC_SETTINGS)}, got {setting!r}")
+    if setting == "system":
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:

@@ -59,6 +59,14 @@ def test_a_gpu_process_keeps_glibcs_defaults(monkeypatch):
     assert not cpu_host.keep_freed_memory_on_cpu("cpu")
 
 
+def test_a_misspelt_setting_is_refused_not_ignored(monkeypatch):
+    from pipeline.common.errors import ConfigError
+
+    monkeypatch.setenv("SEMDLM_MALLOC", "sytem")
+    with pytest.raises(ConfigError, match="SEMDLM_MALLOC must be one of keep, system, got 'sytem'"):
+        cpu_host.keep_freed_memory_on_cpu("cpu")
+
+
 def test_the_shm_name_is_the_one_deepspeed_builds():
     import deepspeed
 
