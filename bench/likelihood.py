@@ -23,6 +23,7 @@ import time
 import torch
 
 from bench.kernels import BERT_MASK_ID, build, random_neighbor_tables
+from pipeline.common.cpu_host import keep_freed_memory_on_cpu
 from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.kernels import alpha_and_derivative
 from pipeline.core.likelihood import bound_estimates, udlm_integrand
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=1.5, help="maximum bound / forward ratio")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory_on_cpu("cpu")  # as python -m pipeline.evaluate does on CPU (pipeline/common/cpu_host.py)
     tables = random_neighbor_tables(30522, args.k_max)
     rows = []
     for preset in args.models:

@@ -36,6 +36,7 @@ import time
 import torch
 
 from bench.kernels import build, random_neighbor_tables
+from pipeline.common.cpu_host import keep_freed_memory_on_cpu
 from pipeline.common.neighbor_artifact import semantic_association_rows
 from pipeline.core.ct_elbo import time_tables
 from pipeline.core.model import BERT_VOCAB_SIZE, DiffusionTransformer, ModelConfig
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown methods {sorted(unknown)}; choose from {list(SAMPLERS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory_on_cpu("cpu")  # as python -m pipeline.sample does on CPU (pipeline/common/cpu_host.py)
 
     tables, association = bench_tables(args.k_max, args.assoc_k)
     kernels = {name: build(name, tables, BERT_VOCAB_SIZE) for name in ("semdlm_plus", "mask")}
