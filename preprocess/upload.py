@@ -11,13 +11,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from pipeline.common.artifacts import MANIFEST_NAME, StageError, load_manifest
-
-
-def remote_path(remote: str, *parts: str) -> str:
-    """``remote``/part/...: URIs and plain paths alike (as streaming joins them; the same join as
-    pipeline.training.streams, which this stage may not import)."""
-    return "/".join([remote.rstrip("/"), *parts])
+from pipeline.common.artifacts import MANIFEST_NAME, StageError, load_manifest, remote_path
 
 
 def upload_artifact(directory: str | Path, remote: str, log=print) -> None:

@@ -57,6 +57,11 @@ SELF_CHECKSUM = "manifest_sha256"
 _FINGERPRINT_EDGE_BYTES = 1 << 20
 
 
+def remote_path(remote: str, *parts: str) -> str:
+    """``remote``/part/... of an artifact on remote storage: URIs and plain paths alike (as streaming joins them)."""
+    return "/".join([remote.rstrip("/"), *parts])
+
+
 # --------------------------------------------------------------------------- hashing helpers
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the form every hash in a manifest is taken of."""

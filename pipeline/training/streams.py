@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.common.artifacts import MANIFEST_NAME, ArtifactError, ConfigError, load_manifest, sha256_file
+from pipeline.common.artifacts import MANIFEST_NAME, ArtifactError, ConfigError, load_manifest, remote_path, sha256_file
 
 WEIGHTS = ("proportion", "repeat", "choose")
 STREAM_KEYS = ("name", "remote", "local", *WEIGHTS)
@@ -160,11 +160,6 @@ def parse_data(data, preprocessed: str | None) -> DataSpec | None:
 
 
 # --------------------------------------------------------------------------- manifests
-def remote_path(remote: str, *parts: str) -> str:
-    """``remote``/part/...: URIs and plain paths alike (as streaming joins them)."""
-    return "/".join([remote.rstrip("/"), *parts])
-
-
 def fetch_manifest(spec: StreamSpec, timeout: float = 60.0) -> tuple[dict, Path]:
     """(manifest, the local directory holding it) of a stream; ArtifactError naming the stream.
 
