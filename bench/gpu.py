@@ -243,34 +243,37 @@ def _shape(r: dict) -> str:
     return f"{r['batch']}x{r['seq_len']}"
 
 
+def _print_table(title: str, header: str, rows: list[dict], label: str, width: int, line) -> None:
+    """A titled table: ``line(row)`` for measured rows, the ``label`` column and the reason for skipped ones."""
+    print(title)
+    print(header)
+    for r in rows:
+        print(f"{r[label]:<{width}}  skipped: {r['skipped']}" if r.get("skipped") else line(r))
+
+
+def _train_line(r: dict) -> str:
+    mfu = _fmt(r["mfu"] and 100 * r["mfu"], ".1f")
+    return (f"{r['row']:<34}{_shape(r):>10}{r['precision']:>6}{r['step_s']:>9.4f}{r['tokens_per_s']:>11.0f}"
+            f"{mfu + ('%' if r['mfu'] else ''):>8}{_fmt(r['peak_mem_gib'], '.2f'):>10}  {r['sdpa']}")
+
+
 def print_report(report: dict) -> None:
     print(f"\ndevice: {report['device']} (bf16 peak {_fmt(report['peak_flops'], '.3g', 'unknown')} FLOP/s), "
           f"torch {report['torch']}, deepspeed {report['deepspeed']}{', SMOKE' if report['smoke'] else ''}")
-    print(f"\ntraining: model {report['model']}, one rank, Trainer.train_step (corruption, loss, DeepSpeed step, EMA)")
-    print(f"{'row':<34}{'B x L':>10}{'prec':>6}{'s/step':>9}{'tokens/s':>11}{'MFU':>8}{'peak GiB':>10}  SDPA")
-    for r in report["train"]:
-        if r.get("skipped"):
-            print(f"{r['row']:<34}  skipped: {r['skipped']}")
-            continue
-        mfu = _fmt(r["mfu"] and 100 * r["mfu"], ".1f")
-        print(f"{r['row']:<34}{_shape(r):>10}{r['precision']:>6}{r['step_s']:>9.4f}{r['tokens_per_s']:>11.0f}"
-              f"{mfu + ('%' if r['mfu'] else ''):>8}{_fmt(r['peak_mem_gib'], '.2f'):>10}  {r['sdpa']}")
-    print(f"\nsampling: model {report['model']}, fp32 (the production path), random neighbour table")
-    print(f"{'sampler':<8}{'kernel':<13}{'steps':>6}{'B x L':>10}{'tokens/s':>11}{'seconds':>9}{'calls':>7}")
-    for r in report["sampler"]:
-        if r.get("skipped"):
-            print(f"{r['sampler']:<8}  skipped: {r['skipped']}")
-            continue
-        print(f"{r['sampler']:<8}{r['kernel']:<13}{r['steps']:>6}{_shape(r):>10}{r['tokens_per_s']:>11.1f}"
-              f"{r['seconds']:>9.2f}{r['calls']:>7}")
-    print(f"\nlikelihood bound (continuous, one t per sequence), model {report['model']}, fp32")
-    print(f"{'shape':<7}{'kernel':<13}{'B x L':>10}{'tokens/s':>11}{'bound/forward':>15}")
-    for r in report["likelihood"]:
-        if r.get("skipped"):
-            print(f"{r['shape']:<7}  skipped: {r['skipped']}")
-            continue
-        print(f"{r['shape']:<7}{r['kernel']:<13}{_shape(r):>10}{r['tokens_per_s']:>11.0f}"
-              f"{r['bound_over_forward']:>14.2f}x")
+    _print_table(f"\ntraining: model {report['model']}, one rank, Trainer.train_step (corruption, loss, DeepSpeed "
+                 "step, EMA)",
+                 f"{'row':<34}{'B x L':>10}{'prec':>6}{'s/step':>9}{'tokens/s':>11}{'MFU':>8}{'peak GiB':>10}  SDPA",
+                 report["train"], "row", 34, _train_line)
+    _print_table(f"\nsampling: model {report['model']}, fp32 (the production path), random neighbour table",
+                 f"{'sampler':<8}{'kernel':<13}{'steps':>6}{'B x L':>10}{'tokens/s':>11}{'seconds':>9}{'calls':>7}",
+                 report["sampler"], "sampler", 8,
+                 lambda r: (f"{r['sampler']:<8}{r['kernel']:<13}{r['steps']:>6}{_shape(r):>10}"
+                            f"{r['tokens_per_s']:>11.1f}{r['seconds']:>9.2f}{r['calls']:>7}"))
+    _print_table(f"\nlikelihood bound (continuous, one t per sequence), model {report['model']}, fp32",
+                 f"{'shape':<7}{'kernel':<13}{'B x L':>10}{'tokens/s':>11}{'bound/forward':>15}",
+                 report["likelihood"], "shape", 7,
+                 lambda r: (f"{r['shape']:<7}{r['kernel']:<13}{_shape(r):>10}{r['tokens_per_s']:>11.0f}"
+                            f"{r['bound_over_forward']:>14.2f}x"))
     print(f"\ntotal {report['elapsed_s']:.0f} s")
 
 
