@@ -18,7 +18,9 @@ TrainConfig, so the two can never disagree:
   on one CPU rank: 7 % slower with them, of ``tiny``: 6 %; docs/benchmarks.md, Reference step).
   Buckets this small stay in the heap and are reused; gradients larger than a bucket bypass it
   (DeepSpeed reduces them in place). The reduction is elementwise, so the results do not depend on the
-  bucket size. GPU configs are left as written.
+  bucket size. GPU configs are left as written. (Measured before the trainer kept freed memory in the
+  heap, pipeline/common/cpu_host.py, which now stops those page faults too; the cap still keeps the
+  memory that heap holds small.)
 """
 from __future__ import annotations
 
