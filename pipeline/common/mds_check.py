@@ -42,23 +42,39 @@ class ShardCorruptError(ArtifactError):
 
 
 def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = 1 << 22) -> str:
-    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+        return _digest(fh, algorithm, chunk)
+
+
+def _digest(fh, algorithm: str, chunk: int = 1 << 22) -> str:
+    digest = hashlib.new(algorithm)
+    while block := fh.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
 
 
+class _Missing(str):
+    """A file_problem that says the file is absent (a cache may legitimately not hold it)."""
+
+
 def file_problem(path: Path, size: int, hashes: Mapping[str, str]) -> str | None:
-    """Why ``path`` differs from its index.json entry (size, then the first hashlib-known hash), or None."""
-    if not path.is_file():
-        return f"{path} is missing (its index.json lists it)"
-    actual = path.stat().st_size
-    if actual != size:
-        return f"{path} was truncated or replaced: it has {actual} bytes, index.json records {size}"
-    algorithm = next((a for a in hashes if a in hashlib.algorithms_available), None)
-    if algorithm is not None and file_digest(path, algorithm) != hashes[algorithm]:
-        return f"{path} is corrupt: its {algorithm} differs from the one index.json records (a flipped bit?)"
+    """Why ``path`` differs from its index.json entry (size, then the first hashlib-known hash), or None.
+
+    The file is opened first and measured through the open handle: in a shared cache another rank may
+    delete a ``.zstd`` the moment it has decompressed it, and a check-then-open would then fail with
+    FileNotFoundError half-way (an unlinked file stays readable once open).
+    """
+    try:
+        fh = open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError):
+        return _Missing(f"{path} is missing (its index.json lists it)")
+    with fh:
+        actual = os.fstat(fh.fileno()).st_size
+        if actual != size:
+            return f"{path} was truncated or replaced: it has {actual} bytes, index.json records {size}"
+        algorithm = next((a for a in hashes if a in hashlib.algorithms_available), None)
+        if algorithm is not None and _digest(fh, algorithm) != hashes[algorithm]:
+            return f"{path} is corrupt: its {algorithm} differs from the one index.json records (a flipped bit?)"
     return None
 
 
@@ -73,18 +89,25 @@ def _advice(path: Path, derived: bool) -> str:
 def shard_entry_problems(split_dir: Path, entry: Mapping) -> list[tuple[Path, str]]:
     """(file, problem) of one index.json shard entry's files. A raw file that is absent next to its
     compressed original is fine (not decompressed yet); the compressed original must be there."""
-    problems = []
+    return _entry_check(split_dir, entry, present_only=False)[0]
+
+
+def _entry_check(split_dir: Path, entry: Mapping, present_only: bool) -> tuple[list[tuple[Path, str]], int]:
+    """shard_entry_problems, and how many files were there to check. ``present_only`` (a stream's cache: it
+    fills on demand and drops a ``.zstd`` once decompressed) skips every absent file."""
+    problems, present = [], 0
     raw, zipped = entry.get("raw_data") or {}, entry.get("zip_data")
     for info, derived in ((raw, zipped is not None), (zipped, False)):
         if not info:
             continue
         path = split_dir / info["basename"]
-        if derived and not path.exists():
-            continue
         problem = file_problem(path, int(info["bytes"]), info.get("hashes") or {})
-        if problem:
-            problems.append((path, problem + _advice(path, derived)))
-    return problems
+        missing = isinstance(problem, _Missing)
+        present += not missing
+        if problem is None or (missing and (derived or present_only)):
+            continue
+        problems.append((path, problem + _advice(path, derived)))
+    return problems, present
 
 
 def split_problems(split_dir: Path, manifest: Mapping) -> list[tuple[Path, str]]:
@@ -132,16 +155,15 @@ class VerifiedShards:
                 return
             stream = self.streams[self.stream_per_shard[shard_id]]
             split_dir = Path(stream.local) / (stream.split or "")
-            # A remote stream's cache fills on demand and drops a .zstd once decompressed: check the
-            # files that are there, and the shard for good only once one of them was.
+            # A remote stream's cache fills on demand and drops a .zstd once decompressed, also while
+            # this rank looks (another rank prepares it): check the files that are there when opened,
+            # and the shard for good only once one of them was.
             cached = stream.remote not in (None, stream.local)
             seen = False
             for raw_info, zip_info in self.shards[shard_id].file_pairs:
                 infos = {"raw_data": vars(raw_info), "zip_data": vars(zip_info) if zip_info else None}
-                if cached:
-                    infos = {k: v for k, v in infos.items() if v and (split_dir / v["basename"]).is_file()}
-                    seen |= bool(infos)
-                problems = shard_entry_problems(split_dir, infos)
+                problems, present = _entry_check(split_dir, infos, present_only=cached)
+                seen |= present > 0
                 if problems:
                     raise ShardCorruptError(problems[0][1])
             if seen or not cached:

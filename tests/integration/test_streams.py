@@ -98,6 +98,13 @@ def _command(run_dir: Path, remote: Path, cache: Path) -> list[str]:
             f"val_every={STEPS}", "log_sample_ids=true", f"data.streams=[{streams}]"]
 
 
+def _why(log: Path) -> str:
+    """A failed launch's first traceback (a background thread's, the cause) and the log's end."""
+    text = log.read_text()
+    first = text.find("Traceback")
+    return (text[first:first + 3000] + "\n[...]\n" if first >= 0 else "") + text[-3000:]
+
+
 def _records(run_dir: Path) -> dict[int, dict]:
     out: dict[int, dict] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -115,15 +122,15 @@ def _ids(run_dir: Path, rank: int) -> dict[int, list[int]]:
 def test_mixture_resumes_exactly_and_draws_each_stream_as_streaming_defines(remote, tmp_path):
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert launch(_command(reference, remote, tmp_path / "cache_ref"), None, tmp_path / "ref_log", 600) == 0, \
-        (tmp_path / "ref_log.out").read_text()[-3000:]
+        _why(tmp_path / "ref_log.out")
 
     fault_log = tmp_path / "faults.jsonl"
     code = launch(_command(run, remote, tmp_path / "cache_run"), Fault("step.begin", 7, 0, "job"), fault_log, 600)
-    assert code != 0 and fault_log.is_file(), (tmp_path / "faults.out").read_text()[-3000:]
+    assert code != 0 and fault_log.is_file(), _why(tmp_path / "faults.out")
     assert max(step for step, r in _records(run).items() if "train/loss" in r) == 6
     shutil.rmtree(tmp_path / "cache_run")  # resume on a "fresh node": every shard downloaded again
     assert launch(_command(run, remote, tmp_path / "cache_run"), None, tmp_path / "resume_log", 600) == 0, \
-        (tmp_path / "resume_log.out").read_text()[-3000:]
+        _why(tmp_path / "resume_log.out")
     assert "resumed from global_step4" in (tmp_path / "resume_log.out").read_text()
     assert (tmp_path / "cache_run" / "web" / "train" / "index.json").is_file()
     assert (tmp_path / "cache_run" / "lm1b" / "manifest.json").is_file()
