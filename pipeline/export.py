@@ -7,9 +7,10 @@ reads the newest checkpoint of RUN_DIR (or ``--tag``) straight from its files: n
 one process, any world size the run was trained on. The directory is the pipeline's export artifact
 and a transformers model (``AutoModelForMaskedLM`` / ``AutoModelForCausalLM`` with
 ``trust_remote_code=True``) with its tokenizer and a model card (README.md; ``--eval`` adds the test
-bounds of an evaluation of the same weights). Library: ``pipeline.training.export`` (writing),
-``pipeline.common.export_artifact`` (the artifact, read by sampling and evaluation) and
-``pipeline.common.hf_export`` (the transformers side, the Hub).
+bounds of an evaluation of the same weights). Exporting the same checkpoint file with the same options
+again is up to date (the directory is kept); an existing export of anything else needs ``--force``.
+Library: ``pipeline.training.export`` (writing), ``pipeline.common.export_artifact`` (the artifact, read
+by sampling and evaluation) and ``pipeline.common.hf_export`` (the transformers side, the Hub).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", default=None, metavar="REPO",
                    help="then upload the export to this Hugging Face model repo (needs network and a token)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
-    p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing export (one of this checkpoint with these options is kept: up to date)")
     add_break_lock_argument(p)
     return p
 
@@ -49,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.push_to_hub:
             check_hub_online(args.push_to_hub)  # offline: stop before any work
-        out = export_run(args.run_dir, args.out, tag=args.tag, use_ema=not args.raw_weights, force=args.force,
-                         break_lock=args.break_lock, tokenizer=args.tokenizer, evaluation=args.eval)
-        print(f"{out}: written")
+        out, written = export_run(args.run_dir, args.out, tag=args.tag, use_ema=not args.raw_weights,
+                                  force=args.force, break_lock=args.break_lock, tokenizer=args.tokenizer,
+                                  evaluation=args.eval)
+        print(f"{out}: {'written' if written else 'up to date'}")
         if args.push_to_hub:
             print(f"{out}: pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
     return 0

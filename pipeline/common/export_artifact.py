@@ -58,7 +58,22 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
 
     ``hf_tokenizer`` (see ``hf_export.load_export_tokenizer``) is saved into the export; ``evaluation``
     (``model_card.read_evaluation``, an evaluation of these same weights) puts its bounds on the model card.
+    An existing ``out_dir`` is refused unless ``force``: in-memory weights have no freshness key.
     """
+    run = export_stage(out_dir, model_cfg, kernel_cfg, tokenizer_info, artifacts, kind, training=training,
+                       evaluation=evaluation, force=True, break_lock=break_lock)
+    if not force and Path(out_dir).exists():
+        raise ExportExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
+    return write_export(run, model.state_dict() if state_dict is None else state_dict, hf_tokenizer, evaluation)
+
+
+def export_stage(out_dir, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None, tokenizer_info: dict,
+                 artifacts: dict, kind: str, training: dict | None = None,
+                 evaluation: EvaluationSummary | None = None, sources=(), force: bool = False,
+                 break_lock: bool = False) -> StageRun:
+    """The export's StageRun; its ``config`` is config.json. ``sources``, the files the weights are read from
+    (a checkpoint's model states), enter the freshness key with the config and the upstream artifacts: an
+    export of unchanged sources is up to date (``run.is_up_to_date()``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "diffusion" and kernel_cfg is None:
@@ -75,18 +90,20 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     config.update(hf_config_fields(kind, config["model"], tokenizer_info))  # our readers ignore these keys
     if evaluation is not None:
         upstream["evaluation"] = evaluation.directory
-    weights = state_dict if state_dict is not None else model.state_dict()
+    return StageRun(STAGE, Path(out_dir), config=config, inputs=[Path(p) for p in sources], upstream=upstream,
+                    tokenizer=tokenizer_info, force=force, break_lock=break_lock)
+
+
+def write_export(run: StageRun, weights: dict, hf_tokenizer=None, evaluation: EvaluationSummary | None = None) -> Path:
+    """Write ``run``'s export (``export_stage``): config.json, the weights as safetensors, the transformers side."""
+    kind = run.config["kind"]
     # safetensors wants contiguous, unshared CPU tensors; non-persistent buffers are not in state_dict.
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-    run = StageRun(STAGE, Path(out_dir), config=config, upstream=upstream, tokenizer=tokenizer_info,
-                   force=True, break_lock=break_lock)  # the weights are not in the freshness key: always rewrite
-    if not force and Path(out_dir).exists():
-        raise ExportExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
     with run as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(run.config, indent=2, sort_keys=True) + "\n")
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "kind": kind})
-        write_hf_files(tmp, config, hf_tokenizer, evaluation)
-    return Path(out_dir)
+        write_hf_files(tmp, run.config, hf_tokenizer, evaluation)
+    return run.out_dir
 
 
 def read_export_config(directory: Path) -> tuple[dict, ModelConfig]:

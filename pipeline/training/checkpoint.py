@@ -231,6 +231,7 @@ class CheckpointForExport:
     artifacts: dict
     training: dict
     weights: dict
+    states_file: Path  # the file the weights were read from
 
 
 def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: bool = True) -> CheckpointForExport:
@@ -264,4 +265,4 @@ def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: b
     training = {"step": marker["step"], "tokens_seen": marker.get("tokens_seen"), "run_dir": str(run_dir.resolve()),
                 "tag": tag, "weights": "ema" if use_ema else "raw"}
     return CheckpointForExport(model_cfg, kernel_cfg, kind, marker["tokenizer"], marker["artifacts"], training,
-                               weights)
+                               weights, states_file)

@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common.export_artifact import save_export
-from pipeline.core.model import build_model
+from pipeline.common.export_artifact import ExportExistsError, export_stage, write_export
 
 
 def export_run(run_dir, out_dir, tag: str | None = None, use_ema: bool = True, force: bool = False,
-               break_lock: bool = False, tokenizer: str | None = None, evaluation=None) -> Path:
-    """Export a checkpoint of a training run directory (see pipeline.training.checkpoint).
+               break_lock: bool = False, tokenizer: str | None = None, evaluation=None) -> tuple[Path, bool]:
+    """Export a checkpoint of a training run directory (see pipeline.training.checkpoint): (directory, written).
 
     The tokenizer files come from ``tokenizer`` (default: the one the run recorded; its vocabulary must
     be the run's); ``evaluation`` (an evaluation artifact of these weights) puts its bounds on the card.
+    An existing export of the same checkpoint file with the same options is up to date and kept (written
+    False); an existing export of anything else is refused unless ``force``.
     """
     from pipeline.common.hf_export import load_export_tokenizer
     from pipeline.common.model_card import read_evaluation
@@ -20,7 +21,14 @@ def export_run(run_dir, out_dir, tag: str | None = None, use_ema: bool = True, f
 
     ckpt = read_checkpoint_for_export(Path(run_dir), tag=tag, use_ema=use_ema)
     summary = read_evaluation(evaluation) if evaluation is not None else None
+    training = {**ckpt.training, "tokenizer_source": tokenizer}  # None: the run's own
+    run = export_stage(out_dir, ckpt.model_cfg, ckpt.kernel_cfg, ckpt.tokenizer_info, ckpt.artifacts, ckpt.kind,
+                       training=training, evaluation=summary, sources=[ckpt.states_file], force=force,
+                       break_lock=break_lock)
+    if run.is_up_to_date():
+        return run.out_dir, False
+    if not force and Path(out_dir).exists():
+        raise ExportExistsError(f"{out_dir} holds another export (or one of an older checkpoint or other options); "
+                                "pass --force to overwrite it")
     hf_tokenizer = load_export_tokenizer(ckpt.tokenizer_info, tokenizer, ckpt.model_cfg.max_seq_len)
-    return save_export(out_dir, build_model(ckpt.model_cfg), ckpt.model_cfg, ckpt.kernel_cfg, ckpt.tokenizer_info,
-                       ckpt.artifacts, ckpt.kind, force=force, training=ckpt.training, state_dict=ckpt.weights,
-                       break_lock=break_lock, hf_tokenizer=hf_tokenizer, evaluation=summary)
+    return write_export(run, ckpt.weights, hf_tokenizer, summary), True

@@ -209,7 +209,7 @@ def test_changed_model_config_is_refused(reference_run, preprocessed, tmp_path):
     assert proc.returncode == 2 and "kernel.name: 'mask' -> 'uniform'" in proc.stderr
 
 
-def test_export_round_trip_gives_identical_logits(reference_run, tmp_path):
+def test_export_round_trip_gives_identical_logits(reference_run, tmp_path, capsys):
     from pipeline.common.export_artifact import load_export
 
     out = tmp_path / "export"
@@ -231,6 +231,19 @@ def test_export_round_trip_gives_identical_logits(reference_run, tmp_path):
     t = torch.rand(3, generator=gen)
     with torch.no_grad():
         assert torch.equal(exported.model(x, t), reference(x, t))
+
+    # A rerun (make demo twice) keeps an export of the same checkpoint file; other weights need --force.
+    from pipeline.export import main as export_main
+
+    manifest = (out / "manifest.json").read_text()
+    assert export_main([str(reference_run), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: up to date" and (out / "manifest.json").read_text() == manifest
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(reference_run), "--out", str(out), "--raw-weights"])
+    assert exit_info.value.code == 2 and "pass --force" in capsys.readouterr().err
+    assert export_main([str(reference_run), "--out", str(out), "--raw-weights", "--force"]) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: written"
+    assert load_export(out).config["training"]["weights"] == "raw"
 
 
 def test_validation_probe_and_perf_metrics_are_logged(reference_run):
