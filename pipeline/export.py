@@ -8,7 +8,8 @@ one process, any world size the run was trained on. The directory is the pipelin
 and a transformers model (``AutoModelForMaskedLM`` / ``AutoModelForCausalLM`` with
 ``trust_remote_code=True``) with its tokenizer and a model card (README.md; ``--eval`` adds the test
 bounds of an evaluation of the same weights). Exporting the same checkpoint file with the same options
-again is up to date (the directory is kept); an existing export of anything else needs ``--force``.
+again is up to date (the directory is kept); a stale export of the same run is rewritten; a directory
+holding anything else needs ``--force``.
 Library: ``pipeline.training.export`` (writing), ``pipeline.common.export_artifact`` (the artifact, read
 by sampling and evaluation) and ``pipeline.common.hf_export`` (the transformers side, the Hub).
 """
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then upload the export to this Hugging Face model repo (needs network and a token)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.add_argument("--force", action="store_true",
-                   help="overwrite an existing export (one of this checkpoint with these options is kept: up to date)")
+                   help="overwrite OUT even if it holds another run's export or no export")
     add_break_lock_argument(p)
     return p
 

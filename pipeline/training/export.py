@@ -13,7 +13,8 @@ def export_run(run_dir, out_dir, tag: str | None = None, use_ema: bool = True, f
     The tokenizer files come from ``tokenizer`` (default: the one the run recorded; its vocabulary must
     be the run's); ``evaluation`` (an evaluation artifact of these weights) puts its bounds on the card.
     An existing export of the same checkpoint file with the same options is up to date and kept (written
-    False); an existing export of anything else is refused unless ``force``.
+    False); one of the same run (an older checkpoint, other options) is rewritten, as any stage rebuilds a
+    stale artifact; any other ``out_dir`` (another run's export, not an export) is refused unless ``force``.
     """
     from pipeline.common.hf_export import load_export_tokenizer
     from pipeline.common.model_card import read_evaluation
@@ -27,8 +28,18 @@ def export_run(run_dir, out_dir, tag: str | None = None, use_ema: bool = True, f
                        break_lock=break_lock)
     if run.is_up_to_date():
         return run.out_dir, False
-    if not force and Path(out_dir).exists():
-        raise ExportExistsError(f"{out_dir} holds another export (or one of an older checkpoint or other options); "
-                                "pass --force to overwrite it")
+    if not force and Path(out_dir).exists() and _exported_run(out_dir) != training["run_dir"]:
+        raise ExportExistsError(f"{out_dir} exists and is not an export of {training['run_dir']}; pass --force to "
+                                "overwrite it")
     hf_tokenizer = load_export_tokenizer(ckpt.tokenizer_info, tokenizer, ckpt.model_cfg.max_seq_len)
     return write_export(run, ckpt.weights, hf_tokenizer, summary), True
+
+
+def _exported_run(out_dir) -> str | None:
+    """The run directory an existing export was made from (None: not a complete export of a run)."""
+    from pipeline.common.artifacts import ArtifactError, load_manifest
+
+    try:
+        return (load_manifest(out_dir, stage="export")["config"].get("training") or {}).get("run_dir")
+    except (ArtifactError, AttributeError):
+        return None

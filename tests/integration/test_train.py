@@ -210,7 +210,7 @@ def test_changed_model_config_is_refused(reference_run, preprocessed, tmp_path):
 
 
 def test_export_round_trip_gives_identical_logits(reference_run, tmp_path, capsys):
-    from pipeline.common.export_artifact import load_export
+    from pipeline.common.export_artifact import load_export, save_export
 
     out = tmp_path / "export"
     proc = subprocess.run([PYTHON, "-m", "pipeline.export", str(reference_run), "--out", str(out)], cwd=REPO,
@@ -232,18 +232,25 @@ def test_export_round_trip_gives_identical_logits(reference_run, tmp_path, capsy
     with torch.no_grad():
         assert torch.equal(exported.model(x, t), reference(x, t))
 
-    # A rerun (make demo twice) keeps an export of the same checkpoint file; other weights need --force.
+    # A rerun (make demo twice) keeps an export of the same checkpoint file; another checkpoint or other
+    # options of the same run rewrite it (a stale artifact); a directory holding anything else needs --force.
     from pipeline.export import main as export_main
 
     manifest = (out / "manifest.json").read_text()
     assert export_main([str(reference_run), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"{out}: up to date" and (out / "manifest.json").read_text() == manifest
+    for extra, step, weights in ((["--tag", "global_step4"], 4, "ema"), (["--raw-weights"], 8, "raw")):
+        assert export_main([str(reference_run), "--out", str(out), *extra]) == 0
+        assert capsys.readouterr().out.strip() == f"{out}: written"
+        training = load_export(out).config["training"]
+        assert (training["step"], training["weights"]) == (step, weights)
+    other = save_export(tmp_path / "other", reference, exported.model_cfg, exported.kernel.cfg,
+                        exported.tokenizer_info, {}, "diffusion")  # not made from a run
     with pytest.raises(SystemExit) as exit_info:
-        export_main([str(reference_run), "--out", str(out), "--raw-weights"])
+        export_main([str(reference_run), "--out", str(other)])
     assert exit_info.value.code == 2 and "pass --force" in capsys.readouterr().err
-    assert export_main([str(reference_run), "--out", str(out), "--raw-weights", "--force"]) == 0
-    assert capsys.readouterr().out.strip() == f"{out}: written"
-    assert load_export(out).config["training"]["weights"] == "raw"
+    assert load_export(other).config["training"] == {}  # untouched
+    assert export_main([str(reference_run), "--out", str(other), "--force"]) == 0
 
 
 def test_validation_probe_and_perf_metrics_are_logged(reference_run):
