@@ -73,10 +73,15 @@ def hash_object(obj: Any) -> str:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+        return hexdigest_of(fh, "sha256", chunk)
+
+
+def hexdigest_of(fh, algorithm: str, chunk: int = 1 << 22) -> str:
+    """hashlib ``algorithm`` of an open binary file from its current position (hashlib.file_digest is 3.11+)."""
+    digest = hashlib.new(algorithm)
+    while block := fh.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
 
 

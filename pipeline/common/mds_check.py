@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
+from .artifacts import hexdigest_of
 from .errors import ArtifactError
 
 INDEX_NAME = "index.json"
@@ -39,18 +40,6 @@ class ShardCorruptError(ArtifactError):
         if "Original Traceback" in message:
             message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
         super().__init__(message)
-
-
-def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = 1 << 22) -> str:
-    with open(path, "rb") as fh:
-        return _digest(fh, algorithm, chunk)
-
-
-def _digest(fh, algorithm: str, chunk: int = 1 << 22) -> str:
-    digest = hashlib.new(algorithm)
-    while block := fh.read(chunk):
-        digest.update(block)
-    return digest.hexdigest()
 
 
 class _Missing(str):
@@ -73,7 +62,7 @@ def file_problem(path: Path, size: int, hashes: Mapping[str, str]) -> str | None
         if actual != size:
             return f"{path} was truncated or replaced: it has {actual} bytes, index.json records {size}"
         algorithm = next((a for a in hashes if a in hashlib.algorithms_available), None)
-        if algorithm is not None and _digest(fh, algorithm) != hashes[algorithm]:
+        if algorithm is not None and hexdigest_of(fh, algorithm) != hashes[algorithm]:
             return f"{path} is corrupt: its {algorithm} differs from the one index.json records (a flipped bit?)"
     return None
 
