@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 
 from pipeline.core.kernels import Kernel
+from pipeline.core.posterior import PLAIN, Reading, log_posterior
 from pipeline.core.softmax_rows import logsumexp_rows
 
 _CHUNK = 1 << 22  # elements of a [U, V, K] temporary built at once
@@ -156,15 +157,29 @@ def _segment_logsumexp(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch
 
 
 def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t,
-                     mask: torch.Tensor | None = None, chunk: int = 1024, lse: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+                     mask: torch.Tensor | None = None, chunk: int = 1024, lse: torch.Tensor | None = None,
+                     reading: Reading = PLAIN) -> torch.Tensor:
     """The continuous-time ELBO integrand per position, [B, L] nats/unit time (0 where not counted).
 
     Differentiable in ``logits`` (the training loss); ``t`` is a scalar, [B] or [B, L]. ``lse``: the
     logits' logsumexp at every position, [B * L] float64, when the caller has it (else computed here,
-    only where the global branch reaches x_t). The sparse work runs ``chunk`` positions at a time
-    (the schedule tables once per call).
+    only where the global branch reaches x_t). ``reading``: how the logits become p_theta(v | x_t)
+    (pipeline/core/posterior.py). The sparse work runs ``chunk`` positions at a time (the schedule
+    tables once per call).
     """
+    return _per_position(kernel, logits, x0, xt, t, mask, chunk, lse, reading, _positions_integrand)
+
+
+def posterior_nll_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t,
+                            mask: torch.Tensor | None = None, chunk: int = 1024, reading: Reading = PLAIN
+                            ) -> torch.Tensor:
+    """-log p_theta(x0 | x_t) per position under ``reading``, [B, L] float64, differentiable (Eq 120's
+    cross-entropy for a kernel-aware model): the same sparse normaliser as the ELBO, no extra V-sized pass."""
+    return _per_position(kernel, logits, x0, xt, t, mask, chunk, None, reading, _positions_nll)
+
+
+def _per_position(kernel, logits, x0, xt, t, mask, chunk, lse, reading, per_positions) -> torch.Tensor:
+    """Runs ``per_positions(kernel, tab, lg, z, x, lse, reading)`` over the counted positions, [B, L] float64."""
     B, L = x0.shape
     V = kernel.vocab_size
     dev = x0.device
@@ -178,11 +193,12 @@ def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt:
     lg = logits.reshape(-1, V)
     if cidx.numel() < B * L:
         lg = lg.index_select(0, cidx)
-    if kernel.cfg.name == "mask":  # SUBS: never predict [MASK] as the clean token
-        lg = lg.index_fill(-1, torch.tensor([kernel.mask_id], device=dev), -math.inf)
+    excluded = _excluded_id(kernel, reading)
+    if excluded is not None:  # SUBS (and models without a support bias): never predict [MASK] as the clean token
+        lg = lg.index_fill(-1, torch.tensor([excluded], device=dev), -math.inf)
     tab = time_tables(kernel, tt)
     generic = _g(tab.beta, tab.u) * _g(kernel.global_dist, z) > 0  # q_t(z | v) > 0 for every v: needs all of V
-    if lse is not None and kernel.cfg.name != "mask":  # (SUBS changed the mask kernel's logits above)
+    if lse is not None and excluded is None:  # (an exclusion changed the logits above)
         lse = _g(lse, cidx)
     elif bool(generic.any()):
         rows = torch.nonzero(generic).flatten()
@@ -191,27 +207,56 @@ def ctelbo_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt:
     else:
         lse = torch.zeros(z.numel(), dtype=torch.float64, device=dev)
     if z.numel() <= chunk:
-        val = _positions_integrand(kernel, tab, lg, z, x, lse)
+        val = per_positions(kernel, tab, lg, z, x, lse, reading)
     else:  # bounded working set (memory of the pair lists)
-        val = torch.cat([_positions_integrand(kernel, tab._replace(u=tab.u[lo:lo + chunk]), lg[lo:lo + chunk],
-                                              z[lo:lo + chunk], x[lo:lo + chunk], lse[lo:lo + chunk])
+        val = torch.cat([per_positions(kernel, tab._replace(u=tab.u[lo:lo + chunk]), lg[lo:lo + chunk],
+                                       z[lo:lo + chunk], x[lo:lo + chunk], lse[lo:lo + chunk], reading)
                          for lo in range(0, z.numel(), chunk)])
     out = out.index_put((cidx,), val)
     return out.reshape(B, L)
 
 
-def _positions_integrand(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
-                         lse_dense: torch.Tensor) -> torch.Tensor:
-    """The integrand of N positions (flat), [N] float64; ``lse_dense``: logsumexp of ``lg`` where the global
-    branch reaches z (anything elsewhere)."""
+def _excluded_id(kernel: Kernel, reading: Reading) -> int | None:
+    """The token never read as clean beyond the model's own support: [MASK] for ``mask`` (SUBS) and for a
+    reading that names it (models without a support bias)."""
+    return kernel.mask_id if kernel.cfg.name == "mask" else reading.mask_id
+
+
+class PositionPosterior(NamedTuple):
+    """p_theta(v | x_t) of N positions in sparse form: entries E_z = {z} u inv(z), and one generic weight.
+
+    p(v) = exp(lg_v + h_v - log_z), h_v = h_e at an entry, h_g elsewhere (p(v) = exp(lg_v - lse_gen) there).
+    """
+
+    e_n: torch.Tensor  # [M] position of each entry
+    e_v: torch.Tensor  # [M] its clean token v
+    e_q: torch.Tensor  # [M] q_t(z | v)
+    e_dp: torch.Tensor  # [M] d/dt q_t(z | v)
+    w_e: torch.Tensor  # [M] p_theta(v | x_t) at the entry
+    h_e: torch.Tensor  # [M] the log factor the reading multiplies the entry's exp(logit) by
+    log_z: torch.Tensor  # [N] log normaliser
+    lse_gen: torch.Tensor  # [N] log_z - h_g where generic (0 elsewhere)
+    generic: torch.Tensor  # [N] the global branch reaches z: every v is possible
+    g_q: torch.Tensor  # [N] q_t(z | v) of a generic v
+    g_dp: torch.Tensor  # [N] its time derivative
+
+
+def position_posterior(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, lse_dense: torch.Tensor,
+                       reading: Reading) -> PositionPosterior:
+    """The posterior of N positions from their logits ``lg`` [N, V] and ``lse_dense`` (logsumexp of ``lg``
+    where the global branch reaches z), O(entries) beyond that one V-sized pass.
+
+    Reading ``kernel``: h = log q_t(z | v); ``direct``: h = 0 on every v with q_t(z | v) > 0; both plus
+    ``log_ratio`` at v = z. Generic v all share h_g, so with S = sum_v exp(lg_v) = exp(lse_dense)
+    Z = exp(h_g) S + sum_{v in E} exp(lg_v) (exp(h_v) - exp(h_g)), each added term >= 0 (q_t(z | v) >= its
+    generic value at an entry, log_ratio >= 0). A position with Z = 0 (no mass on any possible v) gets 0 weights.
+    """
     V, dev, N = kernel.vocab_size, z.device, z.numel()
     u, nu = tab.u, kernel.global_dist
     a, b, da, db = _g(tab.alpha, u), _g(tab.beta, u), _g(tab.dalpha, u), _g(tab.dbeta, u)
     nu_z = _g(nu, z)
     g_q, g_dp = b * nu_z, db * nu_z  # q_t(z | v), pdot_v(z) for a generic v
     generic = g_q > 0
-    g_ratio = torch.where(generic, g_dp.clamp_min(0.0) / g_q.clamp_min(1e-300), torch.zeros_like(g_q))
-
     # entries E_z: v = z (self) and v in inv(z) (z = N(v)[r]), with q_t(z | v) and pdot_v(z)
     e_n, e_v, e_q, e_dp = torch.arange(N, device=dev), z, a + g_q, da + g_dp
     if kernel.num_ranks:
@@ -221,29 +266,67 @@ def _positions_integrand(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: t
         e_q = torch.cat([e_q, l_inv + _g(g_q, n_inv)])
         e_dp = torch.cat([e_dp, dl_inv + _g(g_dp, n_inv)])
     keep = e_q > 0
-    if kernel.cfg.name == "mask":
-        keep &= e_v != kernel.mask_id
+    excluded = _excluded_id(kernel, reading)
+    if excluded is not None:
+        keep &= e_v != excluded
     keep = torch.nonzero(keep).flatten()
     e_n, e_v, e_q, e_dp = _g(e_n, keep), _g(e_v, keep), _g(e_q, keep), _g(e_dp, keep)
-
-    # normaliser of the restricted posterior: all of V when the global branch reaches z, else E_z only
     lg_e = _g(lg, e_n * V + e_v).to(torch.float64)
-    lse = torch.where(generic, lse_dense, _segment_logsumexp(lg_e, e_n, N))
-    w_e = (lg_e - _g(lse, e_n)).exp()
-    ratio_e = e_dp.clamp_min(0.0) / e_q
+    zero = torch.zeros_like(g_q)
+    if reading.is_plain:  # the normaliser of the restricted softmax: all of V where generic, else E_z only
+        h_e, h_g = torch.zeros_like(e_q), zero
+        log_z = torch.where(generic, lse_dense, _segment_logsumexp(lg_e, e_n, N))
+    else:
+        h_e = e_q.log() if reading.kernel_aware else torch.zeros_like(e_q)
+        if reading.log_ratio:
+            h_e = h_e + (e_v == _g(z, e_n)).to(torch.float64) * reading.log_ratio
+        h_g = torch.where(generic, g_q.clamp_min(1e-300).log() if reading.kernel_aware else zero, -math.inf)
+        extra = h_e + torch.log(-torch.expm1(_g(h_g, e_n) - h_e))  # log(exp(h_e) - exp(h_g)), -inf when equal
+        log_z = torch.logaddexp(torch.where(generic, h_g + lse_dense, -math.inf),
+                                _segment_logsumexp(lg_e + extra, e_n, N))
+    alive = torch.isfinite(log_z)
+    log_z_safe = torch.where(alive, log_z, zero)
+    w_e = torch.where(_g(alive, e_n), (lg_e + h_e - _g(log_z_safe, e_n)).exp(), 0.0)
+    lse_gen = torch.where(generic & alive, log_z_safe - torch.where(generic, h_g, zero), zero)
+    return PositionPosterior(e_n, e_v, e_q, e_dp, w_e, h_e, log_z, lse_gen, generic, g_q, g_dp)
+
+
+def _positions_integrand(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
+                         lse_dense: torch.Tensor, reading: Reading = PLAIN) -> torch.Tensor:
+    """The integrand of N positions (flat), [N] float64; ``lse_dense``: logsumexp of ``lg`` where the global
+    branch reaches z (anything elsewhere)."""
+    dev, N = z.device, z.numel()
+    post = position_posterior(kernel, tab, lg, z, lse_dense, reading)
+    g_ratio = torch.where(post.generic, post.g_dp.clamp_min(0.0) / post.g_q.clamp_min(1e-300),
+                          torch.zeros_like(post.g_q))
+    ratio_e = post.e_dp.clamp_min(0.0) / post.e_q
 
     # term 1: sum_v w_v [pdot_v(z)]_+ / q_t(z | v)
-    w_sum = torch.zeros(N, dtype=torch.float64, device=dev).index_add(0, e_n, w_e)
-    term1 = g_ratio * (1.0 - w_sum).clamp_min(0.0) + torch.zeros_like(w_sum).index_add(0, e_n, w_e * ratio_e)
+    w_sum = torch.zeros(N, dtype=torch.float64, device=dev).index_add(0, post.e_n, post.w_e)
+    term1 = g_ratio * (1.0 - w_sum).clamp_min(0.0) + torch.zeros_like(w_sum).index_add(0, post.e_n,
+                                                                                         post.w_e * ratio_e)
 
     # the data's own reverse rates Rbar^{x0}(z -> y): total c = [pdot_{x0}(z)]_+ / q_t(z | x0), targets T
-    own = conditional_reverse_rates(kernel, tab, u, z, x)
+    own = conditional_reverse_rates(kernel, tab, tab.u, z, x)
     val = term1 - own.total
 
     act = torch.nonzero(own.total > 0).flatten()
     if act.numel():
-        val = val + _jump_kl(kernel, tab, lg, lse, generic, g_ratio, e_n, e_v, w_e, ratio_e, act, own, N)
+        val = val + _jump_kl(kernel, tab, lg, post.lse_gen, post.generic, g_ratio, post.e_n, post.e_v, post.w_e,
+                             ratio_e, act, own, N)
     return val
+
+
+def _positions_nll(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
+                   lse_dense: torch.Tensor, reading: Reading = PLAIN) -> torch.Tensor:
+    """-log p_theta(x0 | x_t) of N positions, [N] float64: x0 is an entry of E_z or a generic v."""
+    post = position_posterior(kernel, tab, lg, z, lse_dense, reading)
+    q_x = conditional_reverse_rates(kernel, tab, tab.u, z, x).q  # q_t(z | x0) > 0: x_t was drawn from it
+    h_x = q_x.log() if reading.kernel_aware else torch.zeros_like(q_x)
+    if reading.log_ratio:
+        h_x = h_x + (x == z).to(torch.float64) * reading.log_ratio
+    lg_x = _g(lg, torch.arange(z.numel(), device=z.device) * kernel.vocab_size + x).to(torch.float64)
+    return post.log_z - lg_x - h_x
 
 
 class ConditionalRates(NamedTuple):
@@ -344,38 +427,35 @@ def dense_rows(kernel: Kernel, t: float) -> tuple[torch.Tensor, torch.Tensor]:
     return kernel.marginal_rows(allv, t), kernel.marginal_derivative_rows(allv, t)
 
 
-def _dense_rates(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None):
-    """Reference pieces: restricted posterior w [N, v], a_v(z) [N, v], and [-pdot_v(y)]_+ [v, y]."""
-    V = kernel.vocab_size
+def _dense_rates(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None, reading: Reading = PLAIN):
+    """Reference pieces: the posterior w [N, v] (:func:`pipeline.core.posterior.log_posterior`), a_v(z) [N, v],
+    and [-pdot_v(y)]_+ [v, y]."""
     P, D = dense_rows(kernel, t) if rows is None else rows
     S = D.clamp_min(0.0).sum(-1)  # [v]
     Pz, Dz = P[:, z].T, D[:, z].T  # [N, v]
-    allowed = Pz > 0
-    if kernel.cfg.name == "mask":
-        allowed[:, kernel.mask_id] = False
-    w = torch.softmax(logits.to(torch.float64).reshape(-1, V).masked_fill(~allowed, -math.inf), -1)
-    w = torch.where(allowed.any(-1, keepdim=True), w, torch.zeros_like(w))  # x_t impossible under every v
-    a = torch.where(allowed, Dz.clamp_min(0.0) / (Pz.clamp_min(1e-300) * S.clamp_min(1e-300)), torch.zeros_like(Pz))
+    w = log_posterior(reading, kernel, logits, z, t, lik=Pz).exp()
+    a = torch.where(Pz > 0, Dz.clamp_min(0.0) / (Pz.clamp_min(1e-300) * S.clamp_min(1e-300)), torch.zeros_like(Pz))
     return w, a, (-D).clamp_min(0.0)
 
 
-def reverse_rates_dense(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None) -> torch.Tensor:
+def reverse_rates_dense(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None,
+                        reading: Reading = PLAIN) -> torch.Tensor:
     """The model's generative rates Rhat(z -> y) = sum_v w_v Rbar^v(z -> y), [N, V] (diagonal zeroed).
 
     O(V^2) per position: a reference for tests and for integrating a small model's master equation.
     ``rows``: :func:`dense_rows` at t, when already computed.
     """
-    w, a, neg = _dense_rates(kernel, logits, z, t, rows)
+    w, a, neg = _dense_rates(kernel, logits, z, t, rows, reading)
     r_hat = (w * a) @ neg
     r_hat[torch.arange(z.numel(), device=z.device), z] = 0.0
     return r_hat
 
 
 def ctelbo_integrand_dense(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
-                           t: float) -> torch.Tensor:
+                           t: float, reading: Reading = PLAIN) -> torch.Tensor:
     """Reference O(V^2) per position implementation of the integrand, [N] (flat inputs, one scalar t)."""
     z, x = xt.reshape(-1), x0.reshape(-1)
-    w, a, neg = _dense_rates(kernel, logits, z, t)
+    w, a, neg = _dense_rates(kernel, logits, z, t, reading=reading)
     rows = torch.arange(z.numel(), device=z.device)
     r_hat = (w * a) @ neg  # [N, y]
     r_bar = a[rows, x].unsqueeze(-1) * neg[x]  # [N, y]

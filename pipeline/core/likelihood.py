@@ -23,6 +23,7 @@ import torch
 # The continuous-time ELBO of the conditional path, every kernel (docs/likelihood.md Sec 6).
 from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.kernels import Kernel, alpha_and_derivative
+from pipeline.core.posterior import PLAIN, Reading, posterior_probs
 from pipeline.core.softmax_rows import logsumexp_rows, sum_log_affine_probs
 
 
@@ -62,7 +63,8 @@ def mdlm_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: t
 
 
 def udlm_integrand(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alpha: torch.Tensor,
-                   dalpha: torch.Tensor, lse: torch.Tensor | None = None, return_lse: bool = False):
+                   dalpha: torch.Tensor, lse: torch.Tensor | None = None, return_lse: bool = False,
+                   self_shift: torch.Tensor | None = None):
     """UDLM's continuous-time ELBO integrand per position (Schiff et al. 2025, uniform kernel Eq 6):
 
         alpha'_t / (V alpha_t) [ V / xbar_z - V / xbar^theta_z
@@ -80,6 +82,11 @@ def udlm_integrand(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alp
     = V log(xbar^theta_z / xbar_z) + sum_j xbar_j log xbar_j - (1 - alpha) sum_j log xbar^theta_j
     - V alpha log xbar^theta_{x0}; no [B, L, V] one-hot or xbar is built, and the one V-sized sum
     is a chunked pass in the logits' dtype (:func:`sum_log_affine_probs`).
+
+    ``self_shift`` [N] (float64): p_theta is the softmax of the logits plus ``self_shift`` at v = x_t, without
+    building those logits (how a converted posterior and the change-aware correction reach UDLM,
+    :func:`continuous_bound_estimates`): with lse' the shifted normaliser and kappa = exp(lse - lse'),
+    p'_j = kappa p_j off x_t, so the V-sized sum is the unshifted pass at scale kappa with x_t's term replaced.
     """
     V, shape = logits.shape[-1], x0.shape
     per_position = (-1,) + (1,) * (x0.dim() - 1)
@@ -87,9 +94,24 @@ def udlm_integrand(logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, alp
     da = dalpha.to(torch.float64).reshape(per_position).expand(shape).reshape(-1)
     lg, z, x = logits.reshape(-1, V), xt.reshape(-1), x0.reshape(-1)
     va = V * a  # xbar is va + 1 - a at x0 and 1 - a elsewhere
-    sum_log_xbt, lse = sum_log_affine_probs(lg, va, 1.0 - a, lse)
-    xbt_z = va * (lg.gather(-1, z.unsqueeze(-1)).squeeze(-1).to(torch.float64) - lse).exp() + (1.0 - a)
-    xbt_x0 = va * (lg.gather(-1, x.unsqueeze(-1)).squeeze(-1).to(torch.float64) - lse).exp() + (1.0 - a)
+    lg_z = lg.gather(-1, z.unsqueeze(-1)).squeeze(-1).to(torch.float64)
+    lg_x = lg.gather(-1, x.unsqueeze(-1)).squeeze(-1).to(torch.float64)
+    if self_shift is None:
+        sum_log_xbt, lse = sum_log_affine_probs(lg, va, 1.0 - a, lse)
+        lse_read = lse
+    else:
+        lse = logsumexp_rows(lg) if lse is None else lse
+        shift = self_shift.to(torch.float64).reshape(-1)
+        p_z = (lg_z - lse).exp()
+        lse_read = lse + torch.log1p(p_z * torch.expm1(shift))  # (a negative shift: 1 - p_z to ~1e-7, float32 lse)
+        kappa = (lse - lse_read).exp()
+        sum_all, _ = sum_log_affine_probs(lg, va * kappa, 1.0 - a, lse)
+        p_z_read = (lg_z + shift - lse_read).exp()
+        sum_log_xbt = sum_all - (va * kappa * p_z + 1.0 - a).log() + (va * p_z_read + 1.0 - a).log()
+        lg_z = lg_z + shift
+        lg_x = lg_x + torch.where(x == z, shift, 0.0)
+    xbt_z = va * (lg_z - lse_read).exp() + (1.0 - a)
+    xbt_x0 = va * (lg_x - lse_read).exp() + (1.0 - a)
     xb_z = torch.where(z == x, va + 1.0 - a, 1.0 - a)
     sum_xb_log_xb = torch.special.xlogy(va + 1.0 - a, va + 1.0 - a) + (V - 1) * torch.special.xlogy(1.0 - a, 1.0 - a)
     term1 = V / xb_z - V / xbt_z
@@ -157,42 +179,34 @@ def reverse_step_probs(kernel: Kernel, z: torch.Tensor, weights: torch.Tensor, s
 
 
 def clean_token_probs(kernel: Kernel, logits: torch.Tensor, xt: torch.Tensor, t: float,
-                      lik: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's p_theta(x0 | x_t) restricted to clean tokens v with q_t(x_t | v) > 0, [..., V].
+                      lik: torch.Tensor | None = None, reading: Reading = PLAIN) -> torch.Tensor:
+    """The model's p_theta(x0 | x_t) under ``reading`` (pipeline/core/posterior.py), [..., V] float64.
 
-    The restriction is what makes the generative process well defined (and gives MDLM's carry-over
-    for the mask kernel); the mask kernel also never predicts [MASK] as a clean token (SUBS).
+    Zero on the clean tokens v with q_t(x_t | v) = 0, which makes the generative process well defined
+    (MDLM's carry-over for the mask kernel, which also never predicts [MASK] as clean: SUBS). All mass on
+    impossible tokens (a degenerate model): q_t(x_t | v) as weights; an x_t no clean token can produce
+    (probability 0 under q_t) keeps all-zero weights (see reverse_step_probs).
     """
-    V = logits.shape[-1]
-    probs = torch.softmax(logits.to(torch.float64).reshape(-1, V), -1)
-    lik = kernel.likelihood_of(xt.reshape(-1), t) if lik is None else lik
-    probs = probs * (lik > 0)
-    if kernel.cfg.name == "mask":
-        probs[:, kernel.mask_id] = 0.0
-    total = probs.sum(-1, keepdim=True)
-    # All mass on impossible tokens (a degenerate model): fall back to q_t(x_t | v) as weights; an x_t
-    # no clean token can produce (probability 0 under q_t) keeps all-zero weights (see reverse_step_probs).
-    fallback = lik / lik.sum(-1, keepdim=True).clamp_min(1e-300)
-    probs = torch.where(total > 0, probs / total.clamp_min(1e-300), fallback)
-    return probs.reshape(logits.shape)
+    return posterior_probs(reading, kernel, logits, xt, t, lik)
 
 
-def reverse_step(kernel: Kernel, logits: torch.Tensor, xt: torch.Tensor, s: float, t: float) -> torch.Tensor:
+def reverse_step(kernel: Kernel, logits: torch.Tensor, xt: torch.Tensor, s: float, t: float,
+                 reading: Reading = PLAIN) -> torch.Tensor:
     """The generative step p(x_s | x_t) = sum_v q(x_s | x_t, v) p_theta(v | x_t), per position [B, L, V]."""
     lik = kernel.likelihood_of(xt.reshape(-1), t)
-    probs = clean_token_probs(kernel, logits, xt, t, lik).reshape(-1, kernel.vocab_size)
+    probs = clean_token_probs(kernel, logits, xt, t, lik, reading).reshape(-1, kernel.vocab_size)
     return reverse_step_probs(kernel, xt.reshape(-1), probs, s, t, lik).reshape(*xt.shape, kernel.vocab_size)
 
 
 def step_kl(kernel: Kernel, model, x0: torch.Tensor, xt: torch.Tensor, s: float, t: float,
-            mask: torch.Tensor | None = None) -> torch.Tensor:
+            mask: torch.Tensor | None = None, reading: Reading = PLAIN) -> torch.Tensor:
     """sum over counted positions of KL(q(x_s | x_t, x0) || p(x_s | x_t)), [B] nats (s = 0: -log p)."""
     B, L = x0.shape
     t_vec = torch.full((B,), float(t), dtype=torch.float32, device=x0.device)
     logits = model(xt, t_vec)
     z = xt.reshape(-1)
     lik = kernel.likelihood_of(z, t)
-    probs = clean_token_probs(kernel, logits, xt, t, lik).reshape(-1, kernel.vocab_size)
+    probs = clean_token_probs(kernel, logits, xt, t, lik, reading).reshape(-1, kernel.vocab_size)
     p = reverse_step_probs(kernel, z, probs, s, t, lik)
     onehot = torch.nn.functional.one_hot(x0.reshape(-1), kernel.vocab_size).to(torch.float64)
     q = reverse_step_probs(kernel, z, onehot, s, t, lik)
@@ -226,7 +240,8 @@ def _prior_kl_per_token(kernel: Kernel, x0: torch.Tensor, chunk: int = 512) -> t
 
 @torch.no_grad()
 def discrete_nelbo(kernel: Kernel, model, x0: torch.Tensor, num_steps: int = 1000, mask: torch.Tensor | None = None,
-                   mc_steps: int | None = 8, generator: torch.Generator | None = None) -> dict:
+                   mc_steps: int | None = 8, generator: torch.Generator | None = None, reading: Reading = PLAIN
+                   ) -> dict:
     """T-step variational bound -log p(x0) <= KL(q_1 || pi) + sum_{i=1..T} E KL(q(x_{i-1}|x_i, x0) || p), per sequence.
 
     Times t_i = i / T. ``mc_steps=None`` sums all T steps (one x_t sample per step and sequence);
@@ -246,7 +261,7 @@ def discrete_nelbo(kernel: Kernel, model, x0: torch.Tensor, num_steps: int = 100
     for i in steps.tolist():  # loop over diffusion steps (each a full batched model call)
         s, t = (i - 1) / num_steps, i / num_steps
         xt, _ = kernel.sample_xt(x0, torch.full((B,), t, device=x0.device), generator=generator)
-        total += step_kl(kernel, model, x0, xt, s, t, counted)
+        total += step_kl(kernel, model, x0, xt, s, t, counted, reading)
     prior = prior_kl(kernel, x0, counted)
     return {"nelbo": prior + scale * total, "prior": prior, "num_tokens": counted.sum(-1)}
 
@@ -255,32 +270,61 @@ BOUNDS = ("continuous", "tstep")
 
 
 def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor,
-                               mask: torch.Tensor | None = None, generator: torch.Generator | None = None
-                               ) -> dict[str, torch.Tensor]:
+                               mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                               reading: Reading = PLAIN) -> dict[str, torch.Tensor]:
     """Every bound of ``kernel.cfg.continuous_bounds`` per sequence, [B] nats, on ONE draw x_t ~ q_t(.|x0)
     and one model call at the caller's t [B] (one-sample estimates over t; each includes KL(q_1 || pi),
-    which is 0 when alpha_1 = 0)."""
+    which is 0 when alpha_1 = 0). The model's output is read with ``reading``; when it carries the
+    change-aware correction, each bound is also given uncorrected (``NAME_uncorrected``: the same logits
+    read without it, a bound of another generative model, so never a candidate for :func:`tightest`)."""
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
     logits = model(xt, t)
     prior = prior_kl(kernel, x0, mask)
+    out = _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading)
+    if reading.log_ratio:
+        out.update({f"{name}_uncorrected": value for name, value in
+                    _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading.uncorrected()).items()})
+    return out
+
+
+def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading) -> dict[str, torch.Tensor]:
     lse, out = None, {}
+    if reading.mask_id is not None and kernel.cfg.name != "mask":  # no support bias: [MASK] is never clean
+        logits = logits.index_fill(-1, torch.tensor([reading.mask_id], device=logits.device), -math.inf)
     # UDLM first: its V-sized pass yields the logsumexp the conditional-path ELBO reuses
     for name in sorted(kernel.cfg.continuous_bounds, key=lambda n: n != "udlm_continuous"):
         if name == "mdlm_continuous":
             out[name] = mdlm_integrand(kernel, logits, x0, xt, t, mask) + prior
         elif name == "udlm_continuous":
             alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
-            per_token, lse = udlm_integrand(logits, x0, xt, alpha, dalpha, return_lse=True)
+            shift = udlm_self_shift(kernel, reading, xt, alpha)
+            per_token, lse = udlm_integrand(logits, x0, xt, alpha, dalpha, return_lse=True, self_shift=shift)
             out[name] = (per_token * _positions(x0, mask)).sum(-1) + prior
         else:
-            out[name] = ctelbo_per_token(kernel, logits, x0, xt, t, mask, lse=lse).sum(-1) + prior
+            out[name] = ctelbo_per_token(kernel, logits, x0, xt, t, mask, lse=lse, reading=reading).sum(-1) + prior
     return {name: out[name] for name in kernel.cfg.continuous_bounds}
+
+
+def udlm_self_shift(kernel: Kernel, reading: Reading, xt: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor | None:
+    """What turns the logits into the clean-token scores UDLM is fed (its optimum is f, not the posterior),
+    at v = x_t only (uniform: q_t(z | v) = (1 - alpha) / V off z): -log(1 + V alpha / (1 - alpha)) for a
+    ``direct`` model (logits - log q_t(x_t | v), the converted posterior), 0 for a ``kernel`` one, plus the
+    change-aware correction. [B * L] float64 (``alpha`` per sequence), or None when nothing is added."""
+    if kernel.cfg.name != "uniform":
+        raise ValueError("UDLM's closed form is the uniform kernel's")
+    per_seq = torch.full_like(alpha.to(torch.float64), reading.log_ratio)
+    if not reading.kernel_aware:
+        a = alpha.to(torch.float64)
+        per_seq = per_seq - torch.log1p(kernel.vocab_size * a / (1.0 - a).clamp_min(1e-300))
+    if not bool(per_seq.any()):
+        return None
+    return per_seq.unsqueeze(-1).expand(xt.shape).reshape(-1)
 
 
 def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
                     bound: str = "continuous", t: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None, num_steps: int = 1000, mc_steps: int | None = 8
-                    ) -> dict[str, torch.Tensor]:
+                    generator: torch.Generator | None = None, num_steps: int = 1000, mc_steps: int | None = 8,
+                    reading: Reading = PLAIN) -> dict[str, torch.Tensor]:
     """The kernel's bounds on -log p(x0) per sequence, {name: [B] nats}: the one place bounds are chosen.
 
     ``bound="continuous"`` (default): :func:`continuous_bound_estimates` at the caller's ``t`` [B].
@@ -293,13 +337,16 @@ def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor 
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     if bound == "tstep":
         return {f"discrete_T{num_steps}": discrete_nelbo(kernel, model, x0, num_steps=num_steps, mask=mask,
-                                                         mc_steps=mc_steps, generator=generator)["nelbo"]}
+                                                         mc_steps=mc_steps, generator=generator,
+                                                         reading=reading)["nelbo"]}
     if t is None:
         raise ValueError("the continuous-time bounds are estimated at a time t per sequence: pass t")
-    return continuous_bound_estimates(kernel, model, x0, t, mask, generator)
+    return continuous_bound_estimates(kernel, model, x0, t, mask, generator, reading)
 
 
 def tightest(totals: dict[str, float]) -> tuple[str, float]:
-    """(name, total) of the smallest of several valid bounds summed over the same data."""
-    name = min(totals, key=totals.get)
-    return name, totals[name]
+    """(name, total) of the smallest of several valid bounds of the model as read, summed over the same data
+    (the ``_uncorrected`` figures belong to another reading of the logits and are left out)."""
+    candidates = {k: v for k, v in totals.items() if "uncorrected" not in k}
+    name = min(candidates, key=candidates.get)
+    return name, candidates[name]

@@ -235,7 +235,21 @@ class DiffusionTransformer(nn.Module):
             self.head_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         else:
             self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        # 0, or -inf at tokens that are never clean (pipeline/core/posterior.py): added to the head's bias,
+        # so f = 0 there at no per-position cost. Not a weight: exports record the support in config.json.
+        self.register_buffer("clean_bias", torch.zeros(cfg.vocab_size), persistent=False)
         self.reset_parameters()
+
+    @torch.no_grad()
+    def set_clean_support(self, support: torch.Tensor | None) -> None:
+        """Bool [V]: the tokens the output may put mass on (None: all); the rest get logit -inf."""
+        if support is None:
+            self.clean_bias.zero_()
+            return
+        support = torch.as_tensor(support, dtype=torch.bool, device=self.clean_bias.device)
+        if support.shape != self.clean_bias.shape or not bool(support.any()):
+            raise ValueError(f"a clean support must be a non-empty Bool[{self.cfg.vocab_size}]")
+        self.clean_bias.copy_(torch.where(support, 0.0, -torch.inf))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -288,7 +302,7 @@ class DiffusionTransformer(nn.Module):
             shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)
             x = modulate(x, shift, scale)
         weight = self.embed.weight if self.head is None else self.head.weight
-        bias = self.head_bias if self.head is None else self.head.bias
+        bias = (self.head_bias if self.head is None else self.head.bias) + self.clean_bias
         if self.cfg.fp32_head:
             with torch.autocast(device_type=x.device.type, enabled=False):
                 return F.linear(x.float(), weight.float(), bias.float())

@@ -23,6 +23,8 @@ import torch
 from pipeline.core import ct_elbo
 from pipeline.core import likelihood as lk
 from pipeline.core.kernels import PRESETS, Kernel, KernelConfig, build_kernel
+from pipeline.core.objectives import LossConfig
+from pipeline.core.posterior import PLAIN, Reading, change_log_ratio, clean_score_logits
 
 
 @dataclass
@@ -39,6 +41,39 @@ class Toy:
         """The exact posterior's logits, [..., V]: log q_t(x_t | v) + log p_data(v)."""
         lik = self.kernel.likelihood_of(xt, torch.as_tensor(t, dtype=torch.float64))
         return (lik.log() + self.p_data.log()).nan_to_num(nan=-math.inf)
+
+    def clean_scores(self, xt: torch.Tensor, t) -> torch.Tensor:
+        """The kernel-aware parameterisation's exact f: log p_data(v), whatever x_t and t, [..., V]."""
+        return self.p_data.log().expand(*xt.shape, -1)
+
+
+DENOISERS = ("posterior", "tilted", "corrected")
+
+
+def toy_denoiser(toy: Toy, which: str = "posterior", parameterization: str = "kernel",
+                 loss_cfg: LossConfig | None = None) -> tuple:
+    """(model(z, t) -> logits, Reading) for the exact denoisers of the toy.
+
+    ``posterior``: the exact optimum of the ELBO / cross-entropy; ``tilted``: the exact optimum of Eq 120
+    (``loss_cfg``'s lambdas), p~(v | x_t) ∝ p(v | x_t) (lambda_same if v = x_t else lambda_chg), read
+    as it is; ``corrected``: the same logits read with the change-aware correction. ``parameterization``:
+    ``kernel`` gives f (the posterior / q_t(x_t | v)), ``direct`` the posterior's own logits.
+    """
+    if which not in DENOISERS:
+        raise ValueError(f"denoiser must be one of {DENOISERS}, got {which!r}")
+    loss_cfg = loss_cfg or LossConfig()
+    kernel_aware = parameterization == "kernel"
+    base = toy.clean_scores if kernel_aware else toy.denoiser
+    if which == "posterior":
+        return base, Reading(kernel_aware)
+    tilt = math.log(loss_cfg.lambda_same / loss_cfg.lambda_chg)
+
+    def tilted(z, t):
+        lg = base(z, t).clone()
+        return lg.scatter_add(-1, z.unsqueeze(-1), torch.full((*z.shape, 1), tilt, dtype=lg.dtype))
+
+    ratio = change_log_ratio("change_aware", loss_cfg.lambda_chg, loss_cfg.lambda_same) if which == "corrected" else 0.0
+    return tilted, Reading(kernel_aware, ratio)
 
 
 def build_toy(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, valid: int = 57, seed: int = 0,
@@ -101,10 +136,12 @@ def _pairs(toy: Toy, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.repeat_interleave(V), torch.arange(V).repeat(ids.numel())
 
 
-def ctelbo_expected_integrand(toy: Toy, t: float, ids: torch.Tensor | None = None, model=None) -> torch.Tensor:
+def ctelbo_expected_integrand(toy: Toy, t: float, ids: torch.Tensor | None = None, model=None,
+                              reading: Reading = PLAIN) -> torch.Tensor:
     """E_{z ~ q_t(.|x0)} integrand for each x0 in ids (default: all valid), enumerated, [n_ids].
 
-    ``model(z [P], t) -> logits [P, V]`` is the (context-free) denoiser, default the exact posterior.
+    ``model(z [P], t) -> logits [P, V]`` is the (context-free) denoiser, default the exact posterior,
+    read with ``reading`` (pipeline/core/posterior.py).
     """
     ids = toy.valid_ids if ids is None else ids
     x0, z = _pairs(toy, ids)
@@ -112,7 +149,8 @@ def ctelbo_expected_integrand(toy: Toy, t: float, ids: torch.Tensor | None = Non
     keep = q > 0
     x0, z, q, row = x0[keep], z[keep], q[keep], torch.arange(ids.numel()).repeat_interleave(toy.kernel.vocab_size)[keep]
     logits = (model or toy.denoiser)(z, t)
-    val = ct_elbo.ctelbo_per_token(toy.kernel, logits.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), t)
+    val = ct_elbo.ctelbo_per_token(toy.kernel, logits.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), t,
+                                   reading=reading)
     return torch.zeros(ids.numel(), dtype=torch.float64).index_add(0, row, q * val.squeeze(1))
 
 
@@ -122,19 +160,20 @@ def prior_term(toy: Toy, ids: torch.Tensor | None = None) -> float:
 
 
 def ctelbo_exact_per_token(toy: Toy, nodes: int = 4, ids: torch.Tensor | None = None, model=None,
-                           t_min: float = 0.0) -> torch.Tensor:
+                           t_min: float = 0.0, reading: Reading = PLAIN) -> torch.Tensor:
     """The continuous-time ELBO of each x0 in ids, [n_ids]: prior KL + quadrature of the enumerated
     integrand over [t_min, 1] (t_min = 0: the whole bound)."""
     ids = toy.valid_ids if ids is None else ids
     ts, ws = quadrature(toy.kernel, nodes, t_min)
     total = lk.prior_kl(toy.kernel, ids.unsqueeze(1))
     for t, w in zip(ts, ws):
-        total = total + w * ctelbo_expected_integrand(toy, float(t), ids, model)
+        total = total + w * ctelbo_expected_integrand(toy, float(t), ids, model, reading)
     return total
 
 
-def ctelbo_exact(toy: Toy, nodes: int = 4, ids: torch.Tensor | None = None) -> float:
-    return float(ctelbo_exact_per_token(toy, nodes, ids).mean())
+def ctelbo_exact(toy: Toy, nodes: int = 4, ids: torch.Tensor | None = None, model=None,
+                 reading: Reading = PLAIN) -> float:
+    return float(ctelbo_exact_per_token(toy, nodes, ids, model, reading=reading).mean())
 
 
 def _mc(toy: Toy, integrand, n: int, seed: int, t_min: float, chunk: int) -> tuple[float, float]:
@@ -168,16 +207,20 @@ def data_denoiser(toy: Toy):
     return lambda z, t: toy.p_data.log().expand(z.numel(), -1)
 
 
-def udlm_exact(toy: Toy, nodes: int = 4, model=None) -> float:
+def udlm_exact(toy: Toy, nodes: int = 4, model=None, reading: Reading | None = None) -> float:
     """UDLM's closed form (uniform kernel only), enumerated over x0 and z, quadrature over t;
-    ``model(z, t) -> logits`` (default: the exact posterior)."""
+    ``model(z, t) -> logits`` (default: the exact posterior) fed as they are, or, given a ``reading``,
+    converted to the clean-token scores it stands for (pipeline.core.posterior.clean_score_logits)."""
     k = toy.kernel
     ts, ws = quadrature(k, nodes)
     x0, z = _pairs(toy, toy.valid_ids)
     total = prior_term(toy)
     for t, w in zip(ts, ws):
         q = k.marginal_rows(toy.valid_ids, float(t)).reshape(-1)
-        logp = torch.log_softmax((model or toy.denoiser)(z, float(t)), -1)
+        logits = (model or toy.denoiser)(z, float(t))
+        if reading is not None:
+            logits = clean_score_logits(reading, k, logits, z, float(t))
+        logp = torch.log_softmax(logits, -1)
         tt = torch.full((z.numel(),), float(t), dtype=torch.float64)
         a, da = lk.alpha_and_derivative(k.cfg, tt)
         val = lk.udlm_integrand(logp.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), a, da).squeeze(1)
