@@ -183,6 +183,7 @@ def build_trainer(args, cfg):
     from pipeline.core.kernels import KernelConfig, make_kernel
     from pipeline.core.model import flops_per_token
     from pipeline.core.objectives import build_objective
+    from pipeline.core.posterior import PLAIN, posterior_record
     from pipeline.training import checkpoint as ckpt
     from pipeline.training import data
     from pipeline.training.components import load_data_upstream
@@ -220,7 +221,15 @@ def build_trainer(args, cfg):
     # The AR baseline (model.causal) corrupts nothing: no kernel.
     kernel = None if model_cfg.causal else make_kernel(kernel_cfg, upstream.vocab_size, upstream.mask_id,
                                                        upstream.tables, env.device)
-    objective = build_objective(kernel, cfg.loss, cfg.loss_config())
+    support = None if model_cfg.causal else upstream.clean_support(cfg.clean_support)
+    posterior, reading = None, PLAIN
+    if kernel is not None:  # the output layer reads f = 0 off the support; [MASK] otherwise by the reading
+        engine.module.set_clean_support(None if support is None else torch.as_tensor(support))
+        mask_out = upstream.mask_id if support is None or (upstream.mask_id is not None and
+                                                           support[upstream.mask_id]) else None
+        reading = cfg.reading(mask_out)
+        posterior = posterior_record(cfg.posterior_config(), reading, support)
+    objective = build_objective(kernel, cfg.loss, cfg.loss_config(), reading)
 
     check_indexes(upstream)  # a stale cache is refused before streaming reads it ...
     dataset, loader = data.build_train_loader(data_spec, cfg.micro_batch, cfg.shuffle_seed, cfg.num_canonical_nodes,
@@ -229,7 +238,7 @@ def build_trainer(args, cfg):
                if cfg.val_every else None)
     check_indexes(upstream)  # ... and an index just downloaded must be the manifest's (not a torn upload)
     marker = {"identity": identity, "identity_hash": hash_object(identity), "tokenizer": upstream.tokenizer,
-              "artifacts": upstream.references()}
+              "artifacts": upstream.references(), "posterior": posterior}
     if env.rank == 0:
         (run_dir / "train_config.json").write_text(canonical_json({"config": cfg.to_dict(), "ds_config": ds_config,
                                                                    "world_size": env.world_size}) + "\n")

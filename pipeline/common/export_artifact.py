@@ -30,6 +30,7 @@ from pipeline.common.model_card import EvaluationSummary
 from pipeline.common.neighbor_artifact import load_neighbor_tables
 from pipeline.core.kernels import Kernel, KernelConfig, make_kernel
 from pipeline.core.model import ModelConfig, build_model
+from pipeline.core.posterior import Reading, reading_from_record
 
 STAGE = "export"
 KINDS = ("diffusion", "ar")
@@ -48,12 +49,13 @@ class Exported:
     tokenizer_info: dict
     config: dict                    # config.json as written
     mask_id: int | None
+    reading: Reading | None = None  # how the output is read as p_theta(x0 | x_t); also model.posterior_reading
 
 
 def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None,
                 tokenizer_info: dict, artifacts: dict, kind: str, force: bool = False,
                 training: dict | None = None, state_dict: dict | None = None, break_lock: bool = False,
-                hf_tokenizer=None, evaluation: EvaluationSummary | None = None) -> Path:
+                hf_tokenizer=None, evaluation: EvaluationSummary | None = None, posterior: dict | None = None) -> Path:
     """Write an export artifact; ``state_dict`` (e.g. EMA weights) replaces ``model.state_dict()``.
 
     ``hf_tokenizer`` (see ``hf_export.load_export_tokenizer``) is saved into the export; ``evaluation``
@@ -61,7 +63,7 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     An existing ``out_dir`` is refused unless ``force``: in-memory weights have no freshness key.
     """
     run = export_stage(out_dir, model_cfg, kernel_cfg, tokenizer_info, artifacts, kind, training=training,
-                       evaluation=evaluation, force=True, break_lock=break_lock)
+                       evaluation=evaluation, force=True, break_lock=break_lock, posterior=posterior)
     if not force and Path(out_dir).exists():
         raise ExportExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
     return write_export(run, model.state_dict() if state_dict is None else state_dict, hf_tokenizer, evaluation)
@@ -70,7 +72,7 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
 def export_stage(out_dir, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None, tokenizer_info: dict,
                  artifacts: dict, kind: str, training: dict | None = None,
                  evaluation: EvaluationSummary | None = None, sources=(), force: bool = False,
-                 break_lock: bool = False) -> StageRun:
+                 break_lock: bool = False, posterior: dict | None = None) -> StageRun:
     """The export's StageRun; its ``config`` is config.json. ``sources``, the files the weights are read from
     (a checkpoint's model states), enter the freshness key with the config and the upstream artifacts: an
     export of unchanged sources is up to date (``run.is_up_to_date()``)."""
@@ -87,6 +89,8 @@ def export_stage(out_dir, model_cfg: ModelConfig, kernel_cfg: KernelConfig | Non
     config = {"kind": kind, "model": model_cfg.to_dict(),
               "kernel": kernel_cfg.to_dict() if kernel_cfg is not None else None,
               "tokenizer": dict(tokenizer_info), "artifacts": refs, "training": training or {}}
+    if posterior is not None:  # absent: an export read as before the record (pipeline.core.posterior.LEGACY)
+        config["posterior"] = posterior
     config.update(hf_config_fields(kind, config["model"], tokenizer_info))  # our readers ignore these keys
     if evaluation is not None:
         upstream["evaluation"] = evaluation.directory
@@ -163,4 +167,12 @@ def load_export(directory, device: torch.device | str = "cpu") -> Exported:
             raise ValueError(f"{directory}: kernel {kernel_cfg.name!r} needs neighbour tables, "
                              "but config.json names none")
         kernel = make_kernel(kernel_cfg, model_cfg.vocab_size, mask_id, tables, device)
+        try:
+            reading, support = reading_from_record(config.get("posterior"), mask_id)
+            model.set_clean_support(support)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{directory / 'config.json'}: its posterior record is unusable ({exc}); re-export "
+                                "the run") from exc
+        model.posterior_reading = reading
+        return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id, reading)
     return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id)

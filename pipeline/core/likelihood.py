@@ -297,12 +297,27 @@ def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading) 
             out[name] = mdlm_integrand(kernel, logits, x0, xt, t, mask) + prior
         elif name == "udlm_continuous":
             alpha, dalpha = alpha_and_derivative(kernel.cfg, t)
-            shift = udlm_self_shift(kernel, reading, xt, alpha)
+            # a kernel-aware model's logits are f, what UDLM is fed; a direct one's are fed as they are and,
+            # below, converted (logits - log q_t(x_t | v))
+            shift = udlm_self_shift(kernel, reading, xt, alpha) if reading.kernel_aware else None
             per_token, lse = udlm_integrand(logits, x0, xt, alpha, dalpha, return_lse=True, self_shift=shift)
             out[name] = (per_token * _positions(x0, mask)).sum(-1) + prior
+            if not reading.kernel_aware:
+                shift = udlm_self_shift(kernel, reading, xt, alpha)
+                per_token = udlm_integrand(logits, x0, xt, alpha, dalpha, lse=lse, self_shift=shift)
+                out["udlm_converted"] = (per_token * _positions(x0, mask)).sum(-1) + prior
         else:
             out[name] = ctelbo_per_token(kernel, logits, x0, xt, t, mask, lse=lse, reading=reading).sum(-1) + prior
-    return {name: out[name] for name in kernel.cfg.continuous_bounds}
+    return {name: out[name] for name in continuous_bound_names(kernel, reading, uncorrected=False)}
+
+
+def continuous_bound_names(kernel: Kernel, reading: Reading = PLAIN, uncorrected: bool = True) -> tuple[str, ...]:
+    """The names :func:`continuous_bound_estimates` returns: the kernel's, plus for a ``direct`` uniform model
+    UDLM fed the converted posterior (``udlm_converted``), plus each ``_uncorrected`` under a correction."""
+    names = kernel.cfg.continuous_bounds
+    if kernel.cfg.name == "uniform" and not reading.kernel_aware:
+        names = names + ("udlm_converted",)
+    return names + tuple(f"{n}_uncorrected" for n in names) if reading.log_ratio and uncorrected else names
 
 
 def udlm_self_shift(kernel: Kernel, reading: Reading, xt: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor | None:

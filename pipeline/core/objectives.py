@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core import likelihood
-from pipeline.core.ct_elbo import ctelbo_per_token
+from pipeline.core.ct_elbo import ctelbo_per_token, posterior_nll_per_token
 from pipeline.core.kernels import Kernel, alpha_and_derivative
+from pipeline.core.posterior import PLAIN, Reading
 
 LOSSES = ("change_aware", "elbo")
 
@@ -107,10 +108,13 @@ class DiffusionObjective:
 
     autoregressive = False
 
-    def __init__(self, kernel: Kernel, loss: str = "change_aware", loss_cfg: LossConfig | None = None):
+    def __init__(self, kernel: Kernel, loss: str = "change_aware", loss_cfg: LossConfig | None = None,
+                 reading: Reading = PLAIN):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.kernel, self.loss, self.loss_cfg = kernel, loss, loss_cfg or LossConfig()
+        # ``reading``: how bounds read the output (with the change-aware correction); the loss reads it without
+        self.reading, self.train_reading = reading, reading.uncorrected()
 
     def prepare(self, x0: torch.Tensor, real: torch.Tensor, t: torch.Tensor,
                 generator: torch.Generator | None = None) -> ObjectiveBatch:
@@ -140,7 +144,10 @@ class DiffusionObjective:
     def token_losses(self, logits: torch.Tensor, batch: ObjectiveBatch) -> torch.Tensor:
         if self.loss == "elbo" and not self._mdlm:
             return ctelbo_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
-                                    mask=batch.weights > 0).float()
+                                    mask=batch.weights > 0, reading=self.train_reading).float()
+        if self.loss == "change_aware" and not self.train_reading.is_plain:  # Eq 120 on p ∝ f q_t(x_t | v)
+            return posterior_nll_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
+                                           mask=batch.weights > 0, reading=self.train_reading).float()
         if self.loss == "elbo":  # MDLM's SUBS: the clean token is never [MASK]
             mask_id = torch.tensor([self.kernel.mask_id], device=logits.device)
             logits = logits.index_fill(-1, mask_id, -float("inf"))
@@ -152,14 +159,16 @@ class DiffusionObjective:
 
     def bound_names(self, bound: str = "continuous", num_steps: int = 1000) -> tuple[str, ...]:
         """The names :meth:`bound_estimates` returns (known before any data is seen)."""
-        return (f"discrete_T{num_steps}",) if bound == "tstep" else self.kernel.cfg.continuous_bounds
+        if bound == "tstep":
+            return (f"discrete_T{num_steps}",)
+        return likelihood.continuous_bound_names(self.kernel, self.reading)
 
     def bound_estimates(self, model, x0: torch.Tensor, real: torch.Tensor, *, bound: str = "continuous",
                         t: torch.Tensor | None = None, generator: torch.Generator | None = None,
                         num_steps: int = 1000, mc_steps: int | None = 8) -> dict[str, torch.Tensor]:
         """The kernel's likelihood bounds per sequence, {name: [B] nats} (pipeline.core.likelihood.bound_estimates)."""
         return likelihood.bound_estimates(self.kernel, model, x0, real, bound=bound, t=t, generator=generator,
-                                          num_steps=num_steps, mc_steps=mc_steps)
+                                          num_steps=num_steps, mc_steps=mc_steps, reading=self.reading)
 
     @staticmethod
     def scored_tokens(real: torch.Tensor) -> torch.Tensor:
@@ -204,7 +213,7 @@ class AutoregressiveObjective:
 Objective = DiffusionObjective | AutoregressiveObjective
 
 
-def build_objective(kernel: Kernel | None, loss: str = "change_aware", loss_cfg: LossConfig | None = None
-                    ) -> Objective:
+def build_objective(kernel: Kernel | None, loss: str = "change_aware", loss_cfg: LossConfig | None = None,
+                    reading: Reading = PLAIN) -> Objective:
     """The AR objective when there is no kernel (model.causal), else the diffusion objective."""
-    return AutoregressiveObjective() if kernel is None else DiffusionObjective(kernel, loss, loss_cfg)
+    return AutoregressiveObjective() if kernel is None else DiffusionObjective(kernel, loss, loss_cfg, reading)

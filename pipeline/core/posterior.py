@@ -83,6 +83,13 @@ class Reading:
 PLAIN = Reading()
 
 
+def reading_of(model, mask_id: int | None = None) -> Reading:
+    """The reading a loaded model carries (``model.posterior_reading``, set by the export loader and the trainer);
+    a model without one is read as every model was before the record: the raw softmax, [MASK] never clean."""
+    reading = getattr(model, "posterior_reading", None)
+    return reading if reading is not None else Reading(False, 0.0, mask_id)
+
+
 def change_log_ratio(loss: str, lambda_chg: float, lambda_same: float) -> float:
     """log(lambda_chg / lambda_same) for a change-aware objective (0 for the ELBO); an error at lambda_same = 0."""
     if loss != "change_aware":
@@ -121,7 +128,7 @@ def log_posterior(reading: Reading, kernel, logits: torch.Tensor, xt: torch.Tens
     V = kernel.vocab_size
     z = xt.reshape(-1)
     lg = logits.to(torch.float64).reshape(-1, V)
-    lik = kernel.likelihood_of(z, t) if lik is None else lik
+    lik = kernel.likelihood_of(xt, t).reshape(-1, V) if lik is None else lik
     log_lik = torch.where(lik > 0, lik.clamp_min(1e-300).log(), -math.inf)
     lg = lg + log_lik if reading.kernel_aware else lg.masked_fill(lik <= 0, -math.inf)
     mask_id = kernel.mask_id if kernel.cfg.name == "mask" else reading.mask_id
@@ -151,7 +158,7 @@ def clean_score_logits(reading: Reading, kernel, logits: torch.Tensor, xt: torch
     z = xt.reshape(-1)
     lg = logits.to(torch.float64).reshape(-1, V)
     if not reading.kernel_aware:
-        lik = kernel.likelihood_of(z, t)
+        lik = kernel.likelihood_of(xt, t).reshape(-1, V)
         lg = lg - torch.where(lik > 0, lik.clamp_min(1e-300).log(), math.inf)
     if reading.log_ratio:
         lg = lg.scatter_add(-1, z.unsqueeze(-1), torch.full_like(z, reading.log_ratio, dtype=lg.dtype).unsqueeze(-1))
@@ -200,3 +207,19 @@ def decode_support(record: dict) -> torch.Tensor:
     if bits.size < size or int((~bits[:size].astype(bool)).sum()) != int(record["excluded"]):
         raise ValueError("the recorded clean support does not decode to its size and count")
     return torch.from_numpy(bits[:size].astype(bool))
+
+
+# --------------------------------------------------------------------------- the record in checkpoints and exports
+def posterior_record(cfg: PosteriorConfig, reading: Reading, support) -> dict:
+    """What a checkpoint marker and an export's config.json hold: the config, the resolved reading, the support."""
+    return {**cfg.to_dict(), "kernel_aware": reading.kernel_aware, "log_ratio": reading.log_ratio,
+            "mask_id": reading.mask_id, "support": None if support is None else encode_support(support)}
+
+
+def reading_from_record(record: dict | None, mask_id: int | None) -> tuple[Reading, torch.Tensor | None]:
+    """(reading, support or None) of a record; no record (an export or run older than it): today's reading
+    of the raw softmax, with [MASK] never clean (``mask_id``), as the samplers always read it."""
+    if record is None:
+        return Reading(False, 0.0, mask_id), None
+    support = None if record.get("support") is None else decode_support(record["support"])
+    return Reading(bool(record["kernel_aware"]), float(record["log_ratio"]), record.get("mask_id")), support

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from pipeline.core.likelihood import bits_per_token, perplexity, tightest
 from pipeline.core.objectives import Objective, build_objective
+from pipeline.core.posterior import PLAIN
 
 SEQ_COLUMN = "tokens"
 
@@ -55,6 +56,9 @@ def _stratified_t(strata: torch.Tensor, j: int, generator: torch.Generator) -> t
     return ((strata[:, j] + u) / draws).clamp(1e-4, 1.0 - 1e-4)
 
 
+STDERR_WARNING = 0.10  # a report warns when the standard error exceeds this share of the bound
+
+
 @torch.no_grad()
 def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Tensor, t_draws: int,
                    num_steps: int, generator: torch.Generator, bound: str = "continuous") -> dict[str, torch.Tensor]:
@@ -81,7 +85,7 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     standard error over the t draws and every candidate bound's nats per token."""
     device = next(exported.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    objective = build_objective(exported.kernel)
+    objective = build_objective(exported.kernel, reading=exported.reading or PLAIN)
     per_draw: dict[str, torch.Tensor] = {}  # name -> [draws] total nats of each t draw
     tokens = 0
     for start in tqdm(range(0, len(sequences), batch_size), desc=desc, disable=not progress):
@@ -95,7 +99,13 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     name, total = tightest(totals)
     draws = per_draw[name]
     stderr = float(draws.std() / math.sqrt(len(draws))) / tokens if len(draws) > 1 else None
-    return {"bound": name, "sequences": len(sequences), "tokens": tokens, "nelbo_nats": total,
+    warning = None
+    if stderr is not None and stderr > STDERR_WARNING * abs(total / tokens):
+        warning = (f"the standard error ({stderr:.3g} nats/token) exceeds {STDERR_WARNING:.0%} of the bound "
+                   f"({total / tokens:.4g}): more t draws or sequences, and look at the t-profile "
+                   "(python -m pipeline.research.t_profile)")
+    return {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
+            "nelbo_nats": total,
             "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),
             "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed,
             "num_steps": num_steps if name.startswith("discrete") else None,

@@ -93,6 +93,11 @@ def write_report(out: Path, results: dict) -> None:
         if others:
             lines += ["", "The tightest valid bound is reported; the others on the same draws (nats/token): "
                       + ", ".join(f"{k} {_fmt(v)}" for k, v in others.items()) + "."]
+            if any("uncorrected" in k for k in others):
+                lines += ["", "`*_uncorrected`: the same logits read without the change-aware correction "
+                          "(docs/likelihood.md Sec 7), a bound of that other model, not a candidate."]
+        if nelbo.get("stderr_warning"):
+            lines += ["", f"**Warning:** {nelbo['stderr_warning']}"]
     sets = results.get("eval_sets") or {}
     if sets:
         lines += ["", "## Zero-shot likelihood", "",

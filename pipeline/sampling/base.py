@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from pipeline.core.posterior import Reading, posterior_probs, reading_of
+
 from .penalty import PenaltyConfig, SemanticAssociation, apply_semantic_frequency_penalty
 from .template import GenerationTemplate
 
@@ -101,10 +103,12 @@ class Denoiser:
     """
 
     def __init__(self, model, kernel, cfg: SamplerConfig, association: SemanticAssociation | None = None,
-                 template: GenerationTemplate | None = None):
+                 template: GenerationTemplate | None = None, reading: Reading | None = None):
         self.model, self.kernel, self.cfg, self.association = model, kernel, cfg, association
         self.is_mask = kernel.cfg.name == "mask"
         self.template = template
+        # how the output becomes p_theta(x0 | x_t) (pipeline/core/posterior.py): the model's own record
+        self.reading = reading if reading is not None else reading_of(model, kernel.mask_id)
         self.calls = 0
 
     def free(self, start: int, length: int) -> torch.Tensor | None:
@@ -142,7 +146,12 @@ class Denoiser:
         return torch.softmax(logits, -1)
 
     def probs(self, x: torch.Tensor, t: float | torch.Tensor, start: int) -> torch.Tensor:
-        return self.probs_from_logits(self.logits(x, t, start))
+        """p_theta(x0 | x_t) [B, L - start, V] float64 of positions start.. of x at time t."""
+        logits = self.logits(x, t, start)
+        if self.reading.is_plain or self.is_mask:  # the raw softmax (the samplers restrict it themselves)
+            return self.probs_from_logits(logits)
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        return posterior_probs(self.reading, self.kernel, logits, x[:, start:], t)
 
 
 def time_grid(steps: int) -> list[tuple[float, float]]:

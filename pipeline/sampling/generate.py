@@ -26,12 +26,13 @@ BLOCK_SAMPLERS = {"ctmc": denoise_block_ctmc, "blockwise": denoise_block_eq121,
 @torch.no_grad()
 def generate(model, kernel, cfg: SamplerConfig, batch_size: int, generator: torch.Generator | None = None,
              association: SemanticAssociation | None = None, device=None,
-             template: GenerationTemplate | None = None, stop_id: int | None = None
+             template: GenerationTemplate | None = None, stop_id: int | None = None, reading=None
              ) -> tuple[torch.Tensor, Denoiser]:
     """Sample ``batch_size`` sequences of ``cfg.seq_len`` tokens; returns (ids Long[B, L'], denoiser).
 
     ``template`` has one row per sequence (``GenerationTemplate.for_batch``) or a single row for all.
     L' = cfg.seq_len unless ``stop_id`` skipped the last blocks (then every row holds ``stop_id``).
+    ``reading``: how the output is read as a posterior (default: the model's ``posterior_reading``).
     """
     block_fn = BLOCK_SAMPLERS[cfg.method]
     if cfg.method == "mdlm" and kernel.cfg.name != "mask":
@@ -43,7 +44,7 @@ def generate(model, kernel, cfg: SamplerConfig, batch_size: int, generator: torc
         if template.tokens.shape[0] not in (1, batch_size):
             raise ValueError(f"template has {template.tokens.shape[0]} rows for a batch of {batch_size}")
         template = template.for_batch(0, batch_size, device)
-    den = Denoiser(model, kernel, cfg, association, template)
+    den = Denoiser(model, kernel, cfg, association, template, reading)
     start = template.start if template is not None else 0
     prompt_ends = template.prompt_lens if template is not None else 0
     x = template.tokens[:, :start] if template is not None else torch.zeros(batch_size, 0, dtype=torch.long,

@@ -106,6 +106,10 @@ def check_files(run_dir: Path, tag: str) -> None:
 
 def check_identity(saved: dict, current: dict, where: str) -> None:
     """Refuse to resume a run whose model / kernel / objective / data format changed."""
+    if "posterior" not in saved and "posterior" in current:  # a run from before the record: read as it was
+        from pipeline.core.posterior import LEGACY
+
+        saved = {**saved, "posterior": LEGACY.to_dict()}
     if canonical_json(saved) == canonical_json(current):
         return
     diffs = []
@@ -232,6 +236,7 @@ class CheckpointForExport:
     training: dict
     weights: dict
     states_file: Path  # the file the weights were read from
+    posterior: dict | None = None  # how the output is read (pipeline/core/posterior.py); None: a run older than it
 
 
 def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: bool = True) -> CheckpointForExport:
@@ -265,4 +270,4 @@ def read_checkpoint_for_export(run_dir: Path, tag: str | None = None, use_ema: b
     training = {"step": marker["step"], "tokens_seen": marker.get("tokens_seen"), "run_dir": str(run_dir.resolve()),
                 "tag": tag, "weights": "ema" if use_ema else "raw"}
     return CheckpointForExport(model_cfg, kernel_cfg, kind, marker["tokenizer"], marker["artifacts"], training,
-                               weights, states_file)
+                               weights, states_file, marker.get("posterior"))

@@ -9,8 +9,11 @@ its directory is what checkpoints and exports record as ``preprocessed``.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.common.artifacts import ArtifactError, load_manifest, manifest_hash
 from pipeline.common.neighbor_artifact import NeighborTables, load_neighbor_tables
@@ -50,6 +53,28 @@ class UpstreamArtifacts:
     def pad_id(self) -> int | None:
         return self.tokenizer.get("special_ids", {}).get("pad")
 
+    def clean_support(self, mode: str) -> np.ndarray | None:
+        """Bool [V] of the tokens the model may read as clean (pipeline/core/posterior.py), None for ``all``.
+
+        ``special``: [PAD], [MASK] and the placeholders [unusedN] are out unless the training data holds them
+        (the primary stream's unigram counts; without them, out regardless); ``observed``: what those
+        counts hold.
+        """
+        from pipeline.core.posterior import clean_support_mask
+
+        if mode == "all":
+            return None
+        path = self.preprocessed / "unigram_counts.npy"
+        counts = np.load(path, allow_pickle=False) if path.is_file() else None
+        if counts is None:
+            if mode == "observed":
+                raise ArtifactError(f"clean_support=observed needs {path} (the training data's unigram counts)")
+            counts = np.zeros(self.vocab_size, dtype=np.int64)
+        if counts.shape != (self.vocab_size,):
+            raise ArtifactError(f"{path} has shape {counts.shape}, expected ({self.vocab_size},)")
+        special = [i for i in (self.mask_id, self.pad_id) if i is not None]
+        return clean_support_mask(mode, counts, special, placeholder_ids(self.tokenizer.get("name_or_path")))
+
     def references(self) -> dict:
         """Absolute paths and manifest hashes, as recorded in exports and checkpoints."""
         refs = {"preprocessed": str(self.preprocessed.resolve()),
@@ -63,6 +88,14 @@ class UpstreamArtifacts:
             if pairs and (key == "streams" or separate):
                 refs[key] = [{**spec.to_dict(), "manifest_sha256": manifest_hash(spec.local)} for spec, _ in pairs]
         return refs
+
+
+def placeholder_ids(tokenizer: str | None) -> list[int]:
+    """Ids of the tokenizer's placeholder tokens ([unusedN] in BERT's vocabulary): never written into text."""
+    from pipeline.common.hf_assets import load_tokenizer_spec
+
+    pattern = re.compile(r"^\[unused\d+\]$")
+    return [i for token, i in load_tokenizer_spec(tokenizer).vocab.items() if pattern.match(token)]
 
 
 def load_upstream(preprocessed: str | Path, neighbors: str | Path | None, kernel_cfg: KernelConfig,

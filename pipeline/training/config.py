@@ -20,6 +20,7 @@ from pipeline.core.kernels import KernelConfig
 from pipeline.core.likelihood import BOUNDS
 from pipeline.core.model import ModelConfig
 from pipeline.core.objectives import LOSSES, LossConfig
+from pipeline.core.posterior import PosteriorConfig, Reading, make_reading
 from pipeline.training.streams import DataSpec, parse_data
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -37,6 +38,9 @@ class TrainConfig:
     lambda_chg: float = 1.0
     lambda_same: float = 0.1
     t_min: float = 1e-3
+    parameterization: str = "kernel"          # kernel: p ∝ f_theta q_t(x_t | v) | direct (pipeline/core/posterior.py)
+    clean_support: str = "special"            # special | observed | all: tokens the model never reads as clean
+    change_correction: bool = True            # change_aware: read the output with log(lambda_chg / lambda_same)
     antithetic_t: bool = True                 # global-batch stratified t (pipeline.core.time_sampling)
     # -- artifacts and run directory
     preprocessed: str | None = None
@@ -130,6 +134,12 @@ class TrainConfig:
         self.model_config()
         self.kernel_config()
         self.loss_config()
+        self.posterior_config()
+        if not self.model_config().causal:
+            try:
+                self.reading()
+            except ValueError as exc:
+                raise ConfigError(f"invalid TrainConfig: {exc}") from None
 
     # -- derived configs
     def model_config(self, vocab_size: int | None = None, seq_len: int | None = None) -> ModelConfig:
@@ -154,6 +164,17 @@ class TrainConfig:
     def loss_config(self) -> LossConfig:
         return LossConfig(self.lambda_chg, self.lambda_same)
 
+    def posterior_config(self) -> PosteriorConfig:
+        try:
+            return PosteriorConfig(self.parameterization, self.clean_support, self.change_correction)
+        except ValueError as exc:
+            raise ConfigError(f"invalid TrainConfig: {exc}") from None
+
+    def reading(self, mask_id: int | None = None) -> Reading:
+        """How this run's output is read as a posterior in bounds and samplers (the loss reads it uncorrected)."""
+        return make_reading(self.posterior_config(), self.kernel_config().name, self.loss, self.lambda_chg,
+                            self.lambda_same, mask_id)
+
     def accum_steps(self, world_size: int) -> int:
         per_step = self.micro_batch * world_size
         if self.global_batch % per_step:
@@ -167,7 +188,7 @@ class TrainConfig:
         return {"model": self.model_config(vocab_size).architecture_dict(),
                 "kernel": self.kernel_config().to_dict(), "loss": self.loss,
                 "loss_config": asdict(self.loss_config()), "t_min": self.t_min, "seq_len": seq_len,
-                "tokenizer_identity": tokenizer_identity}
+                "tokenizer_identity": tokenizer_identity, "posterior": self.posterior_config().to_dict()}
 
     def to_dict(self) -> dict:
         d = asdict(self)

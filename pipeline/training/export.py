@@ -25,7 +25,7 @@ def export_run(run_dir, out_dir, tag: str | None = None, use_ema: bool = True, f
     training = {**ckpt.training, "tokenizer_source": tokenizer}  # None: the run's own
     run = export_stage(out_dir, ckpt.model_cfg, ckpt.kernel_cfg, ckpt.tokenizer_info, ckpt.artifacts, ckpt.kind,
                        training=training, evaluation=summary, sources=[ckpt.states_file], force=force,
-                       break_lock=break_lock)
+                       break_lock=break_lock, posterior=ckpt.posterior)
     if run.is_up_to_date():
         return run.out_dir, False
     if not force and Path(out_dir).exists() and _exported_run(out_dir) != training["run_dir"]:

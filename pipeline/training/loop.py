@@ -261,6 +261,9 @@ class Trainer:
 
         model = build_model(self.engine.module.cfg).to(self.env.device).eval()
         model.load_state_dict(dict(zip(self.ema.names, self.ema.shadow)), strict=True)
+        for name, buffer in self.engine.module.named_buffers():  # the clean support is a buffer, not a weight
+            model.get_buffer(name).copy_(buffer)
+        model.posterior_reading = getattr(self.objective, "reading", None)  # samples read it as the bounds do
         return model
 
     @torch.no_grad()

@@ -123,7 +123,8 @@ def test_unreachable_judge_is_a_clear_error(tmp_path):
 
 # --------------------------------------------------------------------------- test NELBO
 @pytest.mark.parametrize("kernel_name,bounds", [("mask", {"mdlm_continuous"}),
-                                                ("uniform", {"udlm_continuous", "ctelbo_continuous"})])
+                                                ("uniform", {"udlm_continuous", "udlm_converted",
+                                                             "ctelbo_continuous"})])
 def test_nelbo_on_mds_split_reproducible(tmp_path, kernel_name, bounds):
     from streaming import MDSWriter
 

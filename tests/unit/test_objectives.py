@@ -17,6 +17,7 @@ from pipeline.core.objectives import (
     next_token_nll,
     per_token_cross_entropy,
 )
+from pipeline.core.posterior import Reading
 
 MASK_KERNEL = build_kernel(KernelConfig.preset("mask"), 5, mask_id=4)
 
@@ -170,9 +171,16 @@ def test_bounds_of_each_kernel_and_the_tightest_is_reported():
     model = lambda xt, tt: torch.zeros(*xt.shape, kernel.vocab_size)  # noqa: E731 - a uniform denoiser
     objective = DiffusionObjective(kernel)
     est = objective.bound_estimates(model, x0, real, t=t, generator=g)
-    assert set(est) == {"ctelbo_continuous", "udlm_continuous"}  # both on the same x_t
+    assert set(est) == {"ctelbo_continuous", "udlm_continuous", "udlm_converted"}  # all on the same x_t
     totals = {name: float(v.sum()) for name, v in est.items()}
     assert tightest(totals) == min(totals.items(), key=lambda kv: kv[1])
+    corrected = DiffusionObjective(kernel, reading=Reading(True, math.log(10.0)))
+    est = corrected.bound_estimates(model, x0, real, t=t, generator=g)
+    assert set(est) == set(corrected.bound_names()) == {"ctelbo_continuous", "udlm_continuous",
+                                                       "ctelbo_continuous_uncorrected", "udlm_continuous_uncorrected"}
+    totals = {name: float(v.sum()) for name, v in est.items()}
+    totals["udlm_continuous_uncorrected"] = -1.0  # another model's bound is never the one reported
+    assert "uncorrected" not in tightest(totals)[0]
     kernel, x0, real, t, g = _semantic_case("semdlm")
     assert set(bound_estimates(kernel, model, x0, real, t=t, generator=g)) == {"ctelbo_continuous"}
     tstep = bound_estimates(kernel, model, x0, real, bound="tstep", generator=g, num_steps=10, mc_steps=2)

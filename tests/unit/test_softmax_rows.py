@@ -84,8 +84,22 @@ def test_uniform_bounds_share_one_pass_and_equal_separate_calls():
     w = torch.randn(V, V, generator=g)
     model = lambda xt, tt: w[xt] * (1 + tt[:, None, None])  # noqa: E731
     got = continuous_bound_estimates(kernel, model, x0, t, generator=torch.Generator().manual_seed(9))
-    assert list(got) == list(kernel.cfg.continuous_bounds)
+    assert list(got) == list(kernel.cfg.continuous_bounds) + ["udlm_converted"]
     xt, _ = kernel.sample_xt(x0, t, generator=torch.Generator().manual_seed(9))
     ct = ctelbo_per_token(kernel, model(xt, t), x0, xt, t).sum(-1)
     torch.testing.assert_close(got["ctelbo_continuous"], ct, rtol=1e-6, atol=1e-6)
+    # UDLM fed the converted posterior: the self-shift equals building logits - log q_t(x_t | v) densely
+    from pipeline.core.kernels import alpha_and_derivative
+    from pipeline.core.likelihood import udlm_integrand
+    from pipeline.core.posterior import PLAIN, Reading, clean_score_logits
+
+    a, da = alpha_and_derivative(kernel.cfg, t)
+    for reading, name in ((PLAIN, "udlm_converted"),):
+        f = clean_score_logits(reading, kernel, model(xt, t).double(), xt, t.double()).reshape(*xt.shape, V)
+        dense = udlm_integrand(f, x0, xt, a, da).sum(-1)
+        torch.testing.assert_close(got[name], dense, rtol=1e-5, atol=1e-5)
+    corr = Reading(True, math.log(7.0))
+    got = continuous_bound_estimates(kernel, model, x0, t, generator=torch.Generator().manual_seed(9), reading=corr)
+    f = clean_score_logits(corr, kernel, model(xt, t).double(), xt, t.double()).reshape(*xt.shape, V)
+    torch.testing.assert_close(got["udlm_continuous"], udlm_integrand(f, x0, xt, a, da).sum(-1), rtol=1e-5, atol=1e-5)
     assert all(math.isfinite(float(v.sum())) for v in got.values())
