@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bound", default="continuous", choices=("continuous", "tstep"),
                    help="continuous: the kernel's tightest continuous-time bound (default); tstep: the T-step bound")
     p.add_argument("--nelbo-steps", type=int, default=1000, help="T of the T-step bound (--bound tstep)")
+    p.add_argument("--t-sampling", default="defensive", choices=("defensive", "uniform"),
+                   help="t of the continuous bounds: defensive importance sampling (default: finite variance also "
+                        "for integrands ~1/t) or uniform (docs/likelihood.md Sec 7)")
     p.add_argument("--nelbo-seed", type=int, default=0)
     p.add_argument("--samples", default=None, help="evaluate this sample directory instead of sampling")
     p.add_argument("--no-samples", action="store_true", help="likelihood only")
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             judge=args.judge, judge_batch_size=args.judge_batch_size, nelbo=not args.no_nelbo,
             test_split=args.test_split, max_test_sequences=args.max_test_sequences,
             eval_batch_size=args.eval_batch_size, eval_sets=tuple(args.eval_set), t_draws=args.t_draws,
-            nelbo_steps=args.nelbo_steps, bound=args.bound,
+            nelbo_steps=args.nelbo_steps, bound=args.bound, t_sampling=args.t_sampling,
             nelbo_seed=args.nelbo_seed, samples=args.samples, sample=not args.no_samples,
             sampler=sampler_options(args), steps=args.steps, lambda_freq=args.lambda_freq,
             lambda_sem=args.lambda_sem, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,

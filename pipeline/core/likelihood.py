@@ -271,7 +271,8 @@ BOUNDS = ("continuous", "tstep")
 
 def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor,
                                mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                               reading: Reading = PLAIN) -> dict[str, torch.Tensor]:
+                               reading: Reading = PLAIN, t_weight: torch.Tensor | None = None
+                               ) -> dict[str, torch.Tensor]:
     """Every bound of ``kernel.cfg.continuous_bounds`` per sequence, [B] nats, on ONE draw x_t ~ q_t(.|x0)
     and one model call at the caller's t [B] (one-sample estimates over t; each includes KL(q_1 || pi),
     which is 0 when alpha_1 = 0). The model's output is read with ``reading``; when it carries the
@@ -284,6 +285,9 @@ def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch
     if reading.log_ratio:
         out.update({f"{name}_uncorrected": value for name, value in
                     _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading.uncorrected()).items()})
+    if t_weight is not None:  # importance sampling of t (time_sampling.bound_times): weigh the integral part only
+        w = t_weight.to(torch.float64)
+        out = {name: prior + w * (value - prior) for name, value in out.items()}
     return out
 
 
@@ -339,7 +343,7 @@ def udlm_self_shift(kernel: Kernel, reading: Reading, xt: torch.Tensor, alpha: t
 def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
                     bound: str = "continuous", t: torch.Tensor | None = None,
                     generator: torch.Generator | None = None, num_steps: int = 1000, mc_steps: int | None = 8,
-                    reading: Reading = PLAIN) -> dict[str, torch.Tensor]:
+                    reading: Reading = PLAIN, t_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The kernel's bounds on -log p(x0) per sequence, {name: [B] nats}: the one place bounds are chosen.
 
     ``bound="continuous"`` (default): :func:`continuous_bound_estimates` at the caller's ``t`` [B].
@@ -356,7 +360,7 @@ def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor 
                                                          reading=reading)["nelbo"]}
     if t is None:
         raise ValueError("the continuous-time bounds are estimated at a time t per sequence: pass t")
-    return continuous_bound_estimates(kernel, model, x0, t, mask, generator, reading)
+    return continuous_bound_estimates(kernel, model, x0, t, mask, generator, reading, t_weight)
 
 
 def tightest(totals: dict[str, float]) -> tuple[str, float]:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pipeline.core.likelihood import bits_per_token, perplexity, tightest
 from pipeline.core.objectives import Objective, build_objective
 from pipeline.core.posterior import PLAIN
+from pipeline.core.time_sampling import bound_times
 
 SEQ_COLUMN = "tokens"
 
@@ -43,8 +44,9 @@ def read_test_sequences(split_dir: str | Path, max_sequences: int | None = None)
     return torch.from_numpy(np.stack(rows))
 
 
-def _stratified_t(strata: torch.Tensor, j: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw j of each sequence: a uniform t in its stratum ``strata[:, j]`` of ``draws`` equal strata of U(0, 1).
+def _stratified_u(strata: torch.Tensor, j: int, generator: torch.Generator) -> torch.Tensor:
+    """Draw j of each sequence: a uniform u in its stratum ``strata[:, j]`` of ``draws`` equal strata of U(0, 1)
+    (mapped to t, with its importance weight, by ``bound_times``).
 
     Every sequence visits every stratum once (low variance), in its own random order, so each draw j
     on its own is an unbiased estimate of the total: the standard error over draws is then a fair
@@ -53,7 +55,7 @@ def _stratified_t(strata: torch.Tensor, j: int, generator: torch.Generator) -> t
     """
     draws = strata.shape[1]
     u = torch.rand(strata.shape[0], generator=generator, dtype=torch.float64, device=strata.device)
-    return ((strata[:, j] + u) / draws).clamp(1e-4, 1.0 - 1e-4)
+    return (strata[:, j] + u) / draws
 
 
 STDERR_WARNING = 0.10  # a report warns when the standard error exceeds this share of the bound
@@ -61,8 +63,10 @@ STDERR_WARNING = 0.10  # a report warns when the standard error exceeds this sha
 
 @torch.no_grad()
 def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Tensor, t_draws: int,
-                   num_steps: int, generator: torch.Generator, bound: str = "continuous") -> dict[str, torch.Tensor]:
-    """{bound name: nats per sequence and t draw, [t_draws, B] (or [1, B])} of one batch."""
+                   num_steps: int, generator: torch.Generator, bound: str = "continuous",
+                   t_sampling: str = "defensive") -> dict[str, torch.Tensor]:
+    """{bound name: nats per sequence and t draw, [t_draws, B] (or [1, B])} of one batch; ``t_sampling``:
+    how t is drawn for the continuous-time bounds (pipeline.core.time_sampling.bound_times)."""
     if objective.autoregressive or bound == "tstep":
         # exact (AR), or the T-step bound spending its t_draws on stratified steps of num_steps
         out = objective.bound_estimates(model, x0, real, bound=bound, generator=generator, num_steps=num_steps,
@@ -72,15 +76,16 @@ def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Te
     strata = torch.rand(x0.shape[0], t_draws, generator=generator, dtype=torch.float64,
                         device=generator.device).argsort(-1)
     for j in range(t_draws):  # continuous-time bounds: t_draws stratified t per sequence
-        t = _stratified_t(strata, j, generator).to(x0.device)
-        for name, value in objective.bound_estimates(model, x0, real, t=t.float(), generator=generator).items():
+        t, weight = bound_times(_stratified_u(strata, j, generator), t_sampling)
+        for name, value in objective.bound_estimates(model, x0, real, t=t.float().to(x0.device), generator=generator,
+                                                     t_weight=weight.to(x0.device)).items():
             draws.setdefault(name, []).append(value)
     return {name: torch.stack(values) for name, values in draws.items()}
 
 
 def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_size: int = 16,
                    t_draws: int = 4, num_steps: int = 1000, seed: int = 0, progress: bool = True,
-                   bound: str = "continuous", desc: str = "test NELBO") -> dict:
+                   bound: str = "continuous", desc: str = "test NELBO", t_sampling: str = "defensive") -> dict:
     """The tightest bound over ``sequences`` and its per-token forms (nats, bits, perplexity), with the
     standard error over the t draws and every candidate bound's nats per token."""
     device = next(exported.model.parameters()).device
@@ -92,7 +97,7 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
         x0 = sequences[start:start + batch_size].to(device)
         real = torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
         for name, nats in sequence_nelbo(objective, exported.model, x0, real, t_draws, num_steps, gen,
-                                         bound).items():
+                                         bound, t_sampling).items():
             per_draw[name] = per_draw.get(name, 0.0) + nats.to(torch.float64).sum(-1).cpu()
         tokens += int(objective.scored_tokens(real))
     totals = {name: float(draws.mean()) for name, draws in per_draw.items()}
@@ -107,6 +112,6 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     return {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
             "nelbo_nats": total,
             "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),
-            "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed,
+            "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed, "t_sampling": t_sampling,
             "num_steps": num_steps if name.startswith("discrete") else None,
             "candidates": {n: v / tokens for n, v in sorted(totals.items())}}

@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.common.artifacts import ConfigError, StageRun, load_manifest
 from pipeline.common.devices import check_device_available, check_device_name
 from pipeline.core.likelihood import BOUNDS
+from pipeline.core.time_sampling import T_SAMPLINGS
 from pipeline.sampling.runner import draw_samples
 from pipeline.sampling.stage import (
     SamplerOptions,
@@ -56,6 +57,7 @@ class EvaluateConfig:
     nelbo_steps: int = 1000
     nelbo_seed: int = 0
     bound: str = "continuous"  # continuous (the kernel's tightest continuous-time bound) | tstep (T-step bound)
+    t_sampling: str = "defensive"  # how t is drawn for the continuous bounds (time_sampling.bound_times)
     eval_sets: tuple[EvalSetSpec, ...] = ()  # --eval-set NAME=SOURCE[#detok=...] (strings are parsed)
     samples: str | None = None  # evaluate this sample artifact instead of sampling
     sample: bool = True  # False: likelihood only
@@ -84,6 +86,8 @@ class EvaluateConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.bound not in BOUNDS:
             raise ConfigError(f"--bound must be one of {BOUNDS}, got {self.bound!r}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ConfigError(f"--t-sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
         check_device_name(self.device)
         if self.samples and not self.sample:
             raise ConfigError("give --samples or --no-samples, not both")
@@ -205,7 +209,8 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
 
         def score(seqs, desc):
             return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
-                                  cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc)
+                                  cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc,
+                                  t_sampling=cfg.t_sampling)
 
         if cfg.nelbo:
             preprocessed = artifacts.get("preprocessed")

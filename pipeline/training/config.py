@@ -21,6 +21,7 @@ from pipeline.core.likelihood import BOUNDS
 from pipeline.core.model import ModelConfig
 from pipeline.core.objectives import LOSSES, LossConfig
 from pipeline.core.posterior import PosteriorConfig, Reading, make_reading
+from pipeline.core.time_sampling import T_MIN
 from pipeline.training.streams import DataSpec, parse_data
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -37,7 +38,7 @@ class TrainConfig:
     loss: str = "change_aware"                # change_aware (Eq 120) | elbo (NELBO-weighted CE)
     lambda_chg: float = 1.0
     lambda_same: float = 0.1
-    t_min: float = 1e-3
+    t_min: float = T_MIN                      # the one t_min (pipeline.core.time_sampling.T_MIN)
     parameterization: str = "kernel"          # kernel: p ∝ f_theta q_t(x_t | v) | direct (pipeline/core/posterior.py)
     clean_support: str = "special"            # special | observed | all: tokens the model never reads as clean
     change_correction: bool = True            # change_aware: read the output with log(lambda_chg / lambda_same)

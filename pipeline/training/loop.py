@@ -31,7 +31,7 @@ import torch.distributed as dist
 from pipeline.common import faults
 from pipeline.core.likelihood import tightest
 from pipeline.core.objectives import Objective
-from pipeline.core.time_sampling import TimeSampler, TimeSamplerConfig, step_seed
+from pipeline.core.time_sampling import TimeSampler, TimeSamplerConfig, bound_times, step_seed
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -278,11 +278,15 @@ class Trainer:
         for x0 in self.val_set.batches():
             x0 = x0.to(self.env.device)
             real = self._real(x0)
-            t = None
-            if not self.autoregressive:  # one t per sequence (used by the continuous-time bounds)
-                t = (torch.rand(x0.shape[0], generator=gen, device=x0.device)).clamp(min=self.cfg.t_min)
+            t = weight = None
+            if not self.autoregressive:  # one t per sequence (used by the continuous-time bounds), as evaluated
+                u = torch.rand(x0.shape[0], generator=gen, device=x0.device, dtype=torch.float64)
+                t, weight = bound_times(u, "defensive", self.cfg.t_min)
+                t = t.float()
+            kwargs = {"t_weight": weight} if weight is not None else {}
             bounds = self.objective.bound_estimates(model, x0, real, bound=self.cfg.val_bound, t=t, generator=gen,
-                                                    num_steps=self.cfg.val_num_steps, mc_steps=self.cfg.val_mc_steps)
+                                                    num_steps=self.cfg.val_num_steps, mc_steps=self.cfg.val_mc_steps,
+                                                    **kwargs)
             for name, nats in bounds.items():
                 totals[name] += float(nats.sum())
             tokens += float(self.objective.scored_tokens(real))
