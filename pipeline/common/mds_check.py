@@ -207,3 +207,21 @@ def verified_dataset_class():
         pass
 
     return VerifiedStreamingDataset
+
+
+def read_split_sequences(split_dir, max_sequences: int | None = None, column: str = "tokens"):
+    """The sequences of an MDS split (the first ``max_sequences`` when given), in order, as Long[N, L] (torch)."""
+    import numpy as np
+    import torch
+
+    split_dir = Path(split_dir)
+    if not (split_dir / "index.json").is_file():
+        raise FileNotFoundError(f"{split_dir}: not an MDS split directory (no index.json)")
+    # each shard is checked against its index.json sha1 before it is read (ShardCorruptError)
+    ds = verified_dataset_class()(local=str(split_dir), shuffle=False, batch_size=1, predownload=None)
+    n = len(ds) if max_sequences is None else min(len(ds), max_sequences)
+    rows = [np.asarray(ds[i][column], dtype=np.int64) for i in range(n)]
+    del ds
+    if not rows:
+        raise ValueError(f"{split_dir}: the split holds no sequences")
+    return torch.from_numpy(np.stack(rows))

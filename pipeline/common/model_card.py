@@ -141,7 +141,7 @@ def _schedule_table(kernel: dict) -> list[str]:
             "| beta_t | " + " | ".join(f"{v:.4f}" for v in beta) + " |"]
 
 
-def _usage(kind: str) -> list[str]:
+def _usage(kind: str, config: dict | None = None) -> list[str]:
     if kind == "ar":
         code = ["from transformers import AutoModelForCausalLM, AutoTokenizer",
                 "",
@@ -159,6 +159,12 @@ def _usage(kind: str) -> list[str]:
                 'ids = tok("the cat [MASK] on the mat", return_tensors="pt").input_ids',
                 "logits = model(ids, timesteps=torch.tensor([0.5])).logits  # x_t at time t -> logits over x_0"]
     lines = ["```python", *code, "```"]
+    posterior = (config or {}).get("posterior") or {}
+    if kind == "diffusion" and posterior.get("kernel_aware"):
+        lines += ["", "These logits are clean-token scores f_θ, not the posterior: the pipeline reads "
+                  "p_θ(v | x_t) ∝ softmax(f)_v · q_t(x_t | v), plus log(λ_chg / λ_same) = "
+                  f"{float(posterior.get('log_ratio', 0.0)):.4g} at v = x_t, with f = 0 off the clean support "
+                  "(config.json `posterior`; docs/likelihood.md §7 of the pipeline)."]
     if kind == "diffusion":
         lines += ["", "Sampling and evaluation with the pipeline (kernel and neighbour tables from config.json):", "",
                   "```bash", "python -m pipeline.sample --model EXPORT_DIR --out samples/run --steps 128",
@@ -210,5 +216,5 @@ def render_card(config: dict, evaluation: EvaluationSummary | None = None, has_t
         lines.append(f"- run directory: `{training.get('run_dir')}`")
     else:
         lines.append("- not exported from a training run")
-    lines += ["", "## Evaluation", "", *_evaluation_lines(evaluation, kind), "", "## Usage", "", *_usage(kind)]
+    lines += ["", "## Evaluation", "", *_evaluation_lines(evaluation, kind), "", "## Usage", "", *_usage(kind, config)]
     return "\n".join(lines) + "\n"

@@ -269,6 +269,9 @@ def position_posterior(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: tor
     excluded = _excluded_id(kernel, reading)
     if excluded is not None:
         keep &= e_v != excluded
+    # entries the model gives f = 0 (its support bias: -inf logits) carry no weight: dropped, so that no
+    # segment of the normaliser holds only -inf (whose log(0) would turn a zero gradient into NaN)
+    keep &= torch.isfinite(_g(lg, e_n * V + e_v).detach())
     keep = torch.nonzero(keep).flatten()
     e_n, e_v, e_q, e_dp = _g(e_n, keep), _g(e_v, keep), _g(e_q, keep), _g(e_dp, keep)
     lg_e = _g(lg, e_n * V + e_v).to(torch.float64)
@@ -282,8 +285,12 @@ def position_posterior(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: tor
             h_e = h_e + (e_v == _g(z, e_n)).to(torch.float64) * reading.log_ratio
         h_g = torch.where(generic, g_q.clamp_min(1e-300).log() if reading.kernel_aware else zero, -math.inf)
         extra = h_e + torch.log(-torch.expm1(_g(h_g, e_n) - h_e))  # log(exp(h_e) - exp(h_g)), -inf when equal
-        log_z = torch.logaddexp(torch.where(generic, h_g + lse_dense, -math.inf),
-                                _segment_logsumexp(lg_e + extra, e_n, N))
+        grows = torch.nonzero(torch.isfinite(extra)).flatten()
+        part_e = _segment_logsumexp(_g(lg_e, grows) + _g(extra, grows), _g(e_n, grows), N)
+        part_g = torch.where(generic, h_g + lse_dense, -math.inf)
+        none = torch.isinf(part_e) & torch.isinf(part_g)  # no mass anywhere: -inf, and no NaN gradient
+        log_z = torch.where(none, -math.inf, torch.logaddexp(torch.where(none, 0.0, part_g),
+                                                              torch.where(none, 0.0, part_e)))
     alive = torch.isfinite(log_z)
     log_z_safe = torch.where(alive, log_z, zero)
     w_e = torch.where(_g(alive, e_n), (lg_e + h_e - _g(log_z_safe, e_n)).exp(), 0.0)

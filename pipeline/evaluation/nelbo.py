@@ -13,35 +13,19 @@ reproducible.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.common.mds_check import read_split_sequences
 from pipeline.core.likelihood import bits_per_token, perplexity, tightest
 from pipeline.core.objectives import Objective, build_objective
 from pipeline.core.posterior import PLAIN
 from pipeline.core.time_sampling import bound_times
 
 SEQ_COLUMN = "tokens"
-
-
-def read_test_sequences(split_dir: str | Path, max_sequences: int | None = None) -> torch.Tensor:
-    """The sequences of an MDS split (the first ``max_sequences`` when given), in order, as Long[N, L]."""
-    from pipeline.common.mds_check import verified_dataset_class
-
-    split_dir = Path(split_dir)
-    if not (split_dir / "index.json").is_file():
-        raise FileNotFoundError(f"{split_dir}: not an MDS split directory (no index.json)")
-    # each shard is checked against its index.json sha1 before it is read (ShardCorruptError)
-    ds = verified_dataset_class()(local=str(split_dir), shuffle=False, batch_size=1, predownload=None)
-    n = len(ds) if max_sequences is None else min(len(ds), max_sequences)
-    rows = [np.asarray(ds[i][SEQ_COLUMN], dtype=np.int64) for i in range(n)]
-    del ds
-    if not rows:
-        raise ValueError(f"{split_dir}: the split holds no sequences")
-    return torch.from_numpy(np.stack(rows))
+# the sequences of an MDS split: lives with the shard checks (research tools read splits too)
+read_test_sequences = read_split_sequences
 
 
 def _stratified_u(strata: torch.Tensor, j: int, generator: torch.Generator) -> torch.Tensor:

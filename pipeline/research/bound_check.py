@@ -9,7 +9,10 @@ exact posterior p(v | x_t) ∝ q_t(x_t | v) p_data(v). Printed: the exact NLL, t
 path (pipeline.core.ct_elbo) by quadrature and by antithetic Monte-Carlo over t, and UDLM's closed
 form for ``uniform``. Small vocabularies enumerate x0 and x_t exactly; large ones (> --exact-max)
 use Monte-Carlo over x0, t and x_t (mean ± standard error). Last line:
-``exact=<nats> tstep=<nats at the largest T> ctelbo=<nats>``.
+``exact=<nats> tstep=<nats at the largest T> ctelbo=<nats> tilted=<nats> corrected=<nats>``: the last
+two are the continuous-time ELBO with the exact optimum of Eq 120 (the change-aware loss) as the
+denoiser, read as it is and with the change-aware correction (pipeline/core/posterior.py), given as f
+(``--parameterization kernel``, default) or as the posterior's logits (``direct``).
 """
 from __future__ import annotations
 
@@ -284,10 +287,15 @@ def tstep_mc(toy: Toy, T: int, n: int = 64, steps: int = 16, seed: int = 0) -> t
 # --------------------------------------------------------------------------- report
 def run(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, valid: int = 57, seed: int = 0,
         steps=(8, 64, 512), exact_max: int = 2000, mc: int = 4096, tstep_n: int = 64, tstep_draws: int = 16,
-        table_ranks: int | None = None) -> dict:
+        table_ranks: int | None = None, parameterization: str = "kernel", tilted: bool = True) -> dict:
     toy = build_toy(kernel, vocab, k_max, valid, seed, table_ranks)
     exact = vocab <= exact_max
-    res = {"kernel": kernel, "exact_nll": toy.exact_nll, "enumerated": exact, "tstep": {}}
+    res = {"kernel": kernel, "exact_nll": toy.exact_nll, "enumerated": exact, "tstep": {},
+           "parameterization": parameterization}
+    if exact and tilted and kernel != "mask":  # Eq 120's exact optimum, read raw and corrected
+        for which in ("tilted", "corrected"):
+            model, reading = toy_denoiser(toy, which, parameterization)
+            res[which] = (ctelbo_exact(toy, model=model, reading=reading), 0.0)
     for T in steps:
         res["tstep"][T] = (tstep_exact(toy, T), 0.0) if exact else tstep_mc(toy, T, tstep_n, tstep_draws, seed)
     if exact:
@@ -314,8 +322,14 @@ def format_report(res: dict) -> str:
     if "udlm" in res:
         lines.append(f"  {'UDLM closed form (same denoiser)':<34}{pm(res['udlm'])}")
         lines.append(f"  {'UDLM at its optimum (p_data)':<34}{pm(res['udlm_opt'])}")
+    for which in ("tilted", "corrected"):
+        if which in res:
+            label = f"ctELBO, Eq 120 optimum {which} ({res['parameterization']})"
+            lines.append(f"  {label:<44}{pm(res[which])}")
     T_max = max(res["tstep"])
-    lines.append(f"exact={res['exact_nll']:.4f} tstep={res['tstep'][T_max][0]:.4f} ctelbo={res['ctelbo'][0]:.4f}")
+    last = f"exact={res['exact_nll']:.4f} tstep={res['tstep'][T_max][0]:.4f} ctelbo={res['ctelbo'][0]:.4f}"
+    last += "".join(f" {w}={res[w][0]:.4f}" for w in ("tilted", "corrected") if w in res)
+    lines.append(last)
     return "\n".join(lines)
 
 
@@ -332,13 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mc", type=int, default=4096, help="Monte-Carlo draws of the continuous-time ELBO")
     ap.add_argument("--tstep-n", type=int, default=64, help="large vocab: x0 draws of the T-step bound")
     ap.add_argument("--tstep-draws", type=int, default=16, help="large vocab: step draws per x0")
+    ap.add_argument("--parameterization", default="kernel", choices=("kernel", "direct"),
+                    help="how Eq 120's exact optimum (tilted= corrected=) is given: as f or as the posterior")
+    ap.add_argument("--no-tilted", action="store_true", help="skip the Eq 120 optimum (tilted= corrected=)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 when enumerating, where tensors are tiny)")
     a = ap.parse_args(argv)
     if a.threads or a.vocab <= a.exact_max:
         torch.set_num_threads(a.threads or 1)
     res = run(a.kernel, a.vocab, a.k_max, a.valid, a.seed, tuple(a.steps), a.exact_max, a.mc, a.tstep_n,
-              a.tstep_draws, a.table_ranks)
+              a.tstep_draws, a.table_ranks, a.parameterization, not a.no_tilted)
     print(format_report(res))
     return 0
 

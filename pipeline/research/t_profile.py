@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if not times or not all(0.0 < t <= 1.0 for t in times) or args.sequences < 1:
             raise StageError("--t needs times in (0, 1] and --sequences >= 1")
         from pipeline.common.export_artifact import load_export
-        from pipeline.evaluation.nelbo import read_test_sequences
+        from pipeline.common.mds_check import read_split_sequences as read_test_sequences
 
         exported = load_export(args.model)
         if exported.kind != "diffusion":

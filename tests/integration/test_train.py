@@ -135,12 +135,14 @@ def reference_run(tmp_path_factory, preprocessed) -> Path:
 def test_training_loss_falls_for_each_kernel(kernel, preprocessed, neighbors, tmp_path):
     run_dir = tmp_path / "run"
     extra = ["--kernel", kernel, "--neighbors", str(neighbors)]
-    proc = run_train(train_command(run_dir, preprocessed, [*TINY, "max_steps=10", "kernel_args.k_max=8"],
+    # 20 steps: a kernel-aware model starts on a plateau (q_t(x_t | v) already explains the positions that
+    # stayed), ~10 steps long at this lr, before its loss falls (semdlm_plus: 7.6 -> 5.3 over 40 steps)
+    proc = run_train(train_command(run_dir, preprocessed, [*TINY, "max_steps=20", "kernel_args.k_max=8"],
                                    extra=extra))
     _check(proc)
     losses = step_losses(run_dir)
-    assert sorted(losses) == list(range(1, 11))
-    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (8, 9, 10)])
+    assert sorted(losses) == list(range(1, 21))
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (18, 19, 20)])
     assert np.isfinite(list(losses.values())).all()
     assert last < first - 0.1, f"{kernel}: loss did not fall ({first:.3f} -> {last:.3f}): {losses}"
 
@@ -211,6 +213,7 @@ def test_changed_model_config_is_refused(reference_run, preprocessed, tmp_path):
 
 def test_export_round_trip_gives_identical_logits(reference_run, tmp_path, capsys):
     from pipeline.common.export_artifact import load_export, save_export
+    from pipeline.core.posterior import decode_support
 
     out = tmp_path / "export"
     proc = subprocess.run([PYTHON, "-m", "pipeline.export", str(reference_run), "--out", str(out)], cwd=REPO,
@@ -224,6 +227,11 @@ def test_export_round_trip_gives_identical_logits(reference_run, tmp_path, capsy
     reference = build_model(exported.model_cfg)
     reference.load_state_dict(states["ema"]["weights"])
     reference.eval()
+    # the clean support travels in config.json: [PAD], [MASK] and the [unusedN] placeholders get f = 0
+    record = exported.config["posterior"]
+    support = decode_support(record["support"])
+    assert record["clean_support"] == "special" and not support[[0, 103, 1]].any() and support[101:103].all()
+    reference.set_clean_support(support)
     raw = {k: v for k, v in states["module"].items()}
     assert any(not torch.equal(raw[k], states["ema"]["weights"][k]) for k in raw), "EMA equals raw weights"
     gen = torch.Generator().manual_seed(0)

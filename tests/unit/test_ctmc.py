@@ -109,4 +109,18 @@ def test_oracle_tool_prints_the_table_and_a_last_line(capsys):
                          "--samples", "500", "--vocab", "4", "--length", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].startswith("| method |") and lines[3].startswith("| ctmc |")
-    assert re.fullmatch(r"ctmc_tv=\d\.\d{4} blockwise_tv=\d\.\d{4} floor=\d\.\d{4}", lines[-1]), lines[-1]
+    pattern = r"ctmc_tv=\d\.\d{4} blockwise_tv=\d\.\d{4} floor=\d\.\d{4} tilted_tv=\d\.\d{4} corrected_tv=\d\.\d{4}"
+    assert re.fullmatch(pattern, lines[-1]), lines[-1]
+
+
+@pytest.mark.parametrize("parameterization", ["kernel", "direct"])
+def test_ctmc_fed_the_corrected_eq120_optimum_samples_the_data(parameterization):
+    """Eq 120's exact optimum drives the ctmc sampler off the data; corrected, it is the posterior's sampler
+    (TV within the noise floor + 0.02), and the posterior given as f samples as the posterior does."""
+    toy = sampler_oracle.build_sequence_toy("semdlm_plus", vocab=5, k_max=2, length=2, seed=0)
+    n = 6000
+    floor = toy.noise_floor(n, 0)
+    denoisers = {w: sampler_oracle.toy_denoiser(toy, w, parameterization) for w in ("posterior", "tilted", "corrected")}
+    tv = {w: sampler_oracle.oracle_tv(toy, "ctmc", 32, n, model=m)[0] for w, m in denoisers.items()}
+    assert tv["posterior"] <= floor + 0.02 and tv["corrected"] <= floor + 0.02, (tv, floor)
+    assert tv["tilted"] > floor + 0.05, (tv, floor)

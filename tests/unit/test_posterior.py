@@ -53,14 +53,21 @@ def test_sparse_integrand_and_nll_equal_the_dense_reading(kernel, reading):
         assert float(nll[i]) == pytest.approx(-float(logp[0, x0[i, 0]]), rel=1e-9, abs=1e-9)
 
 
-def test_kernel_reading_is_differentiable_and_finite():
-    toy = _small("semdlm_plus")
-    x0, xt, t, logits = _random_case(toy, 64)
-    logits = logits.float().requires_grad_(True)
-    for fn in (ct_elbo.ctelbo_per_token, ct_elbo.posterior_nll_per_token):
-        val = fn(toy.kernel, logits, x0, xt, t, reading=Reading(True, math.log(10.0))).sum()
-        (grad,) = torch.autograd.grad(val, logits)
-        assert torch.isfinite(val) and torch.isfinite(grad).all()
+@pytest.mark.parametrize("kernel", ["uniform", "semdlm", "semdlm_plus"])
+def test_readings_are_differentiable_with_a_support_bias(kernel):
+    """-inf logits where the model's support excludes a token (x_t may still land there): finite gradients."""
+    toy = _small(kernel)
+    x0, xt, t, logits = _random_case(toy, 200)
+    x0 = x0.clamp_min(5)
+    xt, _ = toy.kernel.sample_xt(x0, t, generator=torch.Generator().manual_seed(1))
+    logits = logits.float()
+    logits[..., :5] = -math.inf
+    logits.requires_grad_(True)
+    for reading in READINGS[1:]:
+        for fn in (ct_elbo.ctelbo_per_token, ct_elbo.posterior_nll_per_token):
+            val = fn(toy.kernel, logits, x0, xt, t, reading=reading).sum()
+            (grad,) = torch.autograd.grad(val, logits)
+            assert torch.isfinite(val) and torch.isfinite(grad).all(), (reading, fn.__name__)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -149,3 +156,42 @@ def test_clean_support_modes_and_record_round_trip():
     assert decode_support(rec).tolist() == special.tolist() and rec["excluded"] == 2
     with pytest.raises(ValueError):
         decode_support({**rec, "excluded": 3})
+
+
+def test_an_export_records_its_reading_and_every_reader_follows_it(tmp_path):
+    """save_export -> load_export: the support bias and the reading come back; the sampler's denoiser and the
+    evaluation's objective read through them; an export without a record is read as before."""
+    from pipeline.common.export_artifact import load_export, save_export
+    from pipeline.core.kernels import KernelConfig
+    from pipeline.core.model import ModelConfig, build_model
+    from pipeline.core.objectives import build_objective
+    from pipeline.core.posterior import posterior_record
+    from pipeline.sampling.base import Denoiser, SamplerConfig
+
+    V = 64
+    cfg = ModelConfig.preset("tiny", vocab_size=V)
+    tokenizer = {"identity": "vocab-sha256:abc", "name_or_path": "default", "vocab_size": V,
+                 "special_ids": {"mask": 3, "pad": 0}}
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    support = torch.ones(V, dtype=torch.bool)
+    support[[0, 3, 7]] = False
+    reading = make_reading(PosteriorConfig(), "uniform", "change_aware", 1.0, 0.1)
+    save_export(tmp_path / "new", model, cfg, KernelConfig.preset("uniform"), tokenizer, {}, "diffusion",
+                posterior=posterior_record(PosteriorConfig(), reading, support.numpy()))
+    save_export(tmp_path / "old", model, cfg, KernelConfig.preset("uniform"), tokenizer, {}, "diffusion")
+    new, old = load_export(tmp_path / "new"), load_export(tmp_path / "old")
+    assert new.reading == reading and new.model.posterior_reading == reading
+    assert old.reading == Reading(False, 0.0, 3)  # no record: the raw softmax, [MASK] never clean
+    x = torch.randint(1, V, (2, 8))
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        logits = new.model(x, t)
+        assert torch.isinf(logits[..., [0, 3, 7]]).all() and torch.isfinite(logits[..., support]).all()
+        assert torch.isfinite(old.model(x, t)).all()
+        den = Denoiser(new.model, new.kernel, SamplerConfig(method="ctmc", seq_len=8, steps=2, strides=1))
+        probs = den.probs(x, t, 0)
+    expected = log_posterior(reading, new.kernel, logits, x, t.double()).exp().reshape(probs.shape)
+    assert torch.allclose(probs, expected) and float(probs[..., [0, 3, 7]].abs().max()) == 0.0
+    objective = build_objective(new.kernel, reading=new.reading)
+    assert "ctelbo_continuous_uncorrected" in objective.bound_names()
