@@ -38,16 +38,16 @@ if [ ! -d "$OUT/exports/ar" ]; then
         --run-dir "$OUT/runs/ar" > "$OUT/logs/ar.train.log" 2>&1
     "$PY" -m pipeline.export "$OUT/runs/ar" --out "$OUT/exports/ar" >> "$OUT/logs/ar.train.log" 2>&1
 fi
-RUNS=(
+RUNS=(  # the paper's kernel and the MDLM anchor first
   "mask_elbo mask loss=elbo"
-  "uniform_elbo_kernel uniform loss=elbo parameterization=kernel"
-  "uniform_elbo_direct uniform loss=elbo parameterization=direct"
-  "uniform_ca_kernel uniform loss=change_aware parameterization=kernel"
-  "uniform_ca_direct uniform loss=change_aware parameterization=direct"
-  "semdlm_plus_elbo_kernel semdlm_plus loss=elbo parameterization=kernel"
-  "semdlm_plus_elbo_direct semdlm_plus loss=elbo parameterization=direct"
   "semdlm_plus_ca_kernel semdlm_plus loss=change_aware parameterization=kernel"
   "semdlm_plus_ca_direct semdlm_plus loss=change_aware parameterization=direct"
+  "semdlm_plus_elbo_kernel semdlm_plus loss=elbo parameterization=kernel"
+  "semdlm_plus_elbo_direct semdlm_plus loss=elbo parameterization=direct"
+  "uniform_elbo_kernel uniform loss=elbo parameterization=kernel"
+  "uniform_ca_kernel uniform loss=change_aware parameterization=kernel"
+  "uniform_elbo_direct uniform loss=elbo parameterization=direct"
+  "uniform_ca_direct uniform loss=change_aware parameterization=direct"
 )
 for spec in "${RUNS[@]}"; do
     read -r name kernel overrides <<<"$spec"

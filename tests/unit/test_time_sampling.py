@@ -77,3 +77,25 @@ def test_validation():
         TimeSamplerConfig(global_batch=8, t_min=1.0)
     with pytest.raises(ValueError, match="out of range"):
         global_indices(4, rank=2, world_size=2, accum_step=0, accum_steps=1)
+
+
+def test_bound_times_are_unbiased_with_bounded_weights():
+    """E_u[w g(t)] = int_0^1 g(max(t, t_min)) dt for an integrand ~1/t and one ~log(1/t); weights <= 1 / m; and
+    the weighted 1/t integrand has a finite (small) second moment where uniform t's is of order 1 / t_min."""
+    import math
+
+    from pipeline.core.time_sampling import DEFENSIVE_UNIFORM_SHARE, T_MIN, bound_times
+
+    u = (torch.arange(400_000, dtype=torch.float64) + 0.5) / 400_000  # a fine midpoint grid of U(0, 1)
+    for g, exact in ((lambda t: 1.0 / t, 1.0 + math.log(1.0 / T_MIN)),
+                     (lambda t: torch.log(1.0 / t), 1.0 - T_MIN)):
+        for scheme in ("defensive", "uniform"):
+            t, w = bound_times(u, scheme)
+            assert float((w * g(t)).mean()) == pytest.approx(exact, rel=2e-3), (scheme, exact)
+    t, w = bound_times(u, "defensive")
+    assert float(w.max()) <= 1.0 / DEFENSIVE_UNIFORM_SHARE + 1e-9 and bool((t >= T_MIN).all())
+    second_defensive = float(((w / t) ** 2).mean())
+    t_u, _ = bound_times(u, "uniform")
+    assert second_defensive < 300 < float((1.0 / t_u ** 2).mean())  # 1 / t_min = 1000 for uniform t
+    with pytest.raises(ValueError, match="t sampling"):
+        bound_times(u, "beta")
