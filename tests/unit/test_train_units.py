@@ -260,3 +260,32 @@ def test_upstream_artifacts_are_validated_against_each_other(tmp_path):
                       KernelConfig.preset("mask"))
     with pytest.raises(ArtifactError, match="expected a 'neighbor_index' artifact"):
         load_upstream(pre, pre, plus)
+
+
+def test_reading_options_are_validated_and_part_of_the_identity():
+    from pipeline.common.artifacts import ConfigError
+    from pipeline.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="lambda_same > 0"):
+        TrainConfig(kernel="semdlm_plus", lambda_same=0.0)  # change_aware + the correction: refused, one line
+    TrainConfig(kernel="semdlm_plus", lambda_same=0.0, change_correction=False)
+    TrainConfig(kernel="mask", lambda_same=0.0)  # mask is read as SUBS: no correction to make
+    with pytest.raises(ConfigError, match="parameterization"):
+        TrainConfig(parameterization="subs")
+    with pytest.raises(ConfigError, match="clean_support"):
+        TrainConfig(clean_support="seen")
+    a = TrainConfig(kernel="uniform").identity(64, 32, "x")
+    b = TrainConfig(kernel="uniform", parameterization="direct").identity(64, 32, "x")
+    assert a["posterior"]["parameterization"] == "kernel" and a != b
+
+
+def test_a_run_from_before_the_reading_record_resumes_only_as_it_was_read():
+    from pipeline.training.checkpoint import check_identity
+    from pipeline.training.config import TrainConfig
+
+    old = TrainConfig(kernel="uniform").identity(64, 32, "x")
+    del old["posterior"]  # a checkpoint written before the record
+    legacy = TrainConfig(kernel="uniform", parameterization="direct", clean_support="all", change_correction=False)
+    check_identity(old, legacy.identity(64, 32, "x"), "runs/old")
+    with pytest.raises(ValueError, match="posterior.parameterization: 'direct' -> 'kernel'"):
+        check_identity(old, TrainConfig(kernel="uniform").identity(64, 32, "x"), "runs/old")
