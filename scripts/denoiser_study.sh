@@ -12,13 +12,13 @@ PY=${PY:-.venv/bin/python}
 PRE=${PRE:-$OUT/lm1b}
 NB=${NB:-$OUT/neighbors}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-COMMON=(--ds_config ds_configs/zero2.json --config configs/tiny.yaml --preprocessed "$PRE" --max-steps "$STEPS"
-        global_batch=32 micro_batch=16 val_every="$STEPS" val_batches=4 log_every=100 ckpt_every="$STEPS" seed=0)
+OPTIONS=(--ds_config ds_configs/zero2.json --config configs/tiny.yaml --preprocessed "$PRE" --max-steps "$STEPS")
+OVERRIDES=(global_batch=32 micro_batch=16 val_every="$STEPS" val_batches=4 log_every=100 ckpt_every="$STEPS" seed=0)
 
-train() {  # NAME KERNEL [overrides...]
+train() {  # NAME KERNEL [overrides...]  (argparse takes the key=value overrides after every option)
     local name=$1 kernel=$2; shift 2
-    "$PY" pipeline/train.py "${COMMON[@]}" --neighbors "$NB" --kernel "$kernel" --run-dir "$OUT/runs/$name" "$@" \
-        > "$OUT/logs/$name.train.log" 2>&1
+    "$PY" pipeline/train.py "${OPTIONS[@]}" --neighbors "$NB" --kernel "$kernel" --run-dir "$OUT/runs/$name" \
+        "${OVERRIDES[@]}" "$@" > "$OUT/logs/$name.train.log" 2>&1
     "$PY" -m pipeline.export "$OUT/runs/$name" --out "$OUT/exports/$name" >> "$OUT/logs/$name.train.log" 2>&1
 }
 

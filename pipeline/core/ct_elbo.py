@@ -33,6 +33,7 @@ import torch
 from pipeline.core.kernels import Kernel
 from pipeline.core.posterior import PLAIN, Reading, log_posterior
 from pipeline.core.softmax_rows import logsumexp_rows
+from pipeline.core.time_sampling import T_MIN
 
 _CHUNK = 1 << 22  # elements of a [U, V, K] temporary built at once
 
@@ -472,7 +473,7 @@ def ctelbo_integrand_dense(kernel: Kernel, logits: torch.Tensor, x0: torch.Tenso
     return ((r_hat - r_bar) * off).sum(-1) + (kl * off).sum(-1)
 
 
-def antithetic_times(n: int, generator: torch.Generator | None = None, t_min: float = 1e-3) -> torch.Tensor:
+def antithetic_times(n: int, generator: torch.Generator | None = None, t_min: float = T_MIN) -> torch.Tensor:
     """n low-discrepancy times t_i = (u + i / n) mod 1 clamped to [t_min, 1], float64 [n]."""
     u0 = torch.rand((), generator=generator, dtype=torch.float64)
     return torch.remainder(u0 + torch.arange(n, dtype=torch.float64) / n, 1.0).clamp(t_min, 1.0)

@@ -28,6 +28,7 @@ from pipeline.core import likelihood as lk
 from pipeline.core.kernels import PRESETS, Kernel, KernelConfig, build_kernel
 from pipeline.core.objectives import LossConfig
 from pipeline.core.posterior import PLAIN, Reading, change_log_ratio, clean_score_logits
+from pipeline.core.time_sampling import T_MIN
 
 
 @dataclass
@@ -194,7 +195,7 @@ def _mc(toy: Toy, integrand, n: int, seed: int, t_min: float, chunk: int) -> tup
     return float(v.mean()), float(v.std() / math.sqrt(n))
 
 
-def ctelbo_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256
+def ctelbo_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = T_MIN, chunk: int = 256
               ) -> tuple[float, float]:
     """The conditional-path ELBO by Monte-Carlo (see :func:`_mc`)."""
     def integrand(xc, xt, tc):
@@ -231,7 +232,7 @@ def udlm_exact(toy: Toy, nodes: int = 4, model=None, reading: Reading | None = N
     return total
 
 
-def udlm_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = 1e-3, chunk: int = 256, model=None
+def udlm_mc(toy: Toy, n: int = 4096, seed: int = 0, t_min: float = T_MIN, chunk: int = 256, model=None
             ) -> tuple[float, float]:
     """UDLM's closed form by Monte-Carlo (see :func:`_mc`); ``model`` as in :func:`udlm_exact`."""
     def integrand(xc, xt, tc):
