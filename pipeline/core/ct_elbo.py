@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 
 from pipeline.core.kernels import Kernel
-from pipeline.core.posterior import PLAIN, Reading, log_posterior
+from pipeline.core.posterior import PLAIN, Reading, excluded_token, log_posterior
 from pipeline.core.softmax_rows import logsumexp_rows
 from pipeline.core.time_sampling import T_MIN
 
@@ -194,7 +194,7 @@ def _per_position(kernel, logits, x0, xt, t, mask, chunk, lse, reading, per_posi
     lg = logits.reshape(-1, V)
     if cidx.numel() < B * L:
         lg = lg.index_select(0, cidx)
-    excluded = _excluded_id(kernel, reading)
+    excluded = excluded_token(kernel, reading)
     if excluded is not None:  # SUBS (and models without a support bias): never predict [MASK] as the clean token
         lg = lg.index_fill(-1, torch.tensor([excluded], device=dev), -math.inf)
     tab = time_tables(kernel, tt)
@@ -215,12 +215,6 @@ def _per_position(kernel, logits, x0, xt, t, mask, chunk, lse, reading, per_posi
                          for lo in range(0, z.numel(), chunk)])
     out = out.index_put((cidx,), val)
     return out.reshape(B, L)
-
-
-def _excluded_id(kernel: Kernel, reading: Reading) -> int | None:
-    """The token never read as clean beyond the model's own support: [MASK] for ``mask`` (SUBS) and for a
-    reading that names it (models without a support bias)."""
-    return kernel.mask_id if kernel.cfg.name == "mask" else reading.mask_id
 
 
 class PositionPosterior(NamedTuple):
@@ -267,7 +261,7 @@ def position_posterior(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: tor
         e_q = torch.cat([e_q, l_inv + _g(g_q, n_inv)])
         e_dp = torch.cat([e_dp, dl_inv + _g(g_dp, n_inv)])
     keep = e_q > 0
-    excluded = _excluded_id(kernel, reading)
+    excluded = excluded_token(kernel, reading)
     if excluded is not None:
         keep &= e_v != excluded
     # entries the model gives f = 0 (its support bias: -inf logits) carry no weight: dropped, so that no
@@ -327,14 +321,16 @@ def _positions_integrand(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: t
 
 def _positions_nll(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
                    lse_dense: torch.Tensor, reading: Reading = PLAIN) -> torch.Tensor:
-    """-log p_theta(x0 | x_t) of N positions, [N] float64: x0 is an entry of E_z or a generic v."""
+    """-log p_theta(x0 | x_t) of N positions, [N] float64: x0 is an entry of E_z (log Z - l_x0 - h_e, the
+    reading's factor already at hand) or a generic v (lse_gen - l_x0). An x0 the model gives f = 0 was
+    dropped from the entries and lands on the generic form: +inf."""
     post = position_posterior(kernel, tab, lg, z, lse_dense, reading)
-    q_x = conditional_reverse_rates(kernel, tab, tab.u, z, x).q  # q_t(z | x0) > 0: x_t was drawn from it
-    h_x = q_x.log() if reading.kernel_aware else torch.zeros_like(q_x)
-    if reading.log_ratio:
-        h_x = h_x + (x == z).to(torch.float64) * reading.log_ratio
     lg_x = _g(lg, torch.arange(z.numel(), device=z.device) * kernel.vocab_size + x).to(torch.float64)
-    return post.log_z - lg_x - h_x
+    nll = post.lse_gen - lg_x
+    hit = torch.nonzero(post.e_v == _g(x, post.e_n)).flatten()  # the entry of x0, when it is one
+    n_hit = _g(post.e_n, hit)
+    entry_nll = _g(post.log_z, n_hit) - _g(lg_x, n_hit) - _g(post.h_e, hit)
+    return nll.index_put((n_hit,), entry_nll)
 
 
 class ConditionalRates(NamedTuple):

@@ -19,6 +19,7 @@ All bounds are returned in nats per sequence; :func:`bits_per_token` / :func:`pe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -283,20 +284,23 @@ def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
     logits = model(xt, t)
     prior = prior_kl(kernel, x0, mask)
-    out = _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading)
-    if reading.log_ratio:
-        out.update({f"{name}_uncorrected": value for name, value in
-                    _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading.uncorrected()).items()})
+    if reading.mask_id is not None and kernel.cfg.name != "mask":  # no support bias: [MASK] is never clean
+        logits = logits.index_fill(-1, torch.tensor([reading.mask_id], device=logits.device), -math.inf)
+        reading = replace(reading, mask_id=None)  # excluded once here, for every bound and both readings
+    out, lse = _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading)
+    if reading.log_ratio:  # the same logits read without the correction; UDLM's logsumexp (if any) reused
+        uncorrected, _ = _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading.uncorrected(), lse)
+        out.update({f"{name}_uncorrected": value for name, value in uncorrected.items()})
     if t_weight is not None:  # importance sampling of t (time_sampling.bound_times): weigh the integral part only
         w = t_weight.to(torch.float64)
         out = {name: prior + w * (value - prior) for name, value in out.items()}
     return out
 
 
-def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading) -> dict[str, torch.Tensor]:
-    lse, out = None, {}
-    if reading.mask_id is not None and kernel.cfg.name != "mask":  # no support bias: [MASK] is never clean
-        logits = logits.index_fill(-1, torch.tensor([reading.mask_id], device=logits.device), -math.inf)
+def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading, lse: torch.Tensor | None = None
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """({name: [B] nats}, the logits' logsumexp per position when a V-sized pass computed it, else ``lse``)."""
+    out = {}
     # UDLM first: its V-sized pass yields the logsumexp the conditional-path ELBO reuses
     for name in sorted(kernel.cfg.continuous_bounds, key=lambda n: n != "udlm_continuous"):
         if name == "mdlm_continuous":
@@ -306,7 +310,8 @@ def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading) 
             # a kernel-aware model's logits are f, what UDLM is fed; a direct one's are fed as they are and,
             # below, converted (logits - log q_t(x_t | v))
             shift = udlm_self_shift(kernel, reading, xt, alpha) if reading.kernel_aware else None
-            per_token, lse = udlm_integrand(logits, x0, xt, alpha, dalpha, return_lse=True, self_shift=shift)
+            per_token, lse = udlm_integrand(logits, x0, xt, alpha, dalpha, lse=lse, return_lse=True,
+                                            self_shift=shift)
             out[name] = (per_token * _positions(x0, mask)).sum(-1) + prior
             if not reading.kernel_aware:
                 shift = udlm_self_shift(kernel, reading, xt, alpha)
@@ -314,7 +319,7 @@ def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading) 
                 out["udlm_converted"] = (per_token * _positions(x0, mask)).sum(-1) + prior
         else:
             out[name] = ctelbo_per_token(kernel, logits, x0, xt, t, mask, lse=lse, reading=reading).sum(-1) + prior
-    return {name: out[name] for name in continuous_bound_names(kernel, reading, uncorrected=False)}
+    return {name: out[name] for name in continuous_bound_names(kernel, reading, uncorrected=False)}, lse
 
 
 def continuous_bound_names(kernel: Kernel, reading: Reading = PLAIN, uncorrected: bool = True) -> tuple[str, ...]:

@@ -83,11 +83,27 @@ class Reading:
 PLAIN = Reading()
 
 
+def legacy_reading(mask_id: int | None) -> Reading:
+    """How a model without a record is read, as every model was before it: the raw softmax, [MASK] never clean."""
+    return Reading(False, 0.0, mask_id)
+
+
 def reading_of(model, mask_id: int | None = None) -> Reading:
     """The reading a loaded model carries (``model.posterior_reading``, set by the export loader and the trainer);
-    a model without one is read as every model was before the record: the raw softmax, [MASK] never clean."""
+    :func:`legacy_reading` for a model without one."""
     reading = getattr(model, "posterior_reading", None)
-    return reading if reading is not None else Reading(False, 0.0, mask_id)
+    return reading if reading is not None else legacy_reading(mask_id)
+
+
+def excluded_token(kernel, reading: Reading) -> int | None:
+    """The token never read as clean beyond the model's own support: [MASK] for ``mask`` (SUBS) and for a
+    reading that names it (models without a support bias)."""
+    return kernel.mask_id if kernel.cfg.name == "mask" else reading.mask_id
+
+
+def _plus_at_observed(lg: torch.Tensor, z: torch.Tensor, value: float) -> torch.Tensor:
+    """[N, V] logits with ``value`` added at v = z_n (the change-aware correction)."""
+    return lg.scatter_add(-1, z.unsqueeze(-1), torch.full_like(z, value, dtype=lg.dtype).unsqueeze(-1))
 
 
 def change_log_ratio(loss: str, lambda_chg: float, lambda_same: float) -> float:
@@ -131,12 +147,12 @@ def log_posterior(reading: Reading, kernel, logits: torch.Tensor, xt: torch.Tens
     lik = kernel.likelihood_of(xt, t).reshape(-1, V) if lik is None else lik
     log_lik = torch.where(lik > 0, lik.clamp_min(1e-300).log(), -math.inf)
     lg = lg + log_lik if reading.kernel_aware else lg.masked_fill(lik <= 0, -math.inf)
-    mask_id = kernel.mask_id if kernel.cfg.name == "mask" else reading.mask_id
+    mask_id = excluded_token(kernel, reading)
     if mask_id is not None:
         lg = lg.index_fill(-1, torch.tensor([mask_id], device=lg.device), -math.inf)
         log_lik = log_lik.index_fill(-1, torch.tensor([mask_id], device=lg.device), -math.inf)
     if reading.log_ratio:
-        lg = lg.scatter_add(-1, z.unsqueeze(-1), torch.full_like(z, reading.log_ratio, dtype=lg.dtype).unsqueeze(-1))
+        lg = _plus_at_observed(lg, z, reading.log_ratio)
     dead = torch.isinf(lg.amax(-1))
     if bool(dead.any()):  # no mass on any possible clean token: q_t(z | .) itself
         lg = torch.where(dead.unsqueeze(-1), log_lik, lg)
@@ -161,7 +177,7 @@ def clean_score_logits(reading: Reading, kernel, logits: torch.Tensor, xt: torch
         lik = kernel.likelihood_of(xt, t).reshape(-1, V)
         lg = lg - torch.where(lik > 0, lik.clamp_min(1e-300).log(), math.inf)
     if reading.log_ratio:
-        lg = lg.scatter_add(-1, z.unsqueeze(-1), torch.full_like(z, reading.log_ratio, dtype=lg.dtype).unsqueeze(-1))
+        lg = _plus_at_observed(lg, z, reading.log_ratio)
     if reading.mask_id is not None:
         lg = lg.index_fill(-1, torch.tensor([reading.mask_id], device=lg.device), -math.inf)
     return lg
@@ -220,6 +236,6 @@ def reading_from_record(record: dict | None, mask_id: int | None) -> tuple[Readi
     """(reading, support or None) of a record; no record (an export or run older than it): today's reading
     of the raw softmax, with [MASK] never clean (``mask_id``), as the samplers always read it."""
     if record is None:
-        return Reading(False, 0.0, mask_id), None
+        return legacy_reading(mask_id), None
     support = None if record.get("support") is None else decode_support(record["support"])
     return Reading(bool(record["kernel_aware"]), float(record["log_ratio"]), record.get("mask_id")), support

@@ -21,7 +21,8 @@ from pipeline.core.posterior import (
 from pipeline.research import bound_check as bc
 
 KERNELS = ["uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm_plus_eq118"]
-READINGS = [Reading(False, 0.0), Reading(True, 0.0), Reading(True, math.log(10.0)), Reading(False, math.log(10.0))]
+READINGS = [Reading(False, 0.0), Reading(True, 0.0), Reading(True, math.log(10.0)), Reading(False, math.log(10.0)),
+            Reading(False, math.log(10.0), 0)]  # the last: a model without a support bias ([MASK] = 0 excluded)
 
 
 def _small(kernel, **kw):
@@ -39,7 +40,7 @@ def _random_case(toy, n=300, seed=0):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("reading", READINGS, ids=["plain", "kernel", "kernel+corr", "direct+corr"])
+@pytest.mark.parametrize("reading", READINGS, ids=["plain", "kernel", "kernel+corr", "direct+corr", "legacy+corr"])
 def test_sparse_integrand_and_nll_equal_the_dense_reading(kernel, reading):
     toy = _small(kernel)
     x0, xt, t, logits = _random_case(toy)
@@ -195,3 +196,26 @@ def test_an_export_records_its_reading_and_every_reader_follows_it(tmp_path):
     assert torch.allclose(probs, expected) and float(probs[..., [0, 3, 7]].abs().max()) == 0.0
     objective = build_objective(new.kernel, reading=new.reading)
     assert "ctelbo_continuous_uncorrected" in objective.bound_names()
+
+
+@pytest.mark.parametrize("kernel", ["uniform", "semdlm_plus"])
+def test_bounds_of_a_legacy_reading_never_read_mask_as_clean(kernel):
+    """A reading that names [MASK] (no support bias) gives every bound, corrected and not, as if the logits
+    had -inf there: the exclusion is made once, before UDLM's pass and the conditional-path ELBO share it."""
+    from pipeline.core.likelihood import continuous_bound_estimates
+
+    toy = _small(kernel)
+    g = torch.Generator().manual_seed(4)
+    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (6, 5), generator=g)]
+    t = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.95])
+    w = torch.randn(20, 20, generator=g, dtype=torch.float64)
+    model = lambda xt, tt: w[xt] * (1 + tt[:, None, None])  # noqa: E731
+    masked = lambda xt, tt: model(xt, tt).index_fill(-1, torch.tensor([0]), -math.inf)  # noqa: E731
+    ratio = math.log(10.0)
+    got = continuous_bound_estimates(toy.kernel, model, x0, t, generator=torch.Generator().manual_seed(9),
+                                     reading=Reading(False, ratio, 0))
+    want = continuous_bound_estimates(toy.kernel, masked, x0, t, generator=torch.Generator().manual_seed(9),
+                                      reading=Reading(False, ratio))
+    assert set(got) == set(want) and any("uncorrected" in k for k in got)
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-9)
