@@ -15,15 +15,13 @@ Definitions (documented in docs/artifacts.md, "neighbor_index"):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.common.hf_assets import load_tokenizer_spec, resolve_name
+from pipeline.common.hf_assets import PLACEHOLDER_TOKEN, load_tokenizer_spec, resolve_name
 
-_UNUSED = re.compile(r"^\[unused\d+\]$")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
@@ -59,7 +57,7 @@ def classify_tokens(tokens: list[str], special_ids) -> TokenClasses:
     """The token classes of a vocabulary (one pass over the strings, done once per stage run)."""
     special = np.zeros(len(tokens), dtype=bool)
     special[np.asarray(sorted(set(special_ids)), dtype=np.int64)] = True
-    special |= np.fromiter((bool(_UNUSED.match(t)) for t in tokens), dtype=bool, count=len(tokens))
+    special |= np.fromiter((bool(PLACEHOLDER_TOKEN.match(t)) for t in tokens), dtype=bool, count=len(tokens))
     continuation = np.fromiter((t.startswith("##") and len(t) > 2 for t in tokens), dtype=bool, count=len(tokens))
     punctuation = np.fromiter((not any(c.isalnum() for c in t) for t in tokens), dtype=bool, count=len(tokens))
     return TokenClasses(special=special, continuation=continuation & ~special,

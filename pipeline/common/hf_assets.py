@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.common.artifacts import StageError
+
+# BERT-style placeholder tokens ([unused0] ...): in the vocabulary, never written into text by the tokenizer
+PLACEHOLDER_TOKEN = re.compile(r"^\[unused\d+\]$")
 
 DEFAULT = "default"
 

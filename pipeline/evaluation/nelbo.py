@@ -23,7 +23,6 @@ from pipeline.core.objectives import Objective, build_objective
 from pipeline.core.posterior import PLAIN
 from pipeline.core.time_sampling import bound_times
 
-SEQ_COLUMN = "tokens"
 # the sequences of an MDS split: lives with the shard checks (research tools read splits too)
 read_test_sequences = read_split_sequences
 

@@ -63,18 +63,23 @@ def toy_denoiser(toy: Toy, which: str = "posterior", parameterization: str = "ke
     as it is; ``corrected``: the same logits read with the change-aware correction. ``parameterization``:
     ``kernel`` gives f (the posterior / q_t(x_t | v)), ``direct`` the posterior's own logits.
     """
+    kernel_aware = parameterization == "kernel"
+    return eq120_denoiser(toy.clean_scores if kernel_aware else toy.denoiser, which, kernel_aware, loss_cfg)
+
+
+def eq120_denoiser(base, which: str, kernel_aware: bool, loss_cfg: LossConfig | None = None) -> tuple:
+    """(model, Reading) from the exact posterior's logits ``base(x_t, t)`` (f when ``kernel_aware``): itself,
+    or Eq 120's exact minimiser (``base`` + log(lambda_same / lambda_chg) at v = x_t) read raw or corrected."""
     if which not in DENOISERS:
         raise ValueError(f"denoiser must be one of {DENOISERS}, got {which!r}")
     loss_cfg = loss_cfg or LossConfig()
-    kernel_aware = parameterization == "kernel"
-    base = toy.clean_scores if kernel_aware else toy.denoiser
     if which == "posterior":
         return base, Reading(kernel_aware)
     tilt = math.log(loss_cfg.lambda_same / loss_cfg.lambda_chg)
 
-    def tilted(z, t):
-        lg = base(z, t).clone()
-        return lg.scatter_add(-1, z.unsqueeze(-1), torch.full((*z.shape, 1), tilt, dtype=lg.dtype))
+    def tilted(xt, t):
+        lg = base(xt, t).clone()
+        return lg.scatter_add(-1, xt.unsqueeze(-1), torch.full((*xt.shape, 1), tilt, dtype=lg.dtype))
 
     ratio = change_log_ratio("change_aware", loss_cfg.lambda_chg, loss_cfg.lambda_same) if which == "corrected" else 0.0
     return tilted, Reading(kernel_aware, ratio)

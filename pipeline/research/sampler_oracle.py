@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.core.objectives import LossConfig
-from pipeline.core.posterior import Reading, change_log_ratio
-from pipeline.research.bound_check import DENOISERS, build_toy
+from pipeline.core.posterior import Reading
+from pipeline.research.bound_check import build_toy, eq120_denoiser
 from pipeline.sampling.base import METHODS, SamplerConfig
 from pipeline.sampling.generate import generate
 
@@ -110,21 +110,8 @@ def toy_denoiser(toy: SequenceToy, which: str = "posterior", parameterization: s
                  loss_cfg: LossConfig | None = None) -> ReadDenoiser:
     """The exact posterior, Eq 120's exact optimum (``tilted``, read as it is) or the same logits read with the
     change-aware correction (``corrected``), as f (``kernel``) or as the posterior's logits (``direct``)."""
-    if which not in DENOISERS:
-        raise ValueError(f"denoiser must be one of {DENOISERS}, got {which!r}")
-    loss_cfg = loss_cfg or LossConfig()
     kernel_aware = parameterization == "kernel"
-    base = toy.clean_scores if kernel_aware else toy
-    if which == "posterior":
-        return ReadDenoiser(base, Reading(kernel_aware))
-    tilt = math.log(loss_cfg.lambda_same / loss_cfg.lambda_chg)
-
-    def tilted(xt, t):  # Eq 120's minimiser: the posterior times lambda_same / lambda_chg at v = x_t
-        lg = base(xt, t).clone()
-        return lg.scatter_add(-1, xt.unsqueeze(-1), torch.full((*xt.shape, 1), tilt, dtype=lg.dtype))
-
-    ratio = change_log_ratio("change_aware", loss_cfg.lambda_chg, loss_cfg.lambda_same) if which == "corrected" else 0.0
-    return ReadDenoiser(tilted, Reading(kernel_aware, ratio))
+    return ReadDenoiser(*eq120_denoiser(toy.clean_scores if kernel_aware else toy, which, kernel_aware, loss_cfg))
 
 
 def oracle_tv(toy: SequenceToy, method: str, steps: int, samples: int, seed: int = 0, batch: int = 4096,

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if not times or not all(0.0 < t <= 1.0 for t in times) or args.sequences < 1:
             raise StageError("--t needs times in (0, 1] and --sequences >= 1")
         from pipeline.common.export_artifact import load_export
-        from pipeline.common.mds_check import read_split_sequences as read_test_sequences
+        from pipeline.common.mds_check import read_split_sequences
 
         exported = load_export(args.model)
         if exported.kind != "diffusion":
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                                if exported.config["artifacts"].get("preprocessed") else None)
         if split is None:
             raise StageError("the export names no preprocessed data: pass --split")
-        seqs = read_test_sequences(split, args.sequences)
+        seqs = read_split_sequences(split, args.sequences)
         pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
         reading = _reading(exported, args.reading)
         columns = {"as read": reading}

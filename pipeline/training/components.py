@@ -9,7 +9,6 @@ its directory is what checkpoints and exports record as ``preprocessed``.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +91,9 @@ class UpstreamArtifacts:
 
 def placeholder_ids(tokenizer: str | None) -> list[int]:
     """Ids of the tokenizer's placeholder tokens ([unusedN] in BERT's vocabulary): never written into text."""
-    from pipeline.common.hf_assets import load_tokenizer_spec
+    from pipeline.common.hf_assets import PLACEHOLDER_TOKEN, load_tokenizer_spec
 
-    pattern = re.compile(r"^\[unused\d+\]$")
-    return [i for token, i in load_tokenizer_spec(tokenizer).vocab.items() if pattern.match(token)]
+    return [i for token, i in load_tokenizer_spec(tokenizer).vocab.items() if PLACEHOLDER_TOKEN.match(token)]
 
 
 def load_upstream(preprocessed: str | Path, neighbors: str | Path | None, kernel_cfg: KernelConfig,
