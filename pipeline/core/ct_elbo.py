@@ -266,10 +266,11 @@ def position_posterior(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: tor
         keep &= e_v != excluded
     # entries the model gives f = 0 (its support bias: -inf logits) carry no weight: dropped, so that no
     # segment of the normaliser holds only -inf (whose log(0) would turn a zero gradient into NaN)
-    keep &= torch.isfinite(_g(lg, e_n * V + e_v).detach())
+    lg_e = _g(lg, e_n * V + e_v)
+    keep &= torch.isfinite(lg_e.detach())
     keep = torch.nonzero(keep).flatten()
     e_n, e_v, e_q, e_dp = _g(e_n, keep), _g(e_v, keep), _g(e_q, keep), _g(e_dp, keep)
-    lg_e = _g(lg, e_n * V + e_v).to(torch.float64)
+    lg_e = _g(lg_e, keep).to(torch.float64)
     zero = torch.zeros_like(g_q)
     if reading.is_plain:  # the normaliser of the restricted softmax: all of V where generic, else E_z only
         h_e, h_g = torch.zeros_like(e_q), zero
