@@ -4,6 +4,8 @@
 # under the AR judge) and t-profiled. Usage: bash scripts/denoiser_study.sh OUT [STEPS]
 # Needs OUT/lm1b and OUT/neighbors (make demo DEMO=OUT builds both) or PRE / NB pointing at them.
 # A rerun skips every stage that is up to date (training resumes from its last checkpoint).
+# ONLY="name1 name2" runs a subset of the runs below (e.g. a longer budget for the kernels still above the
+# unigram entropy); JUDGE=path reuses an AR export as the Gen-PPL judge instead of training one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: denoiser_study.sh OUT [STEPS]}
@@ -31,7 +33,8 @@ evaluate() {  # NAME
         --out "$OUT/eval/$name/t_profile.json" >> "$OUT/logs/$name.eval.log" 2>&1
 }
 
-mkdir -p "$OUT/logs"
+mkdir -p "$OUT/logs" "$OUT/exports"
+if [ -n "${JUDGE:-}" ] && [ ! -e "$OUT/exports/ar" ]; then ln -s "$(realpath "$JUDGE")" "$OUT/exports/ar"; fi
 if [ ! -d "$OUT/exports/ar" ]; then
     "$PY" pipeline/train.py --ds_config ds_configs/zero2.json --config configs/tiny_ar.yaml --preprocessed "$PRE" \
         --max-steps "$STEPS" global_batch=32 micro_batch=16 val_every="$STEPS" log_every=100 ckpt_every="$STEPS" \
@@ -51,6 +54,7 @@ RUNS=(  # the paper's kernel and the MDLM anchor first
 )
 for spec in "${RUNS[@]}"; do
     read -r name kernel overrides <<<"$spec"
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     printf '==> %s (%s)\n' "$name" "$(date +%T)"
     # shellcheck disable=SC2086 # the overrides are words
     train "$name" "$kernel" $overrides
