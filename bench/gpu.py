@@ -5,7 +5,7 @@
 
 Training (bf16 autocast on GPU: the production precision ``auto``): the production step,
 ``Trainer.train_step`` (host-to-device copy, corruption with the mask kernel, Eq 120 loss, DeepSpeed
-backward and step with torch's fused AdamW, EMA), on an engine from ``pipeline.train.build_engine`` and
+backward and step with torch's fused AdamW, EMA), on an engine from ``pipeline.training.launch.build_engine`` and
 ``ds_configs/zero{1,2,3}.json`` through our ds_config builder, one rank. The data are random token
 batches held in memory (no corpus is needed on the GPU machine; loader cost is bench/train_step.py's).
 Rows: the LM1B shape (L = 128, micro-batch 64, as configs/lm1b_small.yaml) and the OWT shape
@@ -148,9 +148,9 @@ def train_row(spec: TrainSpec, args, env, peak: float | None, work: Path) -> dic
     from pipeline.core.kernels import make_kernel
     from pipeline.core.model import flops_per_token
     from pipeline.core.objectives import build_objective
-    from pipeline.train import build_engine
     from pipeline.training.config import TrainConfig
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
+    from pipeline.training.launch import build_engine
     from pipeline.training.loop import Trainer
 
     device, cuda = env.device, env.device.type == "cuda"
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import deepspeed
 
-    from pipeline.train import init_distributed
+    from pipeline.training.distributed import init_distributed
 
     start = time.perf_counter()
     env = init_distributed(None)

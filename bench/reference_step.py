@@ -6,7 +6,7 @@ alike. The ratio is the median over pairs of (trainer wall / bare wall), the pai
 also printed: the ratio of the two wall medians and the median ratio of process CPU time (all threads),
 which does not see the time a busy machine keeps the process waiting for a core.
 
-* **trainer**: the production object. ``pipeline.train.build_trainer`` builds it exactly as
+* **trainer**: the production object. ``pipeline.training.launch.build_trainer`` builds it exactly as
   ``pipeline/train.py`` does (single-process gloo group, DeepSpeed ZeRO-2 from ``ds_configs/zero2.json``
   through our ds_config builder, torch AdamW, the kernel and Eq 120 objective, EMA, the
   StreamingDataset loader over a preprocess artifact of the LM1B sample, MetricsLogger with
@@ -47,7 +47,6 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -111,7 +110,7 @@ class BareStep:
                  optimizer: str = "foreach"):
         from pipeline.core.model import build_model
 
-        torch.manual_seed(cfg.seed)  # the trainer's initial weights (pipeline.train.build_engine)
+        torch.manual_seed(cfg.seed)  # the trainer's initial weights (pipeline.training.launch.build_engine)
         self.model = build_model(model_cfg).to(device).train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         cuda = device.type == "cuda"
@@ -151,9 +150,9 @@ class BareStep:
 def build(model: str, batch: int, seq_len: int, work: Path, kernel: str, neighbors: str | None,
           ds_config: str, bare_optimizer: str = "foreach"):
     """(the trainer as pipeline/train.py builds it, a BareStep on the same model and data)."""
-    from pipeline.train import build_trainer
     from pipeline.training.config import load_config
     from pipeline.training.data import _tokens_dataset_class
+    from pipeline.training.launch import build_trainer
 
     data = build_data(work / f"data{seq_len}", seq_len)
     run_dir = work / f"run_{model}"
@@ -162,8 +161,7 @@ def build(model: str, batch: int, seq_len: int, work: Path, kernel: str, neighbo
                  "seq_len=null", "warmup_steps=1", "max_steps=1000000"]
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides, run_dir=str(run_dir), preprocessed=str(data),
                       kernel=kernel, neighbors=neighbors)
-    args = SimpleNamespace(ds_config=str(REPO / ds_config), universal=False, local_rank=None)
-    trainer = build_trainer(args, cfg)
+    trainer = build_trainer(cfg, str(REPO / ds_config))
     split = _tokens_dataset_class()(local=str(data / "train"), shuffle=False, batch_size=batch, predownload=None)
     x0 = torch.stack([torch.from_numpy(split[i]["tokens"]) for i in range(batch)])  # the first rows of the same split
     bare = BareStep(trainer.engine.module.cfg, cfg, x0, trainer.objective.kernel, trainer.pad_id, trainer.env.device,

@@ -90,7 +90,7 @@ def time_tables(kernel: Kernel, t: torch.Tensor) -> TimeTables:
         return TimeTables(u, a, b, da, db, local, dlocal, outflow, none, none)
     cache = _kernel_cache(kernel)
     nu_nb = cache["nu_nb"]
-    if kernel.cfg.name == "semdlm_softmax":  # s_t depends on v: [U, V, K], in chunks
+    if kernel.cfg.traits.rank_weights_per_token:  # s_t depends on v: [U, V, K], in chunks
         local, dlocal = kernel.local_mass_and_derivative(tu.unsqueeze(-1), torch.arange(V, device=kernel.device))
         step = max(1, _CHUNK // (V * K))
         parts = [((dlocal[lo:lo + step] + db[lo:lo + step, None, None] * nu_nb).clamp_min(0.0)

@@ -12,7 +12,6 @@ import torch
 from pipeline.core import schedules as sch
 
 KERNEL_NAMES = ("mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus")
-NEIGHBOR_KERNELS = ("semdlm", "semdlm_softmax", "semdlm_plus")
 GLOBAL_BRANCHES = ("uniform", "unigram")
 SCHEDULE_CHECK_GRID = 10_001  # points of the dense t grid the schedule checks run on
 
@@ -84,28 +83,81 @@ class KernelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    # ---- traits: what the rest of the pipeline needs to know about a kernel, in one place
+    # ---- traits: what the rest of the pipeline needs to know about a kernel, in one place (KernelTraits)
+    @property
+    def traits(self) -> KernelTraits:
+        return traits_of(self.name)
+
+    @property
+    def absorbing(self) -> bool:
+        return self.traits.absorbing
+
     @property
     def needs_neighbors(self) -> bool:
-        """The kernel has a local branch over the neighbour table (neighbor_index artifact)."""
-        return self.name in NEIGHBOR_KERNELS
+        return self.traits.needs_neighbors
 
     @property
     def continuous_bounds(self) -> tuple[str, ...]:
-        """The continuous-time bounds that apply (pipeline.core.likelihood.bound_estimates computes them all
-        on one draw of x_t and the report keeps the tightest): MDLM's NELBO for ``mask`` (the
-        conditional-path ELBO equals it there), the conditional-path ELBO for every other kernel, plus
-        UDLM's closed form for ``uniform``."""
-        if self.name == "mask":
-            return ("mdlm_continuous",)
-        return ("ctelbo_continuous", "udlm_continuous") if self.name == "uniform" else ("ctelbo_continuous",)
+        return self.traits.continuous_bounds
 
     def fitted_to_table(self, width: int) -> KernelConfig:
         """k_max capped at a stored table of ``width`` ranks for the kernels that cannot absorb the rest
         (semdlm_plus folds missing ranks into its global branch, so it keeps its k_max)."""
-        if self.name in ("semdlm", "semdlm_softmax") and self.k_max > width:
+        if self.needs_neighbors and not self.traits.absorbs_missing_ranks and self.k_max > width:
             return replace(self, k_max=width)
         return self
+
+
+@dataclass(frozen=True)
+class KernelTraits:
+    """What a kernel *is*, for every module outside the kernel modules: they read these, never the name
+    (tests/unit/test_layers.py fails on a kernel name compared elsewhere), so a new kernel is one entry
+    of :data:`TRAITS` plus its branch in ``pipeline/core/kernels.py``."""
+
+    # x_t is x0 or [MASK] (Eq 5): SUBS, MDLM's NELBO and weighted loss, the mdlm sampler and its reveal step
+    absorbing: bool
+    # a local branch over the neighbour table (the neighbor_index artifact ships with the model)
+    needs_neighbors: bool
+    # beta_t, the global branch's weight: "complement" (1 - alpha_t), "power" (Eq 118) or "none"
+    global_weight: str
+    # the local branch's rank weights s_t depend on the clean token (Eq 8's softmax), not on t alone
+    rank_weights_per_token: bool
+    # k_max past the stored table is folded into the global branch (App E.1) instead of refused
+    absorbs_missing_ranks: bool
+    # the continuous-time bounds that apply (pipeline.core.likelihood computes them all on one draw of
+    # x_t, the report keeps the tightest): MDLM's NELBO for an absorbing kernel (the conditional-path ELBO
+    # equals it there), else the conditional-path ELBO, plus UDLM's closed form for the uniform kernel
+    continuous_bounds: tuple[str, ...]
+    # the sampler when none is asked for: MDLM's ancestral sampler for an absorbing kernel (ctmc reproduces
+    # it there), else ctmc, tau-leaping + predictor-corrector on the reverse rates as the paper ran it (Sec 5.1)
+    default_sampler: str
+    # the Eq 23 penalty on unless asked off: the semantic kernels (the paper samples them with it; without
+    # it they collapse into repeated clusters, Sec 4.2); off for mask and uniform, which are baselines
+    penalty_by_default: bool
+
+
+_ABSORBING = KernelTraits(absorbing=True, needs_neighbors=False, global_weight="complement",
+                          rank_weights_per_token=False, absorbs_missing_ranks=False,
+                          continuous_bounds=("mdlm_continuous",), default_sampler="mdlm", penalty_by_default=False)
+_GLOBAL = replace(_ABSORBING, absorbing=False, continuous_bounds=("ctelbo_continuous", "udlm_continuous"),
+                  default_sampler="ctmc")
+_LOCAL = replace(_GLOBAL, needs_neighbors=True, global_weight="none", continuous_bounds=("ctelbo_continuous",),
+                 penalty_by_default=True)
+TRAITS: dict[str, KernelTraits] = {
+    "mask": _ABSORBING,
+    "uniform": _GLOBAL,
+    "semdlm": _LOCAL,
+    "semdlm_softmax": replace(_LOCAL, rank_weights_per_token=True),
+    "semdlm_plus": replace(_LOCAL, global_weight="power", absorbs_missing_ranks=True),
+}
+assert set(TRAITS) == set(KERNEL_NAMES)
+
+
+def traits_of(name: str) -> KernelTraits:
+    """The traits of kernel ``name`` (a :data:`KERNEL_NAMES` entry, e.g. ``KernelConfig.name``)."""
+    if name not in TRAITS:
+        raise ValueError(f"kernel name must be one of {KERNEL_NAMES}, got {name!r}")
+    return TRAITS[name]
 
 
 def alpha_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
@@ -131,9 +183,9 @@ def alpha_and_derivative(cfg: KernelConfig, t: torch.Tensor) -> tuple[torch.Tens
 
 def beta_of(cfg: KernelConfig, t: torch.Tensor) -> torch.Tensor:
     """Weight of the global branch: 1 - alpha_t for mask/uniform, Eq 118 for semdlm_plus, else 0."""
-    if cfg.name in ("mask", "uniform"):
+    if cfg.traits.global_weight == "complement":
         return 1.0 - alpha_of(cfg, t)
-    if cfg.name == "semdlm_plus":
+    if cfg.traits.global_weight == "power":
         return sch.beta_power(t, cfg.beta_max, cfg.beta_power)
     return torch.zeros_like(t)
 

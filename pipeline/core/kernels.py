@@ -36,13 +36,14 @@ from pipeline.core import schedules as sch
 from pipeline.core.kernel_config import (  # noqa: F401 - the config side is re-exported for callers
     GLOBAL_BRANCHES,
     KERNEL_NAMES,
-    NEIGHBOR_KERNELS,
     PRESETS,
     SCHEDULE_CHECK_GRID,
     KernelConfig,
+    KernelTraits,
     alpha_and_derivative,
     alpha_of,
     beta_of,
+    traits_of,
 )
 
 
@@ -102,7 +103,7 @@ class Kernel:
 
     def _mass_beyond_table(self, t: torch.Tensor) -> torch.Tensor:
         """Share of U(top-k_t) on ranks past the stored table (SemDLM+ only; App E.1)."""
-        if self.cfg.name != "semdlm_plus" or self.table_ranks >= self.cfg.k_max:
+        if not self.cfg.traits.absorbs_missing_ranks or self.table_ranks >= self.cfg.k_max:
             return torch.zeros_like(t)
         k_t = sch.neighborhood_size(t, self.cfg.k_max, self.cfg.k_power)
         return 1.0 - sch.fractional_knn_probs(k_t, self.table_ranks).sum(-1)
@@ -114,7 +115,7 @@ class Kernel:
         for ``semdlm_softmax`` it is Eq 8 restricted to the table row of ``v``.
         """
         t = torch.as_tensor(t, dtype=torch.float64, device=self.device)
-        if self.cfg.name == "semdlm_softmax":
+        if self.cfg.traits.rank_weights_per_token:
             if v is None:
                 v = torch.arange(self.vocab_size, device=self.device)
             return semantic_softmax(self.similarities[v], sch.inverse_temperature(
@@ -322,7 +323,7 @@ def build_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None = None,
     uniform_valid = valid.to(torch.float64) / valid.sum()
     data_prior = unigram_prior / unigram_prior.sum() if unigram_prior is not None else uniform_valid
 
-    if cfg.name == "mask":
+    if cfg.absorbing:
         if mask_id is None or not 0 <= mask_id < V:
             raise ValueError(f"the mask kernel needs mask_id in [0, {V}), got {mask_id}")
         global_dist = torch.zeros(V, dtype=torch.float64, device=device)
@@ -350,12 +351,12 @@ def build_kernel(cfg: KernelConfig, vocab_size: int, mask_id: int | None = None,
         if (neighbors == torch.arange(V, device=device).unsqueeze(1)).any():
             raise ValueError("neighbors lists a token as its own neighbour; self must be excluded")
         stored = neighbors.shape[1]
-        if cfg.k_max > stored and cfg.name != "semdlm_plus":
+        if cfg.k_max > stored and not cfg.traits.absorbs_missing_ranks:
             raise ValueError(f"k_max={cfg.k_max} exceeds the stored table width {stored}; only "
                              "semdlm_plus can absorb the missing mass into its global branch")
         stored = min(stored, cfg.k_max)
         table = neighbors[:, :stored].contiguous()
-        if cfg.name == "semdlm_softmax":
+        if cfg.traits.rank_weights_per_token:
             if similarities is None or similarities.shape[0] != V:
                 raise ValueError("semdlm_softmax needs similarities [V, k] (similarities.npy)")
             sims = similarities[:, :stored].contiguous()

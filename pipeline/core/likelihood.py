@@ -284,7 +284,7 @@ def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
     logits = model(xt, t)
     prior = prior_kl(kernel, x0, mask)
-    if reading.mask_id is not None and kernel.cfg.name != "mask":  # no support bias: [MASK] is never clean
+    if reading.mask_id is not None and not kernel.cfg.absorbing:  # no support bias: [MASK] is never clean
         logits = logits.index_fill(-1, torch.tensor([reading.mask_id], device=logits.device), -math.inf)
         reading = replace(reading, mask_id=None)  # excluded once here, for every bound and both readings
     out, lse = _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading)
@@ -326,7 +326,7 @@ def continuous_bound_names(kernel: Kernel, reading: Reading = PLAIN, uncorrected
     """The names :func:`continuous_bound_estimates` returns: the kernel's, plus for a ``direct`` uniform model
     UDLM fed the converted posterior (``udlm_converted``), plus each ``_uncorrected`` under a correction."""
     names = kernel.cfg.continuous_bounds
-    if kernel.cfg.name == "uniform" and not reading.kernel_aware:
+    if "udlm_continuous" in names and not reading.kernel_aware:
         names = names + ("udlm_converted",)
     return names + tuple(f"{n}_uncorrected" for n in names) if reading.log_ratio and uncorrected else names
 
@@ -336,8 +336,8 @@ def udlm_self_shift(kernel: Kernel, reading: Reading, xt: torch.Tensor, alpha: t
     at v = x_t only (uniform: q_t(z | v) = (1 - alpha) / V off z): -log(1 + V alpha / (1 - alpha)) for a
     ``direct`` model (logits - log q_t(x_t | v), the converted posterior), 0 for a ``kernel`` one, plus the
     change-aware correction. [B * L] float64 (``alpha`` per sequence), or None when nothing is added."""
-    if kernel.cfg.name != "uniform":
-        raise ValueError("UDLM's closed form is the uniform kernel's")
+    if "udlm_continuous" not in kernel.cfg.continuous_bounds:
+        raise ValueError(f"UDLM's closed form is the uniform kernel's, not {kernel.cfg.name!r}'s")
     per_seq = torch.full_like(alpha.to(torch.float64), reading.log_ratio)
     if not reading.kernel_aware:
         a = alpha.to(torch.float64)

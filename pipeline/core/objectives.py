@@ -135,8 +135,9 @@ class DiffusionObjective:
 
     @property
     def _mdlm(self) -> bool:
-        """``loss="elbo"`` on ``mask``: MDLM's weighted cross-entropy, the conditional-path ELBO's exact form there."""
-        return self.kernel.cfg.name == "mask"
+        """``loss="elbo"`` on an absorbing kernel (mask): MDLM's weighted cross-entropy, the conditional-path
+        ELBO's exact form there."""
+        return self.kernel.cfg.absorbing
 
     def logits(self, model, batch: ObjectiveBatch) -> torch.Tensor:
         return model(batch.inputs, batch.t)

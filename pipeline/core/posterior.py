@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from pipeline.core.kernel_config import traits_of
+
 PARAMETERIZATIONS = ("kernel", "direct")
 CLEAN_SUPPORTS = ("special", "observed", "all")
 
@@ -98,7 +100,7 @@ def reading_of(model, mask_id: int | None = None) -> Reading:
 def excluded_token(kernel, reading: Reading) -> int | None:
     """The token never read as clean beyond the model's own support: [MASK] for ``mask`` (SUBS) and for a
     reading that names it (models without a support bias)."""
-    return kernel.mask_id if kernel.cfg.name == "mask" else reading.mask_id
+    return kernel.mask_id if kernel.cfg.absorbing else reading.mask_id
 
 
 def _plus_at_observed(lg: torch.Tensor, z: torch.Tensor, value: float) -> torch.Tensor:
@@ -121,11 +123,11 @@ def make_reading(cfg: PosteriorConfig, kernel_name: str, loss: str = "elbo", lam
                  lambda_same: float = 1.0, mask_id: int | None = None) -> Reading:
     """The reading of a model trained with ``cfg`` under ``loss`` (the correction only for change_aware).
 
-    ``mask`` is read as SUBS whatever ``cfg`` says (the kernel-aware form equals it there), and the
-    correction is a no-op there (an unmasked position has one possible clean token, a masked one never
+    An absorbing kernel (``mask``) is read as SUBS whatever ``cfg`` says (the kernel-aware form equals it
+    there), and the correction is a no-op there (an unmasked position has one possible clean token, a masked one never
     has v = x_t), so neither is recorded as applied.
     """
-    if kernel_name == "mask":
+    if traits_of(kernel_name).absorbing:
         return Reading(False, 0.0, mask_id)
     ratio = change_log_ratio(loss, lambda_chg, lambda_same) if cfg.change_correction else 0.0
     return Reading(cfg.parameterization == "kernel", ratio, mask_id)

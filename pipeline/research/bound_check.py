@@ -117,7 +117,7 @@ def build_toy(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, val
 def _kinks(kernel: Kernel) -> list[float]:
     """Times where k_t crosses an integer (the integrand's kinks) for the kNN kernels."""
     cfg = kernel.cfg
-    if not kernel.num_ranks or cfg.name == "semdlm_softmax":
+    if not kernel.num_ranks or cfg.traits.rank_weights_per_token:
         return []
     return [((j - 1) / (cfg.k_max - 1)) ** (1.0 / cfg.k_power) for j in range(2, cfg.k_max)]
 
@@ -298,7 +298,7 @@ def run(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, valid: in
     exact = vocab <= exact_max
     res = {"kernel": kernel, "exact_nll": toy.exact_nll, "enumerated": exact, "tstep": {},
            "parameterization": parameterization}
-    if exact and tilted and kernel != "mask":  # Eq 120's exact optimum, read raw and corrected
+    if exact and tilted and not toy.kernel.cfg.absorbing:  # Eq 120's exact optimum, read raw and corrected
         for which in ("tilted", "corrected"):
             model, reading = toy_denoiser(toy, which, parameterization)
             res[which] = (ctelbo_exact(toy, model=model, reading=reading), 0.0)
@@ -307,7 +307,7 @@ def run(kernel: str = "semdlm_plus", vocab: int = 60, k_max: int = 12, valid: in
     if exact:
         res["ctelbo"] = (ctelbo_exact(toy), 0.0)
     res["ctelbo_mc"] = ctelbo_mc(toy, mc, seed)
-    if toy.kernel.cfg.name == "uniform":
+    if "udlm_continuous" in toy.kernel.cfg.continuous_bounds:
         res["udlm"] = (udlm_exact(toy), 0.0) if exact else udlm_mc(toy, mc, seed)
         res["udlm_opt"] = (udlm_exact(toy, model=data_denoiser(toy)), 0.0) if exact else udlm_mc(
             toy, mc, seed, model=data_denoiser(toy))

@@ -237,14 +237,19 @@ def summarise(rows: list[dict], cfg: DiagnoseConfig, kernel_cfgs: dict) -> dict:
         h = torch.tensor([r["entropy"] for r in rs], dtype=torch.float64)
         summary["kernels"][name] = {**{f"mean_{m}": sum(r[m] for r in rs) / len(rs) for m in METRICS},
                                     "dispersion_D": kernel_dispersion(h)}
-    # Eq 17: mask <= sem <= uni, per t and for the t-average, for each semantic kernel present.
-    if "mask" in by_kernel and "uniform" in by_kernel:
-        for sem in [k for k in cfg.kernels if k.startswith("semdlm")]:
+    # Eq 17: mask <= sem <= uni, per t and for the t-average, for each semantic kernel present: the
+    # absorbing kernel and the purely global one bracket every kernel with a neighbour branch.
+    traits = {k: KernelConfig.preset(k).traits for k in cfg.kernels}
+    absorbing = [k for k in cfg.kernels if traits[k].absorbing]
+    global_only = [k for k in cfg.kernels if not traits[k].absorbing and not traits[k].needs_neighbors]
+    if absorbing and global_only:
+        low, high = absorbing[0], global_only[0]
+        for sem in [k for k in cfg.kernels if traits[k].needs_neighbors]:
             for metric in ("d_act", "d_act_eps", "I1"):
                 tol = 1e-9
                 per_t = [m[metric] <= s[metric] + tol and s[metric] <= u[metric] + tol
-                         for m, s, u in zip(by_kernel["mask"], by_kernel[sem], by_kernel["uniform"])]
-                means = [summary["kernels"][k][f"mean_{metric}"] for k in ("mask", sem, "uniform")]
+                         for m, s, u in zip(by_kernel[low], by_kernel[sem], by_kernel[high])]
+                means = [summary["kernels"][k][f"mean_{metric}"] for k in (low, sem, high)]
                 summary["ordering"][f"{sem}:{metric}"] = {
                     "holds_on_average": means[0] <= means[1] + tol and means[1] <= means[2] + tol,
                     "holds_at_t_points": f"{sum(per_t)}/{len(per_t)}"}
@@ -306,7 +311,8 @@ def run_diagnose(cfg: DiagnoseConfig, neighbors: str | os.PathLike, out: str | o
 
     out = Path(out)
     nb = load_neighbor_tables(neighbors)
-    mask_id = resolve_mask_id(cfg.mask_id, nb.manifest) if "mask" in cfg.kernels else None
+    absorbing = any(KernelConfig.preset(k).absorbing for k in cfg.kernels)
+    mask_id = resolve_mask_id(cfg.mask_id, nb.manifest) if absorbing else None
     run = StageRun(STAGE, out, config={**cfg.artifact_config(), "mask_id": mask_id},
                    upstream={"neighbor_index": Path(neighbors)}, force=force,
                    break_lock=break_lock)

@@ -105,7 +105,7 @@ class Denoiser:
     def __init__(self, model, kernel, cfg: SamplerConfig, association: SemanticAssociation | None = None,
                  template: GenerationTemplate | None = None, reading: Reading | None = None):
         self.model, self.kernel, self.cfg, self.association = model, kernel, cfg, association
-        self.is_mask = kernel.cfg.name == "mask"
+        self.absorbing = kernel.cfg.absorbing
         self.template = template
         # how the output becomes p_theta(x0 | x_t) (pipeline/core/posterior.py): the model's own record
         self.reading = reading if reading is not None else reading_of(model, kernel.mask_id)
@@ -134,7 +134,7 @@ class Denoiser:
         t_vec = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(x.shape[0]).contiguous()
         logits = self.model(x, t_vec)[:, start:]
         return apply_semantic_frequency_penalty(logits, x, self.cfg.penalty, self.association, start,
-                                                ignore_id=self.kernel.mask_id if self.is_mask else None,
+                                                ignore_id=self.kernel.mask_id if self.absorbing else None,
                                                 inplace=True)  # fresh logits of this call
 
     def probs_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -148,7 +148,7 @@ class Denoiser:
     def probs(self, x: torch.Tensor, t: float | torch.Tensor, start: int) -> torch.Tensor:
         """p_theta(x0 | x_t) [B, L - start, V] float64 of positions start.. of x at time t."""
         logits = self.logits(x, t, start)
-        if self.reading.is_plain or self.is_mask:  # the raw softmax (the samplers restrict it themselves)
+        if self.reading.is_plain or self.absorbing:  # the raw softmax (the samplers restrict it themselves)
             return self.probs_from_logits(logits)
         t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
         return posterior_probs(self.reading, self.kernel, logits, x[:, start:], t)

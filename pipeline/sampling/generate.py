@@ -35,8 +35,8 @@ def generate(model, kernel, cfg: SamplerConfig, batch_size: int, generator: torc
     ``reading``: how the output is read as a posterior (default: the model's ``posterior_reading``).
     """
     block_fn = BLOCK_SAMPLERS[cfg.method]
-    if cfg.method == "mdlm" and kernel.cfg.name != "mask":
-        raise ValueError(f"the mdlm sampler needs the mask kernel, the model uses {kernel.cfg.name!r}")
+    if cfg.method == "mdlm" and not kernel.cfg.absorbing:
+        raise ValueError(f"the mdlm sampler needs an absorbing (mask) kernel, the model uses {kernel.cfg.name!r}")
     device = device or kernel.device
     if template is not None:
         if template.seq_len != cfg.seq_len:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.common.artifacts import ConfigError, StageRun
 from pipeline.common.devices import check_device_available, check_device_name
+from pipeline.core.kernel_config import traits_of
 
 from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
 from .conditioning import Conditioning, load_conditioning, prompt_texts, stop_token_id
@@ -28,22 +29,20 @@ _CONDITIONED_FIELDS = ("prompt", "infill", "length", "stopped_at_eos")  # record
 
 
 def default_method(kernel_name: str) -> str:
-    """mdlm for the mask kernel (MDLM's ancestral sampler, which ctmc reproduces there), and for every
-    other kernel ctmc: tau-leaping + predictor-corrector on the reverse rates, as the paper ran it (Sec 5.1)."""
-    return "mdlm" if kernel_name == "mask" else "ctmc"
+    """The kernel's ``default_sampler`` trait: mdlm for mask, else ctmc (pipeline/core/kernel_config.py)."""
+    return traits_of(kernel_name).default_sampler
 
 
-# Eq 23 weights when --lambda-freq / --lambda-sem are not given: on for the semantic kernels (the paper
-# samples them with the penalty; without it they collapse into repeated clusters, Sec 4.2), off for
-# mask and uniform (the penalty is SemDLM+'s, not part of those baselines). Values: the sweep in
+# Eq 23 weights when --lambda-freq / --lambda-sem are not given: on for the kernels whose
+# ``penalty_by_default`` trait says so (the semantic ones: the paper samples them with the penalty;
+# without it they collapse into repeated clusters, Sec 4.2), off for mask and uniform. Values: the sweep in
 # docs/sampling.md ("Penalty defaults"): lambda_freq = 1 cut repetition 16 % at +1 % Gen-PPL, every
 # lambda_sem > 0 cost 9-45 % Gen-PPL on that model, so the semantic term is opt-in.
-SEMANTIC_KERNELS = ("semdlm", "semdlm_softmax", "semdlm_plus")
 DEFAULT_PENALTY = (1.0, 0.0)  # (lambda_freq, lambda_sem)
 
 
 def default_penalty(kernel_name: str) -> tuple[float, float]:
-    return DEFAULT_PENALTY if kernel_name in SEMANTIC_KERNELS else (0.0, 0.0)
+    return DEFAULT_PENALTY if traits_of(kernel_name).penalty_by_default else (0.0, 0.0)
 
 
 # Nucleus truncation of the clean proposal when --top-p is not given. Eq 121 (blockwise) "samples a

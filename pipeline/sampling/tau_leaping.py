@@ -41,7 +41,7 @@ def restricted_weights(probs: torch.Tensor, lik: torch.Tensor) -> torch.Tensor:
 def tau_leap_step(kernel, probs: torch.Tensor, block: torch.Tensor, s: float, t: float,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """One predictor leap t -> s for every position of ``block`` [B, L] given p_theta ``probs`` [B, L, V]."""
-    if kernel.cfg.name == "mask":
+    if kernel.cfg.absorbing:
         reveal_p = ancestral_reveal_probability(float(kernel.alpha(t)), float(kernel.alpha(s)))
         masked = block == kernel.mask_id
         u = torch.rand(block.shape, generator=generator, device=block.device, dtype=torch.float64)

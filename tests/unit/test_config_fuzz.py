@@ -114,14 +114,16 @@ def training_overrides(rng: random.Random) -> list[str]:
     return rng.sample(pool, k=rng.randint(0, 2))
 
 
-def stub_training(args, cfg) -> int:
+def stub_training(cfg, ds_config: str, **_) -> int:
     """What pipeline/train.py checks of a config before DeepSpeed starts (upstream sizes made up)."""
     from pipeline.training.ds_config import load_ds_config, patch_ds_config
+    from pipeline.training.launch import check_runnable
 
+    check_runnable(cfg)
     vocab, seq_len = 30522, 32
     cfg.identity(vocab, seq_len, "vocab-sha256:x")
     cfg.model_config(vocab, seq_len)
-    patch_ds_config(load_ds_config(args.ds_config), cfg, 1, cuda_available=False)
+    patch_ds_config(load_ds_config(ds_config), cfg, 1, cuda_available=False)
     return 0
 
 

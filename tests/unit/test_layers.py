@@ -9,8 +9,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipeline", "preprocess", "neighbor_index")
-ENTRY_POINTS = {"pipeline.train", "pipeline.export", "pipeline.sample", "pipeline.evaluate", "pipeline.diagnose",
-                "pipeline.rs_harness", "pipeline.inspect_kernel", "pipeline.verify"}
+# the command-line tools: pipeline/<tool>.py and the stages' __main__ (thin CLIs over the library)
+ENTRY_POINTS = ({f"pipeline.{p.stem}" for p in (REPO / "pipeline").glob("*.py") if p.stem != "__init__"}
+                | {"preprocess.__main__", "neighbor_index.__main__"})
 
 # layer -> the layers it may import (itself always allowed)
 ALLOWED = {
@@ -84,6 +85,19 @@ def test_every_library_module_imports_only_the_layers_below_it():
             if target in ENTRY_POINTS or (target_layer not in (layer, None) and target_layer not in ALLOWED[layer]):
                 violations.append(f"{module} -> {target}")
     assert not violations, "layering violations:\n" + "\n".join(violations)
+
+
+def test_bench_imports_the_library_never_an_entry_point():
+    """bench/ times what production runs by building it from the library (pipeline.training.launch, ...),
+    not by importing a CLI module, whose functions are argument plumbing."""
+    bad = []
+    for path in sorted((REPO / "bench").glob("*.py")):
+        module = _module_name(path)
+        for name in sorted(_imports(path, module)):
+            if name in ENTRY_POINTS or name.rpartition(".")[0] in ENTRY_POINTS:
+                bad.append(f"{module} -> {name}")
+    assert "pipeline.train" in ENTRY_POINTS and "pipeline.training" not in ENTRY_POINTS
+    assert not bad, "bench imports entry points:\n" + "\n".join(bad)
 
 
 def test_no_import_cycles():

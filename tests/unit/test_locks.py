@@ -155,14 +155,14 @@ def test_stage_run_releases_its_lock_when_the_stage_fails(tmp_path):
 
 
 def test_only_rank_zero_locks_a_training_run_dir(tmp_path, monkeypatch):
-    from pipeline import train
+    from pipeline.training.distributed import lock_run_dir
 
     monkeypatch.setenv("RANK", "1")
-    with train.lock_run_dir(str(tmp_path / "run"), break_lock=False):
+    with lock_run_dir(str(tmp_path / "run"), break_lock=False):
         assert not (tmp_path / "run" / ".lock").exists()
     monkeypatch.delenv("RANK")
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_PROCID", "0")
-    with train.lock_run_dir(str(tmp_path / "run"), break_lock=False):
+    with lock_run_dir(str(tmp_path / "run"), break_lock=False):
         assert (tmp_path / "run" / ".lock").is_file()
     assert not (tmp_path / "run" / ".lock").exists()
