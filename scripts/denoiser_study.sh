@@ -29,7 +29,7 @@ evaluate() {  # NAME
     "$PY" -m pipeline.evaluate --model "$OUT/exports/$name" --out "$OUT/eval/$name" --judge "$OUT/exports/ar" \
         --steps 64 --lambda-freq 0 --lambda-sem 0 --num-samples 32 --batch-size 16 --max-test-sequences 128 \
         --t-draws 4 --quiet > "$OUT/logs/$name.eval.log" 2>&1
-    "$PY" -m pipeline.research.t_profile --model "$OUT/exports/$name" --sequences 64 \
+    "$PY" -m pipeline.t_profile --model "$OUT/exports/$name" --sequences 64 \
         --out "$OUT/eval/$name/t_profile.json" >> "$OUT/logs/$name.eval.log" 2>&1
 }
 

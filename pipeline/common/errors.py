@@ -60,3 +60,11 @@ def stage_errors(prog: str):
             message = f"no space left on device: {message}; free space and rerun"
         print(f"{prog}: error: {message or type(exc).__name__}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def library_not_a_command(module: str, command: str) -> int:
+    """What a library module prints when run as ``python -m``: the command it is the library of, exit 2
+    (instead of exiting 0 with no output, which reads as success)."""
+    print(f"python -m {module}: error: this is a library module; the command is python -m {command} "
+          f"(or semdlm-{command.rpartition('.')[2].replace('_', '-')})", file=sys.stderr)
+    return 2

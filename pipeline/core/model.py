@@ -381,31 +381,3 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     n_matmul = counts["total"] - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
     n_cond = conditioning_parameters(cfg)
     return 6.0 * (n_matmul - n_cond) + 6.0 * n_cond / seq_len + 12.0 * cfg.n_layer * cfg.d_model * seq_len
-
-
-# --------------------------------------------------------------------------- CLI: parameter table
-VARIANTS = {"untied (MDLM)": {}, "tied": {"tie_embeddings": True}, "no adaLN": {"adaln": False},
-            "tied, no adaLN": {"tie_embeddings": True, "adaln": False}}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.core.model [--preset small] [--vocab-size V] [--seq-len L]``: exact counts per variant."""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m pipeline.core.model", description=main.__doc__)
-    ap.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    ap.add_argument("--vocab-size", type=int, default=None)
-    ap.add_argument("--seq-len", type=int, default=128, help="sequence length for the FLOPs/token column")
-    args = ap.parse_args(argv)
-    extra = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
-    print(f"{'variant':<16}{'total':>14}{'non-embedding':>16}{'FLOPs/token':>14}")
-    for name, overrides in VARIANTS.items():
-        cfg = ModelConfig.preset(args.preset, **extra, **overrides)
-        with torch.device("meta"):   # no memory: counts come from the real modules
-            counts = count_parameters(build_model(cfg))
-        print(f"{name:<16}{counts['total']:>14,}{counts['non_embedding']:>16,}"
-              f"{flops_per_token(cfg, args.seq_len):>14.4g}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -91,7 +91,7 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     if stderr is not None and stderr > STDERR_WARNING * abs(total / tokens):
         warning = (f"the standard error ({stderr:.3g} nats/token) exceeds {STDERR_WARNING:.0%} of the bound "
                    f"({total / tokens:.4g}): more t draws or sequences, and look at the t-profile "
-                   "(python -m pipeline.research.t_profile)")
+                   "(python -m pipeline.t_profile)")
     return {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
             "nelbo_nats": total,
             "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),

@@ -1,6 +1,6 @@
 """How tight is a kernel's likelihood bound? A context-free toy with an exact NLL and an exact denoiser.
 
-    python -m pipeline.research.bound_check --kernel semdlm_plus [--vocab 60 --k-max 12 --valid 57 --seed 0]
+    python -m pipeline.bound_check --kernel semdlm_plus [--vocab 60 --k-max 12 --valid 57 --seed 0]
 
 The toy: a random neighbour table (k_max ranks per row, self excluded), data = one token uniform over
 ``valid`` tokens (token 0 is [MASK] and invalid), so the true NLL is log(valid); the denoiser is the
@@ -16,16 +16,16 @@ denoiser, read as it is and with the change-aware correction (pipeline/core/post
 """
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipeline.common.errors import library_not_a_command
 from pipeline.core import ct_elbo
 from pipeline.core import likelihood as lk
-from pipeline.core.kernels import PRESETS, Kernel, KernelConfig, build_kernel
+from pipeline.core.kernels import Kernel, KernelConfig, build_kernel
 from pipeline.core.objectives import LossConfig
 from pipeline.core.posterior import PLAIN, Reading, change_log_ratio, clean_score_logits
 from pipeline.core.time_sampling import T_MIN
@@ -339,32 +339,5 @@ def format_report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", default="semdlm_plus", choices=sorted(PRESETS))
-    ap.add_argument("--vocab", type=int, default=60)
-    ap.add_argument("--k-max", type=int, default=12)
-    ap.add_argument("--valid", type=int, default=57)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--table-ranks", type=int, default=None, help="stored ranks (default k-max; fewer: folded)")
-    ap.add_argument("--steps", type=int, nargs="+", default=[8, 64, 512], help="T of the T-step bound")
-    ap.add_argument("--exact-max", type=int, default=2000, help="enumerate when vocab <= this")
-    ap.add_argument("--mc", type=int, default=4096, help="Monte-Carlo draws of the continuous-time ELBO")
-    ap.add_argument("--tstep-n", type=int, default=64, help="large vocab: x0 draws of the T-step bound")
-    ap.add_argument("--tstep-draws", type=int, default=16, help="large vocab: step draws per x0")
-    ap.add_argument("--parameterization", default="kernel", choices=("kernel", "direct"),
-                    help="how Eq 120's exact optimum (tilted= corrected=) is given: as f or as the posterior")
-    ap.add_argument("--no-tilted", action="store_true", help="skip the Eq 120 optimum (tilted= corrected=)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: 1 when enumerating, where tensors are tiny)")
-    a = ap.parse_args(argv)
-    if a.threads or a.vocab <= a.exact_max:
-        torch.set_num_threads(a.threads or 1)
-    res = run(a.kernel, a.vocab, a.k_max, a.valid, a.seed, tuple(a.steps), a.exact_max, a.mc, a.tstep_n,
-              a.tstep_draws, a.table_ranks, a.parameterization, not a.no_tilted)
-    print(format_report(res))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command is python -m pipeline.bound_check; this module is its library
+    raise SystemExit(library_not_a_command(__spec__.name, "pipeline.bound_check"))

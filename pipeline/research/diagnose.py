@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from pipeline.common.artifacts import ConfigError, StageRun, write_csv
+from pipeline.common.errors import library_not_a_command
 from pipeline.core.kernels import KERNEL_NAMES, Kernel, KernelConfig, make_kernel
 
 STAGE = "diagnose"
@@ -331,3 +332,7 @@ def run_diagnose(cfg: DiagnoseConfig, neighbors: str | os.PathLike, out: str | o
             run.extra["summary"] = summary
     log(text)
     return out
+
+
+if __name__ == "__main__":  # the command is python -m pipeline.diagnose; this module is its library
+    raise SystemExit(library_not_a_command(__spec__.name, "pipeline.diagnose"))

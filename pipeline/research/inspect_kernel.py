@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.common.artifacts import ConfigError
+from pipeline.common.errors import library_not_a_command
 from pipeline.common.neighbor_artifact import load_neighbor_tables
 from pipeline.core.kernels import PRESETS, KernelConfig, make_kernel
 
@@ -89,3 +90,7 @@ def inspect(cfg: InspectConfig, neighbors: str | os.PathLike | None = None) -> l
         lines.append(f"{rank:>4}  {decode(j):<20} {j:>7}  {analytic[j].item():9.5f}  {empirical[j].item():9.5f}")
     lines.append(f"tv={tv:.6f}")
     return lines
+
+
+if __name__ == "__main__":  # the command is python -m pipeline.inspect_kernel; this module is its library
+    raise SystemExit(library_not_a_command(__spec__.name, "pipeline.inspect_kernel"))

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from pipeline.common.artifacts import ConfigError, StageRun, write_csv
+from pipeline.common.errors import library_not_a_command
 from pipeline.research.reed_solomon import RSCode, RSOracle, all_configurations, code_distribution
 from pipeline.sampling.unmasking import SCHEDULES, select_positions, size_distribution
 
@@ -314,3 +315,7 @@ def run_rs_harness(cfg: RsHarnessConfig, out: str | os.PathLike, force: bool = F
             stage.extra["stats"] = {**info, "seconds": round(time.time() - started, 2)}
     log(table)
     return out
+
+
+if __name__ == "__main__":  # the command is python -m pipeline.rs_harness; this module is its library
+    raise SystemExit(library_not_a_command(__spec__.name, "pipeline.rs_harness"))

@@ -24,7 +24,7 @@ def test_inspect_kernel_cli(tmp_path, capsys):
 
 
 def test_parameter_table_cli(capsys):
-    from pipeline.core.model import main
+    from pipeline.model_size import main
     assert main(["--preset", "small"]) == 0
     out = capsys.readouterr().out
     tied = parameter_count_formula(ModelConfig.preset("small", tie_embeddings=True))["total"]

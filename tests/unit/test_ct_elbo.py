@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pipeline import bound_check as bound_check_cli
 from pipeline.core.ct_elbo import (
     antithetic_times,
     ctelbo_integrand,
@@ -202,7 +203,7 @@ def test_uniform_against_the_udlm_closed_form():
 
 
 def test_bound_check_cli_prints_the_summary_line(capsys):
-    assert bc.main(["--kernel", "semdlm_plus", "--vocab", "10", "--k-max", "3", "--valid", "8",
+    assert bound_check_cli.main(["--kernel", "semdlm_plus", "--vocab", "10", "--k-max", "3", "--valid", "8",
                     "--steps", "2", "4", "--mc", "256"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     fields = dict(item.split("=") for item in last.split())

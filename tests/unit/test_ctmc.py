@@ -4,6 +4,7 @@ import re
 import pytest
 import torch
 
+from pipeline import sampler_oracle as sampler_oracle_cli
 from pipeline.research import sampler_oracle
 from pipeline.research.sampler_oracle import build_sequence_toy, oracle_tv
 from pipeline.sampling.base import SamplerConfig
@@ -105,7 +106,7 @@ def test_invalid_ctmc_options_are_refused():
 
 
 def test_oracle_tool_prints_the_table_and_a_last_line(capsys):
-    sampler_oracle.main(["--kernel", "uniform", "--methods", "ctmc,blockwise", "--steps", "2,8",
+    sampler_oracle_cli.main(["--kernel", "uniform", "--methods", "ctmc,blockwise", "--steps", "2,8",
                          "--samples", "500", "--vocab", "4", "--length", "2"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[1].startswith("| method |") and lines[3].startswith("| ctmc |")

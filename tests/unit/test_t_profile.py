@@ -1,4 +1,4 @@
-"""python -m pipeline.research.t_profile on a real export and a real MDS split."""
+"""python -m pipeline.t_profile on a real export and a real MDS split."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import t_profile
 from pipeline.common.export_artifact import save_export
 from pipeline.core.kernels import KernelConfig
 from pipeline.core.model import ModelConfig, build_model
 from pipeline.core.posterior import PosteriorConfig, make_reading, posterior_record
-from pipeline.research import t_profile
 
 V, L = 64, 12
 TOKENIZER = {"identity": "vocab-sha256:abc", "name_or_path": "default", "vocab_size": V,
@@ -62,4 +62,4 @@ def test_profile_refuses_an_ar_export_and_bad_times(setup, capsys):
             t_profile.main(argv)
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("python -m pipeline.research.t_profile: error:") and "\n" not in err
+        assert err.startswith("python -m pipeline.t_profile: error:") and "\n" not in err
