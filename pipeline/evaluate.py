@@ -7,8 +7,9 @@
         [--eval-set NAME=SOURCE[#detok=lm1b|ptb|wikitext|lambada|none][#field=F] ...]
         [--samples SAMPLE_DIR | --steps 32,64,128,256 --lambda-freq 0,1 --lambda-sem 0,0.5 ...]
 
-SOURCE: a preprocess split directory, a raw .txt/.jsonl[.gz] file (tokenised like the training data)
-or hf:ID[:CONFIG][@SPLIT]; one zero-shot table row and one results.json ``eval_sets`` entry per set.
+SOURCE: a preprocess split directory, a raw text (any name: .txt, wiki.test.raw, ...) or .jsonl file,
+optionally .gz (tokenised like the training data), or hf:ID[:CONFIG][@SPLIT] (default split test);
+one zero-shot table row and one results.json ``eval_sets`` entry per set.
 Every split and set is scored whole unless --max-test-sequences cuts it.
 
 Writes DIR/results.json, DIR/report.md, DIR/sweep.csv, PNG plots (entropy histogram; Gen-PPL and
@@ -42,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test-sequences", type=int, default=None,
                    help="score only the first N sequences of the test split and of every eval set (default: all)")
     p.add_argument("--eval-set", action="append", default=[], metavar="NAME=SOURCE[#detok=D][#field=F]",
-                   help="a held-out set (repeatable): a preprocess split dir, a .txt/.jsonl file or "
-                        "hf:ID[:CONFIG][@SPLIT]; detokeniser D in lm1b|ptb|wikitext|lambada|none "
-                        "(default: by NAME, else none); see docs/sampling.md")
+                   help="a held-out set (repeatable): a preprocess split dir, a text (any name) or .jsonl file "
+                        "or hf:ID[:CONFIG][@SPLIT] (default split test); detokeniser D in "
+                        "lm1b|ptb|wikitext|lambada|none (default: by NAME, else none); see docs/sampling.md")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--t-draws", type=int, default=4, help="t draws (or bound steps) per test sequence")
     p.add_argument("--bound", default="continuous", choices=("continuous", "tstep"),

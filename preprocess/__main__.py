@@ -27,9 +27,12 @@ REMOTE_HELP = ("then upload the artifact there with mosaicml-streaming's uploade
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Tokenise a corpus into MDS shards + unigram counts.")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="train inputs: .txt/.jsonl files (optionally .gz), folders, globs, or hf:NAME[:CONFIG][@SPLIT]")
-    p.add_argument("--valid-input", nargs="+", default=[], metavar="PATH", help="separate validation inputs")
-    p.add_argument("--test-input", nargs="+", default=[], metavar="PATH", help="separate test inputs")
+                   help="train inputs: text files of any name (a document per line) or .jsonl files (optionally "
+                        ".gz), folders, globs, or hf:NAME[:CONFIG][@SPLIT] (default split train)")
+    p.add_argument("--valid-input", nargs="+", default=[], metavar="PATH",
+                   help="separate validation inputs (an hf: source without @SPLIT reads 'validation')")
+    p.add_argument("--test-input", nargs="+", default=[], metavar="PATH",
+                   help="separate test inputs (an hf: source without @SPLIT reads 'test')")
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.add_argument("--mode", choices=["lm1b", "owt"], required=True,
                    help="lm1b: one sentence per sequence, [CLS] ids [SEP] padded/truncated; "

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common.artifacts import StageRun
+from pipeline.common.corpus import is_hf_source, make_packer
 from pipeline.common.hf_assets import load_tokenizer_spec
 
 from .config import PreprocessConfig
-from .packing import PadTruncatePacker, WrapPacker
 from .readers import ReadStats, SplitRouter, input_size, iter_documents, resolve_inputs
 from .tokenize import OrderedEncoder
 
@@ -147,14 +147,6 @@ def _batch_chars(cfg: PreprocessConfig, total_bytes: int) -> int:
     return min(cfg.batch_chars, max(4096, group_bytes // (32 * cfg.workers)))
 
 
-def _make_packer(cfg: PreprocessConfig, special: dict, pad_id: int, dtype):
-    if cfg.mode == "lm1b" and not cfg.wrap:
-        return PadTruncatePacker(cfg.seq_len, special["cls"], special["sep"], pad_id, dtype)
-    if cfg.mode == "lm1b":
-        return WrapPacker(cfg.seq_len, pad_id, dtype, prefix_id=special["cls"], suffix_id=special["sep"])
-    return WrapPacker(cfg.seq_len, pad_id, dtype, prefix_id=None, suffix_id=special["separator"])
-
-
 def _special_ids(spec, cfg: PreprocessConfig) -> dict:
     ids = spec.special_ids
     cls_id = ids.get("cls", ids.get("bos"))
@@ -180,7 +172,7 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
     grouped = cfg.num_shards > 1
     target = group_dir(out, cfg.shard_index, cfg.num_shards) if grouped else out
     sources = {split: resolve_inputs(specs) for split, specs in cfg.inputs.items() if specs}
-    file_inputs = [Path(s) for specs in sources.values() for s in specs if not s.startswith("hf:")]
+    file_inputs = [Path(s) for specs in sources.values() for s in specs if not is_hf_source(s)]
     # A local tokenizer loads in ~0.1 s without transformers, so "up to date" stays fast.
     spec = load_tokenizer_spec(cfg.tokenizer)
     run = StageRun(GROUP_STAGE if grouped else STAGE, target, config=cfg.artifact_config(), inputs=file_inputs,
@@ -199,7 +191,8 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
         # Writers first: they import streaming (~5 s of torch/transformers), which the progress
         # bar's docs/s and tokens/s must not count.
         writers = {split: _SplitWriter(tmp, split, cfg, dtype, special["pad"], vocab_size) for split in cfg.splits}
-        packers = {split: _make_packer(cfg, special, special["pad"], np.dtype(dtype)) for split in cfg.splits}
+        packers = {split: make_packer(cfg.mode, cfg.wrap, cfg.seq_len, special, np.dtype(dtype))
+                   for split in cfg.splits}
         progress = _Progress(cfg.progress, total_bytes)
         try:
             with OrderedEncoder(spec.backend, cfg.workers, cfg.max_doc_chars, cfg.worker_kind) as encoder:
@@ -208,7 +201,8 @@ def run_preprocess(cfg: PreprocessConfig, out: str | Path, force: bool = False, 
                     router = SplitRouter(None if hash_split else split_name,
                                          cfg.valid_fraction, cfg.test_fraction, cfg.split_seed)
                     docs = iter_documents(split_sources, router, read_stats, cfg.text_field,
-                                          group=(cfg.shard_index, cfg.num_shards), progress=progress)
+                                          group=(cfg.shard_index, cfg.num_shards), progress=progress,
+                                          role=split_name)
                     for splits, flat, lengths in encoder.map(_batches(docs, batch_chars)):
                         _route_batch(splits, flat, lengths, packers, writers)
                         progress.add(len(lengths), int(lengths.sum()))

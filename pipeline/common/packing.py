@@ -1,8 +1,8 @@
 """Turning token-id streams into fixed-length sequences (vectorised per batch).
 
 Shared by the preprocess stage (training data) and the evaluate stage (raw held-out sets tokenised
-on the fly with the export's tokenizer, packed exactly like the training data); ``preprocess.packing``
-re-exports it.
+on the fly with the export's tokenizer, packed exactly like the training data); the packer of each
+``--mode`` is :func:`pipeline.common.corpus.make_packer`.
 
 * ``pad``  (LM1B, the paper's setting): each sentence becomes ``[CLS] ids [SEP]``, truncated to
   ``seq_len`` (the ``[SEP]`` is kept) or right-padded with ``[PAD]``.

@@ -3,23 +3,24 @@
 A SOURCE is
 
 * a preprocess split directory (``PREPROCESSED/test``: MDS shards, read as they are);
-* a raw ``.txt`` (one document per line) or ``.jsonl`` (the text field, default that of the
-  export's preprocess run) file, optionally ``.gz``: detokenised, tokenised on the fly with the
-  export's tokenizer and packed by :mod:`pipeline.common.packing` with the mode, ``seq_len``, wrap
-  and special ids the export's preprocessed artifact records, so exactly as its training data were;
-* ``hf:ID[:CONFIG][@SPLIT]`` (default split ``test``): the same, through ``datasets`` (online only;
-  offline it is one clear error).
+* a raw text file of any name (one document per line: ``.txt``, WikiText's ``wiki.test.raw``, no
+  extension) or a ``.jsonl`` file (the text field, default that of the export's preprocess run),
+  optionally ``.gz``: detokenised, tokenised on the fly with the export's tokenizer and packed with
+  the mode, ``seq_len``, wrap and special ids the export's preprocessed artifact records, so exactly
+  as its training data were;
+* ``hf:ID[:CONFIG][@SPLIT]`` (default split ``test``, the role of every eval set): the same, through
+  ``datasets`` (online only; offline it is one clear error).
+
+Raw files and ``hf:`` sets are read and packed by :mod:`pipeline.common.corpus`, the reader of the
+preprocess stage too.
 
 The detokeniser (:mod:`pipeline.evaluation.detokenizers`) is ``#detok=NAME`` or chosen by the set's
 NAME (``lm1b``, ``ptb``, ``wikitext*``, ``lambada*``); split directories are never detokenised.
 """
 from __future__ import annotations
 
-import gzip
 import json
-import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,11 @@ import numpy as np
 import torch
 
 from pipeline.common.artifacts import MANIFEST_NAME, ConfigError, StageError
+from pipeline.common.corpus import CorpusSourceError, is_hf_source, iter_texts, make_packer
 
 from .detokenizers import DETOKENIZERS, detokenizer_for
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-_RAW_SUFFIXES = (".txt", ".jsonl", ".json")
 _BATCH_DOCS = 1024
 
 
@@ -48,11 +49,16 @@ class EvalSetSpec:
 
     @property
     def kind(self) -> str:
-        """``hf`` | ``raw`` (a .txt / .jsonl file) | ``split`` (an MDS split directory)."""
-        if self.source.startswith("hf:"):
+        """``hf`` | ``raw`` (a text / jsonl file, any name) | ``split`` (an MDS split directory).
+
+        A directory is a split and a file is raw, whatever its extension; a missing path is judged by
+        its name (with an extension, a file), so that its error names what is missing."""
+        if is_hf_source(self.source):
             return "hf"
-        stem = self.source[:-3] if self.source.endswith(".gz") else self.source
-        return "raw" if stem.endswith(_RAW_SUFFIXES) else "split"
+        path = Path(self.source)
+        if path.is_dir():
+            return "split"
+        return "raw" if path.exists() or path.suffix else "split"
 
 
 def parse_eval_set(arg: str) -> EvalSetSpec:
@@ -78,7 +84,7 @@ def parse_eval_set(arg: str) -> EvalSetSpec:
     detok = detokenizer_for(name, opts.get("detok")) if spec.kind != "split" else "none"
     if spec.kind == "split" and opts.get("detok", "none") != "none":
         raise ConfigError(f"--eval-set {arg!r}: a split directory is already tokenised; #detok applies to "
-                          "raw .txt/.jsonl files and hf: sets")
+                          "raw text/jsonl files and hf: sets")
     return EvalSetSpec(name, source, detok, opts.get("field"))
 
 
@@ -102,9 +108,11 @@ def freshness_inputs(spec: EvalSetSpec) -> tuple[list[Path], dict[str, Path]]:
         if not path.is_file():
             raise FileNotFoundError(f"--eval-set {spec.name}: no such file {spec.source}")
         return [path], {}
+    if not path.exists():
+        raise FileNotFoundError(f"--eval-set {spec.name}: no such file or directory {spec.source}")
     if not (path / "index.json").is_file():
         raise FileNotFoundError(f"--eval-set {spec.name}: {spec.source} is not an MDS split directory "
-                                "(no index.json) nor a .txt/.jsonl file nor hf:ID")
+                                "(no index.json) nor a text/jsonl file nor hf:ID")
     if (path.parent / MANIFEST_NAME).is_file():
         return [], {f"eval_set:{spec.name}": path.parent}
     return sorted(p for p in path.rglob("*") if p.is_file()), {}
@@ -122,72 +130,6 @@ def packing_settings(export_config: dict) -> dict:
     return {"mode": cfg["mode"], "seq_len": int(cfg["seq_len"]), "wrap": bool(cfg.get("wrap")),
             "text_field": cfg.get("text_field", "text"), "special_ids": manifest["special_ids"],
             "tokenizer": cfg.get("tokenizer")}
-
-
-def make_packer(settings: dict):
-    """The packer preprocess used (preprocess/build.py ``_make_packer``) for these settings."""
-    from pipeline.common.packing import PadTruncatePacker, WrapPacker
-
-    sp, seq_len = settings["special_ids"], settings["seq_len"]
-    if settings["mode"] == "lm1b" and not settings["wrap"]:
-        return PadTruncatePacker(seq_len, sp["cls"], sp["sep"], sp["pad"], np.int64)
-    if settings["mode"] == "lm1b":
-        return WrapPacker(seq_len, sp["pad"], np.int64, prefix_id=sp["cls"], suffix_id=sp["sep"])
-    return WrapPacker(seq_len, sp["pad"], np.int64, prefix_id=None, suffix_id=sp["separator"])
-
-
-def _iter_file(path: str, field: str) -> Iterator[str]:
-    """Documents of a .txt (a line each) or .jsonl (``field`` of each record) file; empty ones skipped."""
-    jsonl = (path[:-3] if path.endswith(".gz") else path).endswith((".jsonl", ".json"))
-    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as fh:
-        for raw in fh:
-            line = raw.decode("utf-8", "replace").removeprefix("\ufeff")
-            if jsonl:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                text = record.get(field) if isinstance(record, dict) else None
-            else:
-                text = line.rstrip("\r\n")
-            if isinstance(text, str) and text.strip():
-                yield text
-
-
-def _iter_hf(spec: EvalSetSpec, field: str) -> Iterator[str]:
-    """``hf:ID[:CONFIG][@SPLIT]`` (default split ``test``) through ``datasets``, streaming."""
-    body, split = spec.source[3:], "test"
-    if "@" in body:
-        body, split = body.rsplit("@", 1)
-    name, _, config = body.partition(":")
-    try:
-        import datasets  # optional: pip install 'semdlm[hf]'
-    except ImportError:
-        raise EvalSetSourceError(f"--eval-set {spec.name}: {spec.source!r} needs the 'datasets' package "
-                                 "(pip install 'semdlm[hf]')") from None
-    offline = any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    try:
-        iterator = iter(datasets.load_dataset(name, config or None, split=split, streaming=True))
-        first = next(iterator, None)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types when offline
-        hint = " (HF_HUB_OFFLINE is set)" if offline else " (no network or unknown dataset?)"
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise EvalSetSourceError(f"--eval-set {spec.name}: cannot load Hugging Face dataset {spec.source!r}{hint}: "
-                                 f"{type(exc).__name__}: {first_line}") from None
-    for rec in ([first] if first is not None else []):
-        yield from _record_text(rec, field)
-    for rec in iterator:
-        yield from _record_text(rec, field)
-
-
-def _record_text(record: dict, field: str) -> Iterator[str]:
-    text = record.get(field)
-    if text is None and field == "text":
-        text = record.get("sentence")  # ptb_text_only names its field "sentence"
-    if isinstance(text, str) and text.strip():
-        yield text
 
 
 def tokenize_documents(docs, backend, packer, detokenize, max_sequences: int | None = None) -> torch.Tensor:
@@ -237,10 +179,12 @@ def load_eval_set(spec: EvalSetSpec, export_config: dict, tokenizer_info: dict,
     if tokenizer_info.get("identity") and tok.info()["identity"] != tokenizer_info["identity"]:
         raise ConfigError(f"--eval-set {spec.name}: tokenizer {tok.name_or_path!r} is not the export's "
                           "(vocabulary identity differs)")
-    field = spec.text_field or settings["text_field"]
-    docs = _iter_hf(spec, field) if spec.kind == "hf" else _iter_file(spec.source, field)
-    seqs = tokenize_documents(docs, tok.backend, make_packer(settings), DETOKENIZERS[spec.detokenizer],
-                              max_sequences)
+    docs = iter_texts(spec.source, spec.text_field or settings["text_field"], role="test")
+    packer = make_packer(settings["mode"], settings["wrap"], settings["seq_len"], settings["special_ids"], np.int64)
+    try:
+        seqs = tokenize_documents(docs, tok.backend, packer, DETOKENIZERS[spec.detokenizer], max_sequences)
+    except CorpusSourceError as exc:
+        raise EvalSetSourceError(f"--eval-set {spec.name}: {exc}") from None
     if len(seqs) == 0:
         raise EvalSetSourceError(f"--eval-set {spec.name}: {spec.source} holds no documents")
     return seqs
