@@ -166,3 +166,35 @@ def test_evaluate_sweeps_steps_and_penalty_weights():
     assert cfg.sampler == SamplerOptions(window=4)
     with pytest.raises(SystemExit):
         _sample_parser().parse_args(["--model", "m", "--out", "o", "--steps", "8,16"])  # no sweep in sample
+
+
+# --------------------------------------------------------------------------- the research tools
+def test_research_tool_flags_build_their_configs():
+    from pipeline import diagnose, inspect_kernel, rs_harness
+    from pipeline.research.diagnose import DiagnoseConfig
+    from pipeline.research.inspect_kernel import InspectConfig
+    from pipeline.research.rs_harness import RsHarnessConfig
+
+    def build(cli, cls, argv):
+        return config_from_args(cls, cli.build_parser().parse_args(argv))
+
+    base = ["--neighbors", "n", "--out", "o"]
+    assert build(diagnose, DiagnoseConfig, base) == DiagnoseConfig()
+    assert build(diagnose, DiagnoseConfig, base + ["--kernels", "mask, semdlm", "--num-t", "5", "--eps", "0.01",
+                                                   "--method", "mc", "--mc-samples", "10", "--mask-id", "3",
+                                                   "--seed", "2"]) == DiagnoseConfig(
+        kernels=("mask", "semdlm"), num_t=5, eps=0.01, method="mc", mc_samples=10, mask_id=3, seed=2)
+    assert build(rs_harness, RsHarnessConfig, ["--out", "o"]) == RsHarnessConfig()
+    assert build(rs_harness, RsHarnessConfig, ["--out", "o", "--iterations", ""]).iterations is None
+    assert build(rs_harness, RsHarnessConfig, ["--out", "o", "--q", "5", "--n", "4", "--k", "2", "--iterations", "2,1",
+                                               "--schedules", "fixed,tc", "--exact-limit", "100", "--mc-samples", "10",
+                                               "--seed", "1"]) == RsHarnessConfig(
+        q=5, n=4, k=2, iterations=(1, 2), schedules=("fixed", "tc"), exact_limit=100, mc_samples=10, seed=1)
+    argv = ["--kernel", "mask", "--token", "1", "--t", "0.5"]
+    assert build(inspect_kernel, InspectConfig, argv) == InspectConfig(kernel="mask", token="1", t=0.5)
+    assert build(inspect_kernel, InspectConfig, argv + ["--samples", "5", "--top", "3", "--k-max", "4",
+                                                        "--tokenizer", "x", "--vocab-size", "8", "--mask-id", "7",
+                                                        "--seed", "3"]) == InspectConfig(
+        kernel="mask", token="1", t=0.5, samples=5, top=3, k_max=4, tokenizer="x", vocab_size=8, mask_id=7, seed=3)
+    with pytest.raises(SystemExit):
+        inspect_kernel.build_parser().parse_args(["--kernel", "mask", "--token", "1"])  # --t is required
