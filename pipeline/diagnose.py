@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from pipeline.common.artifacts import stage_errors
+from pipeline.common.cli_fields import add_config_args, config_from_args
 from pipeline.common.locks import add_break_lock_argument
 from pipeline.research.diagnose import DiagnoseConfig, run_diagnose
 
@@ -21,13 +22,7 @@ PROG = "python -m pipeline.diagnose"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--neighbors", required=True, help="neighbour artifact directory (python -m neighbor_index)")
-    p.add_argument("--kernels", default="mask,uniform,semdlm,semdlm_plus", help="comma-separated kernel presets")
-    p.add_argument("--num-t", type=int, default=DiagnoseConfig.num_t, help="points of the t grid")
-    p.add_argument("--eps", type=float, default=DiagnoseConfig.eps, help="threshold of the eps-effective support")
-    p.add_argument("--method", choices=("exact", "mc"), default="exact")
-    p.add_argument("--mc-samples", type=int, default=DiagnoseConfig.mc_samples)
-    p.add_argument("--mask-id", type=int, default=None, help="[MASK] id (default: from the tokenizer)")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_args(p, DiagnoseConfig)
     p.add_argument("--out", required=True, help="output artifact directory")
     p.add_argument("--force", action="store_true")
     add_break_lock_argument(p)
@@ -37,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with stage_errors(PROG):
-        cfg = DiagnoseConfig(kernels=tuple(k.strip() for k in args.kernels.split(",") if k.strip()),
-                             num_t=args.num_t, eps=args.eps, method=args.method, mc_samples=args.mc_samples,
-                             seed=args.seed, mask_id=args.mask_id)
+        cfg = config_from_args(DiagnoseConfig, args)
         run_diagnose(cfg, args.neighbors, args.out, force=args.force, break_lock=args.break_lock)
     return 0
 

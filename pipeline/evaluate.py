@@ -26,7 +26,7 @@ from pipeline.common.artifacts import stage_errors
 from pipeline.common.cpu_host import keep_freed_memory_on_cpu
 from pipeline.evaluation.genppl import DEFAULT_JUDGE
 from pipeline.evaluation.stage import EvaluateConfig, run_evaluate
-from pipeline.sampling.cli_args import add_sampler_args, sampler_options
+from pipeline.sampling.cli_args import add_sampler_args, sampler_kwargs
 
 PROG = "python -m pipeline.evaluate"
 
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             test_split=args.test_split, max_test_sequences=args.max_test_sequences,
             eval_batch_size=args.eval_batch_size, eval_sets=tuple(args.eval_set), t_draws=args.t_draws,
             nelbo_steps=args.nelbo_steps, bound=args.bound, t_sampling=args.t_sampling,
-            nelbo_seed=args.nelbo_seed, samples=args.samples, sample=not args.no_samples,
-            sampler=sampler_options(args), steps=args.steps, lambda_freq=args.lambda_freq,
-            lambda_sem=args.lambda_sem, num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
-            tokenizer=args.tokenizer, device=args.device, progress=not args.quiet)
+            nelbo_seed=args.nelbo_seed, samples=args.samples, sample=not args.no_samples, **sampler_kwargs(args))
         keep_freed_memory_on_cpu(cfg.device)  # no caching allocator on CPU (pipeline/common/cpu_host.py)
         run_evaluate(cfg, args.model, args.out, force=args.force, break_lock=args.break_lock)
     return 0

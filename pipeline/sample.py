@@ -21,7 +21,7 @@ import sys
 
 from pipeline.common.artifacts import stage_errors
 from pipeline.common.cpu_host import keep_freed_memory_on_cpu
-from pipeline.sampling.cli_args import add_sampler_args, sampler_options
+from pipeline.sampling.cli_args import add_sampler_args, sampler_kwargs
 from pipeline.sampling.stage import SampleConfig, run_sample
 
 PROG = "python -m pipeline.sample"
@@ -38,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with stage_errors(PROG):
-        cfg = SampleConfig(sampler=sampler_options(args), steps=args.steps, lambda_freq=args.lambda_freq,
-                           lambda_sem=args.lambda_sem, num_samples=args.num_samples, batch_size=args.batch_size,
-                           seed=args.seed, tokenizer=args.tokenizer, device=args.device, progress=not args.quiet)
+        cfg = SampleConfig(**sampler_kwargs(args))
         keep_freed_memory_on_cpu(cfg.device)  # no caching allocator on CPU (pipeline/common/cpu_host.py)
         run_sample(cfg, args.model, args.out, force=args.force, break_lock=args.break_lock)
     return 0

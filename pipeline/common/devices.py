@@ -33,3 +33,10 @@ def check_device_available(value: str, flag: str = "--device") -> None:
         raise ConfigError(f"{flag} {value}: no CUDA device is available on this machine (use --device cpu)")
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def default_device() -> str:
+    """``cuda`` where this machine has a CUDA device, else ``cpu`` (the stages' --device default)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from pipeline.common.artifacts import ConfigError, StageRun, write_csv
+from pipeline.common.cli_fields import cli_field
 from pipeline.common.errors import library_not_a_command
 from pipeline.core.kernels import KERNEL_NAMES, Kernel, KernelConfig, make_kernel
 
@@ -43,16 +44,19 @@ METRICS = ("d_act", "d_act_eps", "I1", "I2", "entropy")
 @dataclass(frozen=True)
 class DiagnoseConfig:
     """What ``python -m pipeline.diagnose`` computes. ``chunk`` (x0 rows per step of the exact
-    sums) and ``progress`` are runtime-only; ``mc_samples`` and ``seed`` only matter for ``mc``."""
+    sums) and ``progress`` are runtime-only; ``mc_samples`` and ``seed`` only matter for ``mc``.
+    Each field with a flag declares it (pipeline/common/cli_fields.py)."""
 
-    kernels: tuple[str, ...] = ("mask", "uniform", "semdlm", "semdlm_plus")
-    num_t: int = 20
-    eps: float = 1e-5
-    method: str = "exact"
-    mc_samples: int = 2048
+    kernels: tuple[str, ...] = cli_field(("mask", "uniform", "semdlm", "semdlm_plus"),
+                                         help="comma-separated kernel presets")
+    num_t: int = cli_field(20, help="points of the t grid")
+    eps: float = cli_field(1e-5, help="threshold of the eps-effective support")
+    method: str = cli_field("exact", choices=("exact", "mc"), help="exact sums, or Monte Carlo (the cross-check)")
+    mc_samples: int = cli_field(2048, help="(x0, xt) draws per t of the Monte Carlo method")
     chunk: int = 4096
-    seed: int = 0
-    mask_id: int | None = None  # None: from the neighbour artifact's tokenizer, else the default tokenizer
+    seed: int = cli_field(0, help="random seed of the Monte Carlo method")
+    mask_id: int | None = cli_field(  # None: from the neighbour artifact's tokenizer, else the default tokenizer
+        None, help="[MASK] id (default: from the tokenizer)")
     progress: bool = True
 
     def __post_init__(self):

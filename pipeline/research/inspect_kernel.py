@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.common.artifacts import ConfigError
+from pipeline.common.cli_fields import cli_field
 from pipeline.common.errors import library_not_a_command
 from pipeline.common.neighbor_artifact import load_neighbor_tables
 from pipeline.core.kernels import PRESETS, KernelConfig, make_kernel
@@ -25,16 +26,17 @@ from pipeline.core.kernels import PRESETS, KernelConfig, make_kernel
 class InspectConfig:
     """What ``python -m pipeline.inspect_kernel`` compares (see the module docstring)."""
 
-    kernel: str  # a preset of pipeline.core.kernels.PRESETS
-    token: str  # the clean token x0: a word, or an integer id with vocab_size
-    t: float
-    samples: int = 10_000
-    top: int = 10
-    k_max: int | None = None  # None: the preset's, fitted to the stored table (KernelConfig.fitted_to_table)
-    tokenizer: str | None = None  # None: the offline default (bert-base-uncased WordPiece)
-    vocab_size: int | None = None  # synthetic vocabulary: ids, no tokenizer
-    mask_id: int | None = None  # [MASK] id with vocab_size (default V - 1)
-    seed: int = 0
+    kernel: str = cli_field(choices=sorted(PRESETS), help="kernel preset")
+    token: str = cli_field(help="the clean token x0 (a word, or an id with --vocab-size)")
+    t: float = cli_field(help="diffusion time in [0, 1]")
+    samples: int = cli_field(10_000, help="number of draws of x_t (default 10000)")
+    top: int = cli_field(10, help="entries to print (default 10)")
+    k_max: int | None = cli_field(  # None: KernelConfig.fitted_to_table
+        None, help="override the preset's k_max (default: the preset's, fitted to the stored table)")
+    tokenizer: str | None = cli_field(None, help="tokenizer path (default: offline bert-base-uncased)")
+    vocab_size: int | None = cli_field(None, help="synthetic vocabulary: ids, no tokenizer")
+    mask_id: int | None = cli_field(None, help="[MASK] id with --vocab-size (default V - 1)")
+    seed: int = cli_field(0, help="random seed of the draws")
 
     def __post_init__(self):
         if self.kernel not in PRESETS:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from pipeline.common.artifacts import ConfigError, StageRun, write_csv
+from pipeline.common.cli_fields import cli_field
 from pipeline.common.errors import library_not_a_command
 from pipeline.research.reed_solomon import RSCode, RSOracle, all_configurations, code_distribution
 from pipeline.sampling.unmasking import SCHEDULES, select_positions, size_distribution
@@ -182,16 +183,19 @@ def monte_carlo_kl(code: RSCode, schedule: str, K: int, num_samples: int, seed: 
 # --------------------------------------------------------------------------- the stage
 @dataclass(frozen=True)
 class RsHarnessConfig:
-    """What ``python -m pipeline.rs_harness`` computes; ``progress`` is runtime-only."""
+    """What ``python -m pipeline.rs_harness`` computes; ``progress`` is runtime-only. Each field with a
+    flag declares it (pipeline/common/cli_fields.py)."""
 
-    q: int = 7  # prime field size
-    n: int = 6  # code length, <= q
-    k: int = 3  # code dimension
-    iterations: tuple[int, ...] | None = None  # K values; None: 1..n
-    schedules: tuple[str, ...] = SCHEDULES
-    exact_limit: int = DEFAULT_EXACT_LIMIT  # largest q^n for the exact dynamic programme
-    mc_samples: int | None = None  # None: DEFAULT_MC_SAMPLES beyond the exact limit, 0 within
-    seed: int = 0
+    q: int = cli_field(7, help="prime field size (default 7)")
+    n: int = cli_field(6, help="code length, <= q (default 6)")
+    k: int = cli_field(3, help="code dimension (default 3)")
+    iterations: tuple[int, ...] | None = cli_field(None, help="comma-separated K values (default 1..n)")
+    schedules: tuple[str, ...] = cli_field(SCHEDULES, help="comma-separated subset of " + ",".join(SCHEDULES))
+    exact_limit: int = cli_field(DEFAULT_EXACT_LIMIT,
+                                 help="largest q^n for the exact dynamic programme (default %(default)s)")
+    mc_samples: int | None = cli_field(  # None: DEFAULT_MC_SAMPLES beyond the exact limit, 0 within
+        None, help=f"Monte Carlo runs per (schedule, K); default {DEFAULT_MC_SAMPLES} beyond the exact limit, 0 within")
+    seed: int = cli_field(0, help="random seed of the Monte Carlo runs")
     progress: bool = True
 
     def __post_init__(self):

@@ -11,11 +11,12 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipeline.common.artifacts import ConfigError, StageRun
-from pipeline.common.devices import check_device_available, check_device_name
+from pipeline.common.cli_fields import check_choices, cli_field
+from pipeline.common.devices import check_device_available, check_device_name, default_device
 from pipeline.core.kernel_config import traits_of
 
 from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
@@ -57,34 +58,49 @@ def default_top_p(method: str) -> float | None:
     return BLOCKWISE_TOP_P if method == "blockwise" else None
 
 
+_PENALTY_DEFAULT = "(default: off for mask/uniform, the documented values for the semantic kernels)"
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
-    """The sampler flags of ``pipeline.sample`` and ``pipeline.evaluate``: every field of
-    :class:`SamplerConfig` but ``steps`` and the Eq 23 weights (which evaluate sweeps). ``method``
-    and ``seq_len`` left at None are resolved from the export by :meth:`resolve`. ``prompt`` /
-    ``infill`` / ``stop_at_eos``: conditional generation (pipeline/sampling/conditioning.py)."""
+    """The sampler flags of ``pipeline.sample`` and ``pipeline.evaluate`` (each field declares its flag,
+    pipeline/common/cli_fields.py): every field of :class:`SamplerConfig` and of its
+    :class:`PenaltyConfig` but ``steps`` and the Eq 23 weights (which evaluate sweeps: SampleConfig),
+    passed through by name by :meth:`resolve`. ``method``, ``seq_len``, ``strides`` and ``top_p`` left
+    at None are resolved from the kernel, the export and the method. ``prompt`` / ``infill`` /
+    ``stop_at_eos``: conditional generation (pipeline/sampling/conditioning.py)."""
 
-    method: str | None = None  # None: mdlm for the mask kernel, else ctmc
-    seq_len: int | None = None  # None: the preprocessed sequence length, else DEFAULT_SEQ_LEN
-    strides: int | None = None  # None: 1 with --infill (the model sees the right context), else 2
-    top_k: int | None = None
-    top_p: float | None = None  # None: default_top_p(method)
-    rho: float = 1.0
-    freeze_threshold: float | None = None
-    schedule: str = "ancestral"
-    remask: str = "none"
-    remask_eta: float = 0.02
-    corrector_steps: int = 1
-    corrector_step_size: float = 1.0
-    corrector_frac: float = 0.1
-    hazard: str = "integrated"
-    final_argmax: bool = False
-    cache: bool = True
-    window: int = 16  # Eq 23 window W (also the window of the evaluation's repetition metrics)
-    window_side: str = "left"
-    prompt: str | None = None  # a fixed prefix: the text, or a file with one prompt per line
-    infill: str | None = None  # a template: text with [MASK] / [MASK]*N at the generated positions
-    stop_at_eos: bool = False  # cut each sample after its first EOS past the prompt; skip blocks after it
+    method: str | None = cli_field(None, choices=METHODS, help="default: mdlm for mask, else ctmc")
+    seq_len: int | None = cli_field(  # None: the preprocessed sequence length, else DEFAULT_SEQ_LEN
+        None, help=f"default: the preprocessed sequence length, else {DEFAULT_SEQ_LEN}")
+    strides: int | None = cli_field(  # None: 1 with --infill (the model sees the right context), else 2
+        None, help="semi-autoregressive blocks (paper: 2; default 2, with --infill 1)")
+    top_k: int | None = cli_field(None, help="top-k truncation of the clean proposal (default: none)")
+    top_p: float | None = cli_field(  # None: default_top_p(method)
+        None, help="nucleus truncation of the clean proposal (default: 0.9 for blockwise, else none; 1 = off)")
+    rho: float = cli_field(1.0, help="exponent of Eq 121 (blockwise)")
+    freeze_threshold: float | None = cli_field(None, help="blockwise: freeze tokens this confident")
+    schedule: str = cli_field("ancestral", choices=MDLM_SCHEDULES, help="mdlm unmasking schedule")
+    remask: str = cli_field("none", choices=REMASK, help="mdlm ancestral: ReMDM remasking")
+    remask_eta: float = cli_field(0.02, help="ReMDM-cap eta: sigma_t = min(eta, (1 - alpha_s) / alpha_t)")
+    corrector_steps: int = cli_field(1, help="ctmc / tau_leaping corrector moves per step")
+    corrector_step_size: float = cli_field(1.0, help="ctmc: corrector move length in units of the predictor step")
+    corrector_frac: float = cli_field(0.1, help="tau_leaping: share of positions re-drawn")
+    hazard: str = cli_field("integrated", choices=HAZARDS, help="ctmc: jump probability of a leap")
+    final_argmax: bool = cli_field(False, help="ctmc: last step takes argmax p_theta")
+    cache: bool = cli_field(True, flag="--no-cache", help="mdlm: never reuse logits")
+    window: int = cli_field(16, help="Eq 23 window W")  # also the window of the evaluation's repetition metrics
+    window_side: str = cli_field(
+        "left", choices=WINDOW_SIDES,
+        help="Eq 23 window: the W positions before i (left, the paper's recent window) or W each side")
+    prompt: str | None = cli_field(
+        None, exclusive="conditioning", metavar="TEXT|FILE",
+        help="fixed prefix; a file: one prompt per non-empty line, sample i uses prompt i mod n")
+    infill: str | None = cli_field(
+        None, exclusive="conditioning", metavar="TEMPLATE",
+        help="generate the [MASK] / [MASK]*N positions of TEMPLATE, e.g. 'The [MASK]*5 sat on the mat'")
+    stop_at_eos: bool = cli_field(
+        False, help="cut each sample after its first [SEP]/EOS past the prompt (skips blocks after it)")
 
     def __post_init__(self):
         # The rest is checked by SamplerConfig once the export fixes method and seq_len.
@@ -100,11 +116,7 @@ class SamplerOptions:
                 raise ConfigError("--stop-at-eos cannot shorten an --infill template (it fixes the length)")
         if self.strides is None:
             object.__setattr__(self, "strides", 1 if self.infill is not None else 2)
-        for name, allowed in (("method", METHODS), ("schedule", MDLM_SCHEDULES), ("remask", REMASK),
-                              ("hazard", HAZARDS), ("window_side", WINDOW_SIDES)):
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise ConfigError(f"--{name.replace('_', '-')} must be one of {allowed}, got {value!r}")
+        check_choices(self)
         if self.seq_len is not None and self.seq_len < 1:
             raise ConfigError(f"--seq-len must be >= 1, got {self.seq_len}")
         if self.window < 0:
@@ -113,26 +125,28 @@ class SamplerOptions:
     def resolve(self, kernel_name: str, default_seq_len: int | None, steps: int, lambda_freq: float | None,
                 lambda_sem: float | None) -> SamplerConfig:
         """The SamplerConfig of one (steps, lambda_freq, lambda_sem) point for a model with this kernel
-        (a weight left at None takes :func:`default_penalty`)."""
+        (a weight left at None takes :func:`default_penalty`); every other field is this object's own,
+        copied by name."""
         default_freq, default_sem = default_penalty(kernel_name)
-        lambda_freq = default_freq if lambda_freq is None else lambda_freq
-        lambda_sem = default_sem if lambda_sem is None else lambda_sem
+        penalty = PenaltyConfig(**self._shared_with(PenaltyConfig),
+                                lambda_freq=default_freq if lambda_freq is None else lambda_freq,
+                                lambda_sem=default_sem if lambda_sem is None else lambda_sem)
         method = self.method or default_method(kernel_name)
-        return SamplerConfig(
-            method=method, steps=steps,
-            seq_len=self.seq_len or default_seq_len or DEFAULT_SEQ_LEN, strides=self.strides,
-            top_k=self.top_k, top_p=default_top_p(method) if self.top_p is None else self.top_p, rho=self.rho,
-            freeze_threshold=self.freeze_threshold,
-            schedule=self.schedule, remask=self.remask, remask_eta=self.remask_eta,
-            corrector_steps=self.corrector_steps, corrector_step_size=self.corrector_step_size,
-            corrector_frac=self.corrector_frac, hazard=self.hazard, final_argmax=self.final_argmax, cache=self.cache,
-            penalty=PenaltyConfig(lambda_freq=lambda_freq, lambda_sem=lambda_sem, window=self.window,
-                                  window_side=self.window_side))
+        resolved = {"method": method, "steps": steps, "seq_len": self.seq_len or default_seq_len or DEFAULT_SEQ_LEN,
+                    "top_p": default_top_p(method) if self.top_p is None else self.top_p, "penalty": penalty}
+        return SamplerConfig(**{**self._shared_with(SamplerConfig), **resolved})
+
+    def _shared_with(self, cls) -> dict:
+        """This object's values of the fields that the dataclass ``cls`` also has (by name)."""
+        own = {f.name for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(cls) if f.name in own}
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """What ``python -m pipeline.sample`` draws, and how.
+    """What ``python -m pipeline.sample`` draws, and how (each field declares its flag; ``python -m
+    pipeline.evaluate`` takes the same flags, with ``sweep`` ones as comma lists, for its fields of
+    the same names).
 
     ``device`` and ``progress`` are runtime-only and stay out of the freshness key. ``batch_size``
     is NOT runtime-only: batch k is drawn with a generator seeded from (seed, k) and sample i lies
@@ -142,16 +156,20 @@ class SampleConfig:
     treats the device as runtime-only.)
     """
 
-    sampler: SamplerOptions = field(default_factory=SamplerOptions)
-    steps: int = 128  # total denoising steps over all blocks
-    lambda_freq: float | None = None  # None: default_penalty(kernel)
-    lambda_sem: float | None = None
-    num_samples: int = 64
-    batch_size: int = 16
-    seed: int = 0
-    tokenizer: str | None = None  # for decoding; None: the export's
-    device: str = "cpu"
-    progress: bool = True
+    sampler: SamplerOptions = field(default_factory=SamplerOptions)  # its flags, nested
+    steps: int = cli_field(128, sweep=True, help="total denoising steps over all blocks")
+    lambda_freq: float | None = cli_field(  # None: default_penalty(kernel)
+        None, sweep=True, help=f"Eq 23 frequency penalty {_PENALTY_DEFAULT}")
+    lambda_sem: float | None = cli_field(
+        None, sweep=True, help=f"Eq 23 semantic penalty, needs neighbour tables {_PENALTY_DEFAULT}")
+    num_samples: int = cli_field(64, help="samples to draw")
+    batch_size: int = cli_field(
+        16, help="samples drawn per batch (another size draws other samples: batch k is seeded from (seed, k))")
+    seed: int = cli_field(0, help="random seed of the draws")
+    tokenizer: str | None = cli_field(None, help="tokenizer for decoding (default: the export's)")
+    device: str = cli_field("cpu", cli_default=default_device,
+                            help="torch device (default: cuda if available, else cpu)")
+    progress: bool = cli_field(True, flag="--quiet", help="no progress bar")
 
     def __post_init__(self):
         if self.num_samples < 1 or self.batch_size < 1:
