@@ -38,7 +38,7 @@ import torch
 from bench.kernels import build, random_neighbor_tables
 from pipeline.common.cpu_host import keep_freed_memory_on_cpu
 from pipeline.common.neighbor_artifact import semantic_association_rows
-from pipeline.core.ct_elbo import time_tables
+from pipeline.core.ct_tables import time_tables
 from pipeline.core.model import BERT_VOCAB_SIZE, DiffusionTransformer, ModelConfig
 from pipeline.sampling import PenaltyConfig, SamplerConfig, association_by_columns, generate
 from pipeline.sampling.base import Denoiser

@@ -20,8 +20,9 @@ Sparsity (beta'_t >= 0, checked by KernelConfig): pdot_v(y) < 0 only for y in {v
 with z not in {v} u N(v) the ratio pdot_v(z) / q_t(z | v) = beta' / beta is the same ("generic" v).
 So a position needs one logsumexp over V, the entries {z} u inv(z), and for Rhat the v in
 {y} u inv(y) for the y in T: O(V + K * in-degree), not O(V K). S_v is tabulated per distinct t
-(O(V K) per sequence). Accumulation is float64. :func:`ctelbo_integrand_dense` is the O(V^2)
-reference the tests check the sparse code against.
+(O(V K) per sequence; pipeline/core/ct_tables.py). Accumulation is float64.
+:func:`pipeline.core.ct_dense.ctelbo_integrand_dense` is the O(V^2) reference the tests check the sparse
+code against.
 """
 from __future__ import annotations
 
@@ -31,121 +32,11 @@ from typing import NamedTuple
 import torch
 
 from pipeline.core.kernels import Kernel
-from pipeline.core.posterior import PLAIN, Reading, excluded_token, log_posterior
+from pipeline.core.posterior import PLAIN, Reading, excluded_token
 from pipeline.core.softmax_rows import logsumexp_rows
 from pipeline.core.time_sampling import T_MIN
 
-_CHUNK = 1 << 22  # elements of a [U, V, K] temporary built at once
-
-
-class TimeTables(NamedTuple):
-    """Schedule values per distinct t (index u) and the forward outflow S_v(t), [U, V]."""
-
-    u: torch.Tensor  # [N] index of each position's t
-    alpha: torch.Tensor  # [U]
-    beta: torch.Tensor
-    dalpha: torch.Tensor
-    dbeta: torch.Tensor
-    local: torch.Tensor  # [U, 1 or V, K] lam_t s_t(r | v) (1: kNN kernels, independent of v)
-    dlocal: torch.Tensor  # same, d/dt
-    outflow: torch.Tensor  # [U, V] S_v
-    live: torch.Tensor  # [U] ranks >= live carry no local mass and no change: they act like generic v
-    losing: torch.Tensor  # [U] ranks >= losing never lose mass
-
-
-def _kernel_cache(kernel: Kernel) -> dict:
-    """nu at the table entries (computed once per kernel object)."""
-    cache = getattr(kernel, "_ctelbo_cache", None)
-    if cache is None:
-        nu = kernel.global_dist
-        nu_nb = nu[kernel.neighbors]  # [V, K]
-        cache = {"nu_nb": nu_nb, "nu_nb_t": nu_nb.T.contiguous(), "nu_max": float(nu.max()),
-                 # [K + 1, V]: sum of nu over each row's first r ranks
-                 "nu_nb_cum": torch.cat([torch.zeros_like(nu).unsqueeze(0), nu_nb.T.cumsum(0)]).contiguous()}
-        # the transposed table sorted by (token, rank): entries of z with rank < R are one slice
-        V, K = kernel.neighbors.shape
-        if K:
-            key = kernel.neighbors.reshape(-1) * K + torch.arange(V * K, device=nu.device) % K
-            order = torch.argsort(key, stable=True)
-            ptr = torch.zeros(V * K + 1, dtype=torch.long, device=nu.device)
-            ptr[1:] = torch.cumsum(torch.bincount(key, minlength=V * K), 0)
-            cache.update(inv_src=order // K, inv_rank=order % K, inv_ptr=ptr)
-        kernel._ctelbo_cache = cache
-    return cache
-
-
-def time_tables(kernel: Kernel, t: torch.Tensor) -> TimeTables:
-    tu, u = torch.unique(t, return_inverse=True)
-    (a, b, _), (da, db, _) = kernel.branch_weights_and_derivatives(tu)
-    if (db < -1e-12).any():
-        raise ValueError("the continuous-time ELBO needs a non-decreasing global weight beta_t")
-    V, K, nu = kernel.vocab_size, kernel.num_ranks, kernel.global_dist
-    U = tu.numel()
-    db = db.clamp_min(0.0)
-    # S_v = beta' nu(outside {v} u N(v)) + [alpha' + beta' nu(v)]_+ + sum_r [dlocal_r(v) + beta' nu(N(v)_r)]_+
-    outflow = db.unsqueeze(-1) * (1.0 - nu) + (da.unsqueeze(-1) + db.unsqueeze(-1) * nu).clamp_min(0.0)  # [U, V]
-    if not K:
-        local = dlocal = torch.zeros(U, 1, 0, dtype=torch.float64, device=kernel.device)
-        none = torch.zeros(U, dtype=torch.long, device=kernel.device)
-        return TimeTables(u, a, b, da, db, local, dlocal, outflow, none, none)
-    cache = _kernel_cache(kernel)
-    nu_nb = cache["nu_nb"]
-    if kernel.cfg.traits.rank_weights_per_token:  # s_t depends on v: [U, V, K], in chunks
-        local, dlocal = kernel.local_mass_and_derivative(tu.unsqueeze(-1), torch.arange(V, device=kernel.device))
-        step = max(1, _CHUNK // (V * K))
-        parts = [((dlocal[lo:lo + step] + db[lo:lo + step, None, None] * nu_nb).clamp_min(0.0)
-                  - db[lo:lo + step, None, None] * nu_nb).sum(-1) for lo in range(0, U, step)]
-        full = torch.full((U,), K, dtype=torch.long, device=kernel.device)
-        return TimeTables(u, a, b, da, db, local.contiguous(), dlocal.contiguous(), outflow + torch.cat(parts),
-                           full, full)
-    # kNN kernels: s_t does not depend on v. A rank whose mass grows contributes linearly; one that loses
-    # more than beta' max(nu) contributes 0 for every v; only the (rare) others need the [V] relu.
-    local, dlocal = kernel.local_mass_and_derivative(tu)  # [U, K]
-    grows = dlocal >= 0
-    dead = dlocal + db.unsqueeze(-1) * cache["nu_max"] <= 0
-    losing = ~grows
-    n_losing = losing.sum(-1)
-    if bool((losing == (torch.arange(K, device=kernel.device) < n_losing.unsqueeze(-1))).all()):
-        lost_nu = cache["nu_nb_cum"].index_select(0, n_losing)  # kNN: the losing ranks are a prefix
-    else:
-        lost_nu = losing.to(torch.float64) @ cache["nu_nb_t"]
-    outflow = outflow + (dlocal * grows).sum(-1, keepdim=True) - db.unsqueeze(-1) * lost_nu
-    for i, r in torch.nonzero(~grows & ~dead).tolist():
-        outflow[i] += (dlocal[i, r] + db[i] * nu_nb[:, r]).clamp_min(0.0)
-    return TimeTables(u, a, b, da, db, local.unsqueeze(1).contiguous(), dlocal.unsqueeze(1).contiguous(), outflow,
-                       _live_ranks(local, dlocal), _live_ranks(torch.zeros_like(local), dlocal.clamp_max(0.0)))
-
-
-def _g(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x.flatten()[idx] (index_select: much cheaper than advanced indexing on CPU)."""
-    return x.reshape(-1).index_select(0, idx.reshape(-1)).reshape(idx.shape)
-
-
-def _live_ranks(local: torch.Tensor, dlocal: torch.Tensor) -> torch.Tensor:
-    """1 + the last rank with local != 0 or dlocal != 0, per row of [U, K] (0 if none)."""
-    K = local.shape[-1]
-    alive = (local != 0) | (dlocal != 0)
-    last = torch.where(alive, torch.arange(1, K + 1, device=local.device), 0)
-    return last.amax(-1)
-
-
-def local_at(tab: TimeTables, kernel: Kernel, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor):
-    """(lam s_t(r | v), d/dt) at entries (u, v, r) (broadcast)."""
-    _, Vk, K = tab.local.shape
-    idx = (u * Vk + (v if Vk > 1 else 0)) * K + r
-    return _g(tab.local, idx), _g(tab.dlocal, idx)
-
-
-def _inverse_entries(kernel: Kernel, z: torch.Tensor, ranks: torch.Tensor):
-    """All (n, v, rank) with neighbors[v, rank] = z[n] and rank < ranks[n] (cf. kernel.inverse_entries)."""
-    cache, K = _kernel_cache(kernel), kernel.num_ranks
-    ptr = cache["inv_ptr"]
-    start, end = _g(ptr, z * K), _g(ptr, z * K + ranks)
-    counts = end - start
-    n = torch.repeat_interleave(torch.arange(z.numel(), device=z.device), counts)
-    offset = _g(start - (torch.cumsum(counts, 0) - counts), n)
-    e = offset + torch.arange(n.numel(), device=z.device)
-    return n, _g(cache["inv_src"], e), _g(cache["inv_rank"], e)
+from .ct_tables import TimeTables, _g, _inverse_entries, local_at, time_tables
 
 
 def _segment_logsumexp(values: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
@@ -424,50 +315,6 @@ def ctelbo_integrand(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt:
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """The continuous-time ELBO integrand per sequence, [B] nats (sum of :func:`ctelbo_per_token`)."""
     return ctelbo_per_token(kernel, logits, x0, xt, t, mask).sum(-1)
-
-
-def dense_rows(kernel: Kernel, t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q_t(j | v), d/dt q_t(j | v)) as dense [v, j] matrices (small V)."""
-    allv = torch.arange(kernel.vocab_size, device=kernel.device)
-    return kernel.marginal_rows(allv, t), kernel.marginal_derivative_rows(allv, t)
-
-
-def _dense_rates(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None, reading: Reading = PLAIN):
-    """Reference pieces: the posterior w [N, v] (:func:`pipeline.core.posterior.log_posterior`), a_v(z) [N, v],
-    and [-pdot_v(y)]_+ [v, y]."""
-    P, D = dense_rows(kernel, t) if rows is None else rows
-    S = D.clamp_min(0.0).sum(-1)  # [v]
-    Pz, Dz = P[:, z].T, D[:, z].T  # [N, v]
-    w = log_posterior(reading, kernel, logits, z, t, lik=Pz).exp()
-    a = torch.where(Pz > 0, Dz.clamp_min(0.0) / (Pz.clamp_min(1e-300) * S.clamp_min(1e-300)), torch.zeros_like(Pz))
-    return w, a, (-D).clamp_min(0.0)
-
-
-def reverse_rates_dense(kernel: Kernel, logits: torch.Tensor, z: torch.Tensor, t: float, rows=None,
-                        reading: Reading = PLAIN) -> torch.Tensor:
-    """The model's generative rates Rhat(z -> y) = sum_v w_v Rbar^v(z -> y), [N, V] (diagonal zeroed).
-
-    O(V^2) per position: a reference for tests and for integrating a small model's master equation.
-    ``rows``: :func:`dense_rows` at t, when already computed.
-    """
-    w, a, neg = _dense_rates(kernel, logits, z, t, rows, reading)
-    r_hat = (w * a) @ neg
-    r_hat[torch.arange(z.numel(), device=z.device), z] = 0.0
-    return r_hat
-
-
-def ctelbo_integrand_dense(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
-                           t: float, reading: Reading = PLAIN) -> torch.Tensor:
-    """Reference O(V^2) per position implementation of the integrand, [N] (flat inputs, one scalar t)."""
-    z, x = xt.reshape(-1), x0.reshape(-1)
-    w, a, neg = _dense_rates(kernel, logits, z, t, reading=reading)
-    rows = torch.arange(z.numel(), device=z.device)
-    r_hat = (w * a) @ neg  # [N, y]
-    r_bar = a[rows, x].unsqueeze(-1) * neg[x]  # [N, y]
-    off = torch.ones_like(r_hat, dtype=torch.bool)
-    off[rows, z] = False
-    kl = torch.where(r_bar > 0, r_bar * (r_bar.clamp_min(1e-300).log() - r_hat.clamp_min(1e-300).log()), 0.0)
-    return ((r_hat - r_bar) * off).sum(-1) + (kl * off).sum(-1)
 
 
 def antithetic_times(n: int, generator: torch.Generator | None = None, t_min: float = T_MIN) -> torch.Tensor:

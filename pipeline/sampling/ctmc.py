@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.core.ct_elbo import ConditionalRates, TimeTables, conditional_reverse_rates, time_tables
+from pipeline.core.ct_elbo import ConditionalRates, conditional_reverse_rates
+from pipeline.core.ct_tables import TimeTables, time_tables
 
 from .base import Denoiser, initial_block, time_grid
 from .draws import categorical, truncate

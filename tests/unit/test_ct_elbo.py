@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from pipeline import bound_check as bound_check_cli
-from pipeline.core.ct_elbo import (
-    antithetic_times,
-    ctelbo_integrand,
-    ctelbo_integrand_dense,
-    ctelbo_per_token,
-    dense_rows,
-    reverse_rates_dense,
-)
+from pipeline.core.ct_dense import ctelbo_integrand_dense, dense_rows, reverse_rates_dense
+from pipeline.core.ct_elbo import antithetic_times, ctelbo_integrand, ctelbo_per_token
 from pipeline.core.likelihood import continuous_bound_estimates, mdlm_integrand, prior_kl
 from pipeline.research import bound_check as bc
 

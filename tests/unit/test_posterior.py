@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipeline.core import ct_elbo
+from pipeline.core import ct_dense, ct_elbo
 from pipeline.core.objectives import LossConfig
 from pipeline.core.posterior import (
     PLAIN,
@@ -48,7 +48,7 @@ def test_sparse_integrand_and_nll_equal_the_dense_reading(kernel, reading):
     nll = ct_elbo.posterior_nll_per_token(toy.kernel, logits, x0, xt, t, reading=reading).squeeze(1)
     for i in range(0, x0.shape[0], 37):
         ti = float(t[i])
-        dense = ct_elbo.ctelbo_integrand_dense(toy.kernel, logits[i], x0[i], xt[i], ti, reading=reading)
+        dense = ct_dense.ctelbo_integrand_dense(toy.kernel, logits[i], x0[i], xt[i], ti, reading=reading)
         assert float(sparse[i]) == pytest.approx(float(dense), rel=1e-9, abs=1e-9)
         logp = log_posterior(reading, toy.kernel, logits[i], xt[i], ti)
         assert float(nll[i]) == pytest.approx(-float(logp[0, x0[i, 0]]), rel=1e-9, abs=1e-9)
