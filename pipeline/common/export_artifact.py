@@ -3,10 +3,13 @@
 An export is an artifact (stage "export") holding
 
 * ``config.json``: ``kind`` ("diffusion" | "ar"), ``model`` (ModelConfig.to_dict()), ``kernel``
-  (KernelConfig.to_dict() or null), ``tokenizer`` (identity + special ids), ``artifacts`` (absolute
-  paths of the preprocessed data and of the neighbour tables, with their manifest hashes) and, when
-  exported from a run, ``training`` (step, tokens seen, run directory);
+  (KernelConfig.to_dict() or null), ``tokenizer`` (identity + special ids, ``shipped``), ``artifacts``
+  (absolute paths of the preprocessed data and of the neighbour tables, with their manifest hashes:
+  provenance), ``data`` (seq_len, packing mode, ...) and ``neighbor_tables`` (the copied tables' sha256s),
+  see :mod:`pipeline.common.export_contents`, and, when exported from a run, ``training`` (step, tokens
+  seen, run directory);
 * ``model.safetensors``: the weights (the EMA weights when exported from a run);
+* ``neighbors/*.npy``: a copy of the neighbour tables, when the run had any: the export needs nothing else;
 * the Hugging Face side (:mod:`pipeline.common.hf_export`): config.json's HF keys, remote code, tokenizer
   files and README.md, so transformers loads the same directory (``trust_remote_code=True``).
 
@@ -25,9 +28,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pipeline.common.artifacts import ArtifactError, StageError, StageRun, load_manifest, manifest_hash
+from pipeline.common.export_contents import copy_tables, data_record, export_tables, tables_record, tokenizer_source
 from pipeline.common.hf_export import hf_config_fields, write_hf_files
 from pipeline.common.model_card import EvaluationSummary
-from pipeline.common.neighbor_artifact import load_neighbor_tables
+from pipeline.common.neighbor_artifact import NeighborTables
 from pipeline.core.kernels import Kernel, KernelConfig, make_kernel
 from pipeline.core.model import ModelConfig, build_model
 from pipeline.core.posterior import Reading, reading_from_record
@@ -50,6 +54,8 @@ class Exported:
     config: dict                    # config.json as written
     mask_id: int | None
     reading: Reading | None = None  # how the output is read as p_theta(x0 | x_t); also model.posterior_reading
+    tables: NeighborTables | None = None  # the neighbour tables the kernel was built with, read once
+    tokenizer_name: str | None = None  # what loads the tokenizer: the export itself when it ships the files
 
 
 def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None,
@@ -63,7 +69,8 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
     An existing ``out_dir`` is refused unless ``force``: in-memory weights have no freshness key.
     """
     run = export_stage(out_dir, model_cfg, kernel_cfg, tokenizer_info, artifacts, kind, training=training,
-                       evaluation=evaluation, force=True, break_lock=break_lock, posterior=posterior)
+                       evaluation=evaluation, force=True, break_lock=break_lock, posterior=posterior,
+                       ships_tokenizer=hf_tokenizer is not None)
     if not force and Path(out_dir).exists():
         raise ExportExistsError(f"{out_dir} exists; pass force=True (--force) to overwrite it")
     return write_export(run, model.state_dict() if state_dict is None else state_dict, hf_tokenizer, evaluation)
@@ -72,10 +79,11 @@ def save_export(out_dir, model: torch.nn.Module, model_cfg: ModelConfig, kernel_
 def export_stage(out_dir, model_cfg: ModelConfig, kernel_cfg: KernelConfig | None, tokenizer_info: dict,
                  artifacts: dict, kind: str, training: dict | None = None,
                  evaluation: EvaluationSummary | None = None, sources=(), force: bool = False,
-                 break_lock: bool = False, posterior: dict | None = None) -> StageRun:
+                 break_lock: bool = False, posterior: dict | None = None, ships_tokenizer: bool = True) -> StageRun:
     """The export's StageRun; its ``config`` is config.json. ``sources``, the files the weights are read from
     (a checkpoint's model states), enter the freshness key with the config and the upstream artifacts: an
-    export of unchanged sources is up to date (``run.is_up_to_date()``)."""
+    export of unchanged sources is up to date (``run.is_up_to_date()``). ``ships_tokenizer``: the writer
+    saves the tokenizer files into the export."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "diffusion" and kernel_cfg is None:
@@ -88,7 +96,9 @@ def export_stage(out_dir, model_cfg: ModelConfig, kernel_cfg: KernelConfig | Non
         refs[f"{name}_manifest_sha256"] = manifest_hash(path) if path else None
     config = {"kind": kind, "model": model_cfg.to_dict(),
               "kernel": kernel_cfg.to_dict() if kernel_cfg is not None else None,
-              "tokenizer": dict(tokenizer_info), "artifacts": refs, "training": training or {}}
+              "tokenizer": {**tokenizer_info, "shipped": ships_tokenizer}, "artifacts": refs,
+              "training": training or {}, "data": data_record(artifacts.get("preprocessed")),
+              "neighbor_tables": tables_record(artifacts.get("neighbors"))}
     if posterior is not None:  # absent: an export read as before the record (pipeline.core.posterior.LEGACY)
         config["posterior"] = posterior
     config.update(hf_config_fields(kind, config["model"], tokenizer_info))  # our readers ignore these keys
@@ -103,9 +113,12 @@ def write_export(run: StageRun, weights: dict, hf_tokenizer=None, evaluation: Ev
     kind = run.config["kind"]
     # safetensors wants contiguous, unshared CPU tensors; non-persistent buffers are not in state_dict.
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    tables = run.config.get("neighbor_tables")
     with run as tmp:
         (tmp / "config.json").write_text(json.dumps(run.config, indent=2, sort_keys=True) + "\n")
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "kind": kind})
+        if tables:
+            copy_tables(tables, run.config["artifacts"]["neighbors"], tmp)
         write_hf_files(tmp, run.config, hf_tokenizer, evaluation)
     return run.out_dir
 
@@ -144,7 +157,7 @@ def check_weights_match(directory: Path, model: torch.nn.Module) -> None:
 
 
 def load_export(directory, device: torch.device | str = "cpu") -> Exported:
-    """Load an export: model in eval mode, kernel with its neighbour tables (None for AR)."""
+    """Load an export: model in eval mode, kernel with its neighbour tables (None for AR), each read once."""
     directory = Path(directory)
     load_manifest(directory, stage=STAGE)
     config, model_cfg = read_export_config(directory)
@@ -155,15 +168,13 @@ def load_export(directory, device: torch.device | str = "cpu") -> Exported:
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     tokenizer_info = config["tokenizer"]
+    tokenizer_name = tokenizer_source(directory, config)
     mask_id = tokenizer_info.get("special_ids", {}).get("mask")
     kernel = None
     if kind == "diffusion":
         kernel_cfg = KernelConfig(**config["kernel"])
-        tables = None
-        neighbors = config["artifacts"].get("neighbors")
-        if neighbors is not None:
-            tables = load_neighbor_tables(neighbors)
-        elif kernel_cfg.needs_neighbors:
+        tables = export_tables(directory, config)
+        if tables is None and kernel_cfg.needs_neighbors:
             raise ValueError(f"{directory}: kernel {kernel_cfg.name!r} needs neighbour tables, "
                              "but config.json names none")
         kernel = make_kernel(kernel_cfg, model_cfg.vocab_size, mask_id, tables, device)
@@ -174,5 +185,6 @@ def load_export(directory, device: torch.device | str = "cpu") -> Exported:
             raise ArtifactError(f"{directory / 'config.json'}: its posterior record is unusable ({exc}); re-export "
                                 "the run") from exc
         model.posterior_reading = reading
-        return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id, reading)
-    return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id)
+        return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id, reading, tables,
+                        tokenizer_name)
+    return Exported(model, model_cfg, kind, kernel, tokenizer_info, config, mask_id, tokenizer_name=tokenizer_name)

@@ -4,8 +4,9 @@ An export directory is both the pipeline's artifact (manifest.json; ``load_expor
 transformers model directory, loadable with ``AutoModelForMaskedLM`` (diffusion) or
 ``AutoModelForCausalLM`` (the AR baseline) and ``trust_remote_code=True``:
 
-* ``config.json``: the pipeline's fields (kind, model, kernel, tokenizer, artifacts, training) at the top
-  level, as before, plus :func:`hf_config_fields` (model_type, architectures, auto_map, the usual HF names);
+* ``config.json``: the pipeline's fields (kind, model, kernel, tokenizer, artifacts, training, data,
+  neighbor_tables) at the top level, as before, plus :func:`hf_config_fields` (model_type, architectures,
+  auto_map, the usual HF names); transformers ignores ``neighbors/`` (the pipeline's copy of the tables);
 * ``model.safetensors``: written once by ``save_export`` with the pipeline's own keys; the remote code's
   ``base_model_prefix`` makes them load into the HF wrapper as they are;
 * the remote code, self-contained (imports torch and transformers only): ``configuration_semdlm.py`` and

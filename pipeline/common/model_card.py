@@ -204,8 +204,10 @@ def render_card(config: dict, evaluation: EvaluationSummary | None = None, has_t
                   "", *_schedule_table(kernel)]
     lines += ["", "## Data", "", *_data_lines(artifacts)]
     if artifacts.get("neighbors"):
+        carried = (config.get("neighbor_tables") or {}).get("dir")
         lines.append(f"- neighbour tables: `{artifacts['neighbors']}` (manifest sha256 "
-                     f"`{artifacts.get('neighbors_manifest_sha256')}`)")
+                     f"`{artifacts.get('neighbors_manifest_sha256')}`)"
+                     + (f"; a copy is in `{carried}/` (sha256s in config.json `neighbor_tables`)" if carried else ""))
     lines.append(f"- tokenizer: `{tok.get('name_or_path')}`, {tok.get('vocab_size')} tokens, `{tok.get('identity')}`"
                  + ("" if has_tokenizer else " (tokenizer files not included in this export)"))
     lines += ["", "## Training", ""]

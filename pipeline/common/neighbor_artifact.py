@@ -12,13 +12,17 @@ Files (all ``.npy``, row v is vocabulary id v, V = vocabulary size):
 :func:`write_neighbor_arrays` writes them into a directory (``python -m neighbor_index`` calls it
 inside its ``StageRun``; tests call it inside theirs); :func:`read_neighbor_arrays` gives validated
 numpy arrays of a complete, manifest-checked artifact; :func:`load_neighbor_tables` the same as torch
-tensors (:class:`NeighborTables`), which is what kernels and the samplers consume.
+tensors (:class:`NeighborTables`), which is what kernels and the samplers consume. An export carries a
+byte-identical copy of the tables (pipeline/common/export_contents.py), read by the same functions with
+the sha256s its config.json records (``recorded``) in place of the artifact's manifest. :data:`LOADS`
+counts the reads per directory: a stage reads an artifact once per process.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +39,9 @@ TABLE_FILES = ("neighbors", "similarities", "valid_vocab", "prior_support", "uni
                "semantic_assoc_indices", "semantic_assoc_weights")
 _DTYPES = {"neighbors": np.int32, "similarities": np.float32, "valid_vocab": np.bool_, "prior_support": np.bool_,
            "unigram_prior": np.float64, "semantic_assoc_indices": np.int32, "semantic_assoc_weights": np.float32}
+REBUILD = "rebuild the artifact (python -m neighbor_index --force)"
+REEXPORT = "re-export the run (python -m pipeline.export RUN_DIR --out DIR --force)"
+LOADS: Counter[str] = Counter()  # resolved directory -> how many times this process read its tables
 
 
 def semantic_association_rows(neighbors: np.ndarray, similarities: np.ndarray, assoc_k: int,
@@ -113,34 +120,40 @@ def write_neighbor_arrays(directory: str | os.PathLike, arrays: dict[str, np.nda
         np.save(directory / f"{name}.npy", array)
 
 
-def read_neighbor_arrays(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+def read_neighbor_arrays(directory: str | os.PathLike, recorded: dict | None = None
+                         ) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays by name, manifest) of a complete, validated neighbour artifact; ArtifactError otherwise.
 
     The tables are small (tens of MB for a 30k vocabulary), so every load also re-hashes them against the
-    manifest: a flipped bit would otherwise change the kernel silently.
+    manifest: a flipped bit would otherwise change the kernel silently. ``recorded`` (file name ->
+    {"sha256", "size"}, an export's copy of the tables) replaces the manifest: every file must be listed there.
     """
     directory = Path(directory)
-    manifest = load_manifest(directory, stage=STAGE)
+    LOADS[str(directory.resolve())] += 1
+    manifest = load_manifest(directory, stage=STAGE) if recorded is None else {"outputs": recorded}
     arrays = {}
     for name in TABLE_FILES:
         path = directory / f"{name}.npy"
+        entry = manifest.get("outputs", {}).get(path.name)
+        if recorded is not None and entry is None:
+            raise ArtifactError(f"{path}: not among the tables recorded with it; {REEXPORT}")
         if path.is_file():
-            arrays[name] = load_table(path, manifest.get("outputs", {}).get(path.name))
+            arrays[name] = load_table(path, entry, REBUILD if recorded is None else REEXPORT)
     validate_neighbor_arrays(arrays, str(directory))
     return arrays, manifest
 
 
-def load_table(path: Path, recorded: dict | None = None) -> np.ndarray:
-    """One ``.npy`` table (no pickles), checked against its manifest entry; ArtifactError naming the file."""
+def load_table(path: Path, recorded: dict | None = None, fix: str = REBUILD) -> np.ndarray:
+    """One ``.npy`` table (no pickles), checked against its manifest entry; ArtifactError naming the file
+    and ``fix``, how to repair it."""
     data = path.read_bytes()
     if recorded is not None and hashlib.sha256(data).hexdigest() != recorded["sha256"]:
-        raise ArtifactError(f"{path} is corrupt: its sha256 differs from the one its manifest records (changed "
-                            "after neighbor_index wrote it); rebuild the artifact (python -m neighbor_index --force)")
+        raise ArtifactError(f"{path} is corrupt: its sha256 differs from the one recorded with it (changed "
+                            f"after it was written); {fix}")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ArtifactError(f"{path} is not a readable .npy table ({exc}); rebuild the artifact "
-                            "(python -m neighbor_index --force)") from exc
+        raise ArtifactError(f"{path} is not a readable .npy table ({exc}); {fix}") from exc
 
 
 @dataclass(frozen=True)
@@ -170,11 +183,11 @@ class NeighborTables:
                 "valid_vocab": self.valid_vocab.to(device), "unigram_prior": self.unigram_prior.to(device)}
 
 
-def load_neighbor_tables(directory: str | os.PathLike) -> NeighborTables:
+def load_neighbor_tables(directory: str | os.PathLike, recorded: dict | None = None) -> NeighborTables:
     """The torch view of :func:`read_neighbor_arrays`."""
     import torch
 
-    arrays, manifest = read_neighbor_arrays(directory)
+    arrays, manifest = read_neighbor_arrays(directory, recorded)
     as_t = lambda name, dtype: torch.from_numpy(arrays[name].astype(dtype))  # noqa: E731
     return NeighborTables(as_t("neighbors", np.int64), as_t("similarities", np.float32),
                           torch.from_numpy(arrays["valid_vocab"]), as_t("unigram_prior", np.float64),

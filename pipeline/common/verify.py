@@ -7,7 +7,8 @@ checked first), then runs what the artifact's kind allows beyond that:
   column) and every shard file present, compressed or decompressed, against index.json's sha1;
 * ``neighbor_index``: every table loads with ``allow_pickle=False``, with the shape the manifest implies
   (vocabulary size, ``k_max``, ``assoc_k``), and the tables are consistent (validate_neighbor_arrays);
-* ``export``: model.safetensors' tensor names and shapes against the model config.json describes;
+* ``export``: model.safetensors' tensor names and shapes against the model config.json describes; the
+  neighbour tables it carries against the sha256s config.json records, and their consistency;
 * any other stage (evaluate, sample, ...): the re-hash.
 
 A file found damaged by the re-hash is not reported again by the deeper checks. Checkpoints (run
@@ -86,13 +87,36 @@ def _export_problems(directory: Path, manifest: dict) -> list[Problem]:
     from .export_artifact import check_weights_match, read_export_config
 
     try:
-        _, model_cfg = read_export_config(directory)
+        config, model_cfg = read_export_config(directory)
         with torch.device("meta"):  # names and shapes only: no memory for the weights
             model = build_model(model_cfg)
         check_weights_match(directory, model)
     except ArtifactError as exc:
         return [(directory / "model.safetensors", str(exc))]
-    return []
+    record = config.get("neighbor_tables")
+    return _carried_table_problems(directory, record, manifest) if record else []
+
+
+def _carried_table_problems(directory: Path, record: dict, manifest: dict) -> list[Problem]:
+    """The neighbour tables an export carries: config.json's sha256s are the manifest's, the arrays consistent."""
+    from .neighbor_artifact import load_table, validate_neighbor_arrays
+
+    problems, arrays, outputs = [], {}, manifest.get("outputs", {})
+    for name, entry in record["files"].items():
+        path = directory / record["dir"] / name
+        if (outputs.get(f"{record['dir']}/{name}") or {}).get("sha256") != entry["sha256"]:
+            problems.append((path, f"{path}: config.json records another sha256 than the manifest (or none)"))
+        elif path.is_file():
+            try:
+                arrays[name.removesuffix(".npy")] = load_table(path)  # the re-hash above checked its content
+            except ArtifactError as exc:
+                problems.append((path, str(exc)))
+    if not problems:
+        try:
+            validate_neighbor_arrays(arrays, str(directory / record["dir"]))
+        except ArtifactError as exc:
+            problems.append((directory / record["dir"], str(exc)))
+    return problems
 
 
 DEEP_CHECKS: dict[str, Callable[[Path, dict], list[Problem]]] = {

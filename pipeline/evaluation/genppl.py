@@ -85,7 +85,7 @@ def _export_judge(path: Path, device: str) -> Judge:
     from pipeline.common.hf_assets import load_tokenizer
 
     exported = load_export(path, device=device)
-    tok = load_tokenizer(exported.tokenizer_info.get("name_or_path"))
+    tok = load_tokenizer(exported.tokenizer_name)
     model = exported.model
     special = exported.tokenizer_info.get("special_ids", {})
     bos = special.get("cls", special.get("bos", special.get("sep")))

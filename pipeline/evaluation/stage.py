@@ -146,11 +146,11 @@ def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log, conditioning=(N
     (prompts / infill template, EOS id) of :func:`pipeline.sampling.stage.resolve_conditioning`."""
     rows, point_samples = [], {}
     cond, stop_id = conditioning
-    seq_len = conditioned_seq_len(cond, exported.config)
+    seq_len = conditioned_seq_len(cond, exported.config, cfg.sampler.seq_len)
     points = [cfg.sampler.resolve(exported.kernel.cfg.name, seq_len, steps, lf, ls)
               for steps, lf, ls in itertools.product(cfg.steps, cfg.lambda_freq, cfg.lambda_sem)]
     needs_sem = any(p.penalty.lambda_sem > 0 for p in points)
-    association = export_association(exported.config, cfg.device) if needs_sem else None
+    association = export_association(exported, cfg.device) if needs_sem else None
     if needs_sem and association is None:
         raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables")
     for sampler in points:
@@ -159,7 +159,7 @@ def _sweep(exported, cfg: EvaluateConfig, judge, neighbors, log, conditioning=(N
         template = cond.template(sampler.seq_len) if cond is not None else None
         records = draw_samples(exported.model, exported.kernel, sampler, cfg.num_samples, cfg.batch_size,
                                cfg.seed, association, progress=cfg.progress, template=template, stop_id=stop_id)
-        decode_all(records, cfg.tokenizer or exported.tokenizer_info.get("name_or_path"))
+        decode_all(records, cfg.tokenizer or exported.tokenizer_name)
         row = {"steps": steps, "lambda_freq": lf, "lambda_sem": ls, "num_samples": len(records),
                "method": sampler.method, "seconds": round(time.time() - start, 2)}
         row.update(evaluate_point(records, judge, neighbors, cfg))
@@ -174,12 +174,12 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
                  log=print, break_lock: bool = False) -> Path:
     """Evaluate the export ``model`` into the artifact ``out`` (see the module docstring)."""
     from pipeline.common.export_artifact import load_export
+    from pipeline.common.export_contents import default_test_split
     from pipeline.evaluation.eval_sets import load_eval_set
     from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
 
     check_device_available(cfg.device)
     exported = load_export(model, device=cfg.device)
-    artifacts = exported.config.get("artifacts") or {}
     out = Path(out)
     upstream = {"model": Path(model)}
     if cfg.samples:  # pinned: a regenerated sample artifact makes this one stale
@@ -197,6 +197,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
     if stage.is_up_to_date():
         log(f"{out}: up to date")
         return out
+    split = (cfg.test_split or default_test_split(exported.config)) if cfg.nelbo else None  # gone: fails here
     with stage.locked():  # before any model time: a second job on ``out`` stops here
         judge = load_judge(cfg.judge, cfg.device) if cfg.use_judge and exported.kind == "diffusion" else None
         results = {"model": str(Path(model).resolve()), "kind": exported.kind,
@@ -213,8 +214,6 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
                                   t_sampling=cfg.t_sampling)
 
         if cfg.nelbo:
-            preprocessed = artifacts.get("preprocessed")
-            split = cfg.test_split or (Path(preprocessed) / "test" if preprocessed else None)
             if split is None and not cfg.eval_sets:
                 raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
                                   "(the export names no preprocessed data)")
@@ -230,11 +229,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
                     "source": spec.source, "detokenizer": spec.detokenizer}
                 log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
                     f"PPL <= {r['perplexity']:.2f}")
-        neighbors = None
-        if artifacts.get("neighbors"):
-            from pipeline.common.neighbor_artifact import load_neighbor_tables
-
-            neighbors = load_neighbor_tables(artifacts["neighbors"]).neighbors
+        neighbors = exported.tables.neighbors if exported.tables is not None else None  # loaded once, by load_export
         rows, point_samples = [], {}
         if exported.kind == "diffusion" and cfg.sample:
             if cfg.samples:

@@ -4,17 +4,17 @@ with the export's tokenizer, framed like a training row.
 Text is encoded without special tokens, truncation and padding off (as preprocess encodes documents).
 When the export's preprocessed data is ``--mode lm1b`` every training sentence is ``[CLS] ids [SEP]``,
 so a prompt gets the leading [CLS] (it is the start of a row) and an infill template both (it is a
-whole sentence); ``owt`` rows start mid-stream and get neither, nor does an export that names no
-readable preprocessed artifact. The EOS of ``--stop-at-eos`` is the token that ends a document in
-that data: [SEP] for lm1b, the ``--separator`` for owt, else the tokenizer's sep (or eos) token.
+whole sentence); ``owt`` rows start mid-stream and get neither, nor does an export that records no
+data settings (``data`` in config.json; an older export: a readable preprocessed artifact). The EOS of
+``--stop-at-eos`` is the token that ends a document in that data: [SEP] for lm1b, the ``--separator``
+for owt, else the tokenizer's sep (or eos) token.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.common.artifacts import MANIFEST_NAME, ConfigError
+from pipeline.common.artifacts import ConfigError
 
 from .template import GenerationTemplate, infill_template, parse_infill, prompt_template
 
@@ -63,13 +63,12 @@ def prompt_texts(prompt: str) -> tuple[tuple[str, ...], Path | None]:
 
 
 def data_settings(export_config: dict) -> dict:
-    """mode / special ids of the export's preprocessed data ({} when it names no readable artifact)."""
-    pre = (export_config.get("artifacts") or {}).get("preprocessed")
-    try:
-        manifest = json.loads((Path(pre) / MANIFEST_NAME).read_text()) if pre else {}
-    except (OSError, ValueError):
-        return {}
-    return {"mode": (manifest.get("config") or {}).get("mode"), "special_ids": manifest.get("special_ids") or {}}
+    """mode / special ids of the export's training data: config.json's ``data``, for an older export its
+    preprocess manifest ({} when it names no readable artifact)."""
+    from pipeline.common.export_contents import data_settings as recorded
+
+    data = recorded(export_config)
+    return {"mode": data.get("mode"), "special_ids": data.get("special_ids") or {}} if data else {}
 
 
 def stop_token_id(export_config: dict, tokenizer_info: dict) -> int:

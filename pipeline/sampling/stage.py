@@ -205,20 +205,19 @@ def load_association(neighbors_dir: str | os.PathLike, device="cpu") -> Semantic
     return association_by_columns(tables.assoc_indices.to(device), tables.assoc_weights.to(device))
 
 
-def export_association(export_config: dict, device="cpu") -> SemanticAssociation | None:
-    """S+ of the neighbour artifact an export names, or None when it names none."""
-    path = (export_config.get("artifacts") or {}).get("neighbors")
-    return load_association(path, device) if path else None
+def export_association(exported, device="cpu") -> SemanticAssociation | None:
+    """S+ of a loaded export's neighbour tables (``exported.tables``, read once by load_export), or None."""
+    tables = exported.tables
+    return None if tables is None else association_by_columns(tables.assoc_indices.to(device),
+                                                              tables.assoc_weights.to(device))
 
 
 def preprocessed_seq_len(export_config: dict) -> int | None:
-    """The sequence length of the preprocessed data an export was trained on (None if unknown)."""
-    path = (export_config.get("artifacts") or {}).get("preprocessed")
-    try:
-        manifest = json.loads((Path(path) / "manifest.json").read_text()) if path else {}
-    except OSError:
-        return None
-    return (manifest.get("config") or {}).get("seq_len")
+    """The sequence length of the data an export was trained on: config.json's ``data``, for an older export
+    its preprocess manifest (None if unknown)."""
+    from pipeline.common.export_contents import data_seq_len
+
+    return data_seq_len(export_config)
 
 
 def resolve_conditioning(options: SamplerOptions, exported, tokenizer_name: str | None
@@ -226,15 +225,23 @@ def resolve_conditioning(options: SamplerOptions, exported, tokenizer_name: str 
     """(tokenised prompt / infill template or None, EOS id of --stop-at-eos or None, prompt files to
     fingerprint) of ``options`` for the export."""
     cond = load_conditioning(options.prompt, options.infill, exported.config, exported.tokenizer_info,
-                             tokenizer_name)
+                             tokenizer_name or exported.tokenizer_name)
     stop_id = stop_token_id(exported.config, exported.tokenizer_info) if options.stop_at_eos else None
     files = [prompt_texts(options.prompt)[1]] if options.prompt is not None else []
     return cond, stop_id, [f for f in files if f is not None]
 
 
-def conditioned_seq_len(cond: Conditioning | None, export_config: dict) -> int | None:
-    """The default sequence length: an infill template's, else the preprocessed data's."""
-    return cond.length if cond is not None and cond.kind == "infill" else preprocessed_seq_len(export_config)
+def conditioned_seq_len(cond: Conditioning | None, export_config: dict, given: int | None = None) -> int | None:
+    """The default sequence length: an infill template's, else the training data's; None when --seq-len
+    (``given``) decides, or when unknown (DEFAULT_SEQ_LEN then, after a warning on stderr)."""
+    if cond is not None and cond.kind == "infill":
+        return cond.length
+    seq_len = preprocessed_seq_len(export_config) if given is None else None
+    if seq_len is None and given is None:
+        from pipeline.common.export_contents import warn_unknown_seq_len
+
+        warn_unknown_seq_len(export_config, DEFAULT_SEQ_LEN)
+    return seq_len
 
 
 def decode_all(records: list[dict], tokenizer_name: str | None) -> None:
@@ -270,13 +277,13 @@ def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLi
     kernel = exported.kernel
     tokenizer_name = cfg.tokenizer or exported.tokenizer_info.get("name_or_path")
     cond, stop_id, prompt_files = resolve_conditioning(cfg.sampler, exported, cfg.tokenizer)
-    sampler = cfg.sampler_config(kernel.cfg.name, conditioned_seq_len(cond, exported.config))
+    sampler = cfg.sampler_config(kernel.cfg.name, conditioned_seq_len(cond, exported.config, cfg.sampler.seq_len))
     if sampler.seq_len > exported.model_cfg.max_seq_len:
         what = "the --infill template's length" if cfg.sampler.infill is not None else "--seq-len"
         raise ConfigError(f"{what} {sampler.seq_len} exceeds the model's max_seq_len "
                           f"{exported.model_cfg.max_seq_len}")
     template = cond.template(sampler.seq_len) if cond is not None else None
-    association = export_association(exported.config, device) if sampler.penalty.lambda_sem > 0 else None
+    association = export_association(exported, device) if sampler.penalty.lambda_sem > 0 else None
     if sampler.penalty.lambda_sem > 0 and association is None:
         raise ConfigError("--lambda-sem > 0 needs the export's neighbour tables (config.json artifacts.neighbors)")
     out = Path(out)
@@ -298,7 +305,7 @@ def run_sample(cfg: SampleConfig, model: str | os.PathLike, out: str | os.PathLi
                 return out
             records = gather_parts(parts, world)
             shutil.rmtree(parts, ignore_errors=True)
-        decode_all(records, tokenizer_name)
+        decode_all(records, cfg.tokenizer or exported.tokenizer_name)
         _write_samples(stage, records, sampler, world, stop_id)
     log(f"{out}: {len(records)} samples ({sampler.method}, {sampler.steps} steps)")
     return out

@@ -2,7 +2,9 @@
 
 config.json holds the pipeline's own fields, which the pipeline's loader reads as they are: ``kind``
 ("diffusion" | "ar"), ``model`` (the network's ModelConfig), ``kernel`` (the forward process and its
-schedules; null for the AR baseline), ``tokenizer``, ``artifacts`` and ``training``.
+schedules; null for the AR baseline), ``tokenizer``, ``artifacts``, ``training``, ``data`` (the training
+data's sequence length and packing) and ``neighbor_tables`` (the sha256s of the neighbour tables the export
+carries in ``neighbors/``, which the pipeline's kernels and samplers read; the network does not).
 """
 from transformers import PretrainedConfig
 
@@ -15,13 +17,15 @@ class SemDLMConfig(PretrainedConfig):
     model_type = "semdlm"
 
     def __init__(self, kind="diffusion", model=None, kernel=None, tokenizer=None, artifacts=None, training=None,
-                 **kwargs):
+                 data=None, neighbor_tables=None, **kwargs):
         self.kind = kind
         self.model = dict(model or {})
         self.kernel = kernel
         self.tokenizer = dict(tokenizer or {})
         self.artifacts = dict(artifacts or {})
         self.training = dict(training or {})
+        self.data = data
+        self.neighbor_tables = neighbor_tables
         for hf_name, ours in _MIRRORED:
             if ours in self.model:
                 kwargs[hf_name] = self.model[ours]
