@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         if not times or not all(0.0 < t <= 1.0 for t in times) or args.sequences < 1:
             raise StageError("--t needs times in (0, 1] and --sequences >= 1")
         from pipeline.common.export_artifact import load_export
+        from pipeline.common.export_contents import default_test_split
         from pipeline.common.mds_check import read_split_sequences
 
         exported = load_export(args.model)
         if exported.kind != "diffusion":
             raise StageError(f"{args.model} is an autoregressive export: it has no diffusion bound")
-        split = args.split or (Path(exported.config["artifacts"]["preprocessed"]) / "test"
-                               if exported.config["artifacts"].get("preprocessed") else None)
+        split = args.split or default_test_split(exported.config)  # an error when that split is gone
         if split is None:
             raise StageError("the export names no preprocessed data: pass --split")
         seqs = read_split_sequences(split, args.sequences)

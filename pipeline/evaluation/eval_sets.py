@@ -19,7 +19,6 @@ NAME (``lm1b``, ``ptb``, ``wikitext*``, ``lambada*``); split directories are nev
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,16 +119,16 @@ def freshness_inputs(spec: EvalSetSpec) -> tuple[list[Path], dict[str, Path]]:
 
 # --------------------------------------------------------------------------- raw text -> sequences
 def packing_settings(export_config: dict) -> dict:
-    """mode / seq_len / wrap / text field / special ids of the data the export was trained on."""
-    pre = (export_config.get("artifacts") or {}).get("preprocessed")
-    if not pre or not (Path(pre) / MANIFEST_NAME).is_file():
-        raise ConfigError("a raw or hf: --eval-set is tokenised like the training data, but the export names no "
-                          "readable preprocessed artifact; preprocess the set and pass its split directory instead")
-    manifest = json.loads((Path(pre) / MANIFEST_NAME).read_text())
-    cfg = manifest.get("config") or {}
-    return {"mode": cfg["mode"], "seq_len": int(cfg["seq_len"]), "wrap": bool(cfg.get("wrap")),
-            "text_field": cfg.get("text_field", "text"), "special_ids": manifest["special_ids"],
-            "tokenizer": cfg.get("tokenizer")}
+    """mode / seq_len / wrap / text field / special ids of the data the export was trained on: its config's
+    ``data`` record (an older export: the preprocess manifest it names; pipeline/common/export_contents.py)."""
+    from pipeline.common.export_contents import data_settings
+
+    settings = data_settings(export_config)
+    if not settings or not settings.get("mode") or not settings.get("seq_len"):
+        raise ConfigError("a raw or hf: --eval-set is tokenised like the training data, but the export records no "
+                          "data settings and names no readable preprocessed artifact; preprocess the set and pass "
+                          "its split directory instead")
+    return {**settings, "seq_len": int(settings["seq_len"]), "text_field": settings.get("text_field") or "text"}
 
 
 def tokenize_documents(docs, backend, packer, detokenize, max_sequences: int | None = None) -> torch.Tensor:

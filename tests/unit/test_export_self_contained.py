@@ -168,7 +168,10 @@ def test_copied_export_needs_nothing_else(built, tmp_path):
         with pytest.raises(ConfigError, match="test split .* is gone.*--test-split"):
             evaluate(moved, tmp_path / "refused")
         assert not (tmp_path / "refused").exists()
-        results = evaluate(moved, tmp_path / "eval", test_split=str(test_split))
+        raw = tmp_path / "wiki.test.raw"
+        raw.write_text("the cat sat on the mat .\nthe dog sat .\n")
+        results = evaluate(moved, tmp_path / "eval", test_split=str(test_split), eval_sets=(f"raw={raw}",))
+        assert results["eval_sets"]["raw"]["sequences"] >= 1  # a raw set is packed by the export's own data record
         assert results["nelbo"]["sequences"] == 3 and [r["lambda_sem"] for r in results["sweep"]] == [0.0, 0.5]
         assert all(0 <= r["semantic_basin_rate"] <= 1 for r in results["sweep"]) and results["max_sample_len"] == L
         prompted = sample(moved, tmp_path / "prompted", prompt="the cat", stop_at_eos=True)
