@@ -10,8 +10,10 @@ def read_split(directory: str | Path) -> np.ndarray:
     """All sequences of an MDS directory, in order, as an int64 array [N, L]."""
     from streaming import StreamingDataset
 
-    ds = StreamingDataset(local=str(directory), shuffle=False, batch_size=1,
-                          predownload=None)
-    rows = [np.asarray(ds[i]["tokens"], dtype=np.int64) for i in range(len(ds))]
-    del ds
+    from pipeline.common.mds_check import released_shared_memory
+
+    with released_shared_memory():  # one process reads many splits: streaming's shared memory goes with each
+        ds = StreamingDataset(local=str(directory), shuffle=False, batch_size=1, predownload=None)
+        rows = [np.array(ds[i]["tokens"], dtype=np.int64) for i in range(len(ds))]
+        del ds
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)

@@ -16,6 +16,8 @@ check themselves:
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -209,6 +211,42 @@ def verified_dataset_class():
     return VerifiedStreamingDataset
 
 
+@contextlib.contextmanager
+def released_shared_memory():
+    """Close every streaming shared-memory block made inside the block when it ends (and unlink the ones this
+    process created), for an in-process reader whose dataset is dropped at the end of the block.
+
+    Why: each ``StreamingDataset`` registers a shared-memory prefix, and to find a free one walks every prefix
+    that exists, attaching to each; streaming closes none of these before the process exits (each sits in an
+    ``atexit`` hook). A process that builds N datasets therefore holds O(N^2) descriptors (~300 for the
+    N-th here), which is what once made the test suite run one pytest process per file. Released, the next
+    dataset finds prefix 0 free again and attaches to nothing. Not for a dataset still in use after the
+    block (a training loader): its buffers are closed.
+    """
+    import atexit
+
+    from streaming.base.shared import memory
+
+    made, init = [], memory.SharedMemory.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    memory.SharedMemory.__init__ = tracked
+    try:
+        yield
+    finally:
+        memory.SharedMemory.__init__ = init
+        gc.collect()  # the dataset (and the numpy views of its buffers) is gone before the buffers close
+        for shm in reversed(made):
+            atexit.unregister(shm.cleanup)
+            try:
+                shm.cleanup()
+            except BufferError:  # a view still exported: leave this one to the atexit hook, as before
+                atexit.register(shm.cleanup)
+
+
 def read_split_sequences(split_dir, max_sequences: int | None = None, column: str = "tokens"):
     """The sequences of an MDS split (the first ``max_sequences`` when given), in order, as Long[N, L] (torch)."""
     import numpy as np
@@ -217,11 +255,11 @@ def read_split_sequences(split_dir, max_sequences: int | None = None, column: st
     split_dir = Path(split_dir)
     if not (split_dir / "index.json").is_file():
         raise FileNotFoundError(f"{split_dir}: not an MDS split directory (no index.json)")
-    # each shard is checked against its index.json sha1 before it is read (ShardCorruptError)
-    ds = verified_dataset_class()(local=str(split_dir), shuffle=False, batch_size=1, predownload=None)
-    n = len(ds) if max_sequences is None else min(len(ds), max_sequences)
-    rows = [np.asarray(ds[i][column], dtype=np.int64) for i in range(n)]
-    del ds
+    with released_shared_memory():  # each shard is checked against its index.json sha1 before it is read
+        ds = verified_dataset_class()(local=str(split_dir), shuffle=False, batch_size=1, predownload=None)
+        n = len(ds) if max_sequences is None else min(len(ds), max_sequences)
+        rows = [np.array(ds[i][column], dtype=np.int64) for i in range(n)]
+        del ds
     if not rows:
         raise ValueError(f"{split_dir}: the split holds no sequences")
     return torch.from_numpy(np.stack(rows))

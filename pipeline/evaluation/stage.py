@@ -175,8 +175,6 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
     """Evaluate the export ``model`` into the artifact ``out`` (see the module docstring)."""
     from pipeline.common.export_artifact import load_export
     from pipeline.common.export_contents import default_test_split
-    from pipeline.evaluation.eval_sets import load_eval_set
-    from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
 
     check_device_available(cfg.device)
     exported = load_export(model, device=cfg.device)
@@ -203,64 +201,84 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
         results = {"model": str(Path(model).resolve()), "kind": exported.kind,
                    "kernel": exported.kernel.cfg.name if exported.kernel is not None else None,
                    "judge": judge.name if judge else None, "training": exported.config.get("training")}
-        pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
-        # every eval set is read (and tokenised) first: a bad source fails before any model time is spent
-        set_sequences = {spec.name: load_eval_set(spec, exported.config, exported.tokenizer_info,
-                                                  cfg.max_test_sequences) for spec in cfg.eval_sets}
-
-        def score(seqs, desc):
-            return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
-                                  cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc,
-                                  t_sampling=cfg.t_sampling)
-
-        if cfg.nelbo:
-            if split is None and not cfg.eval_sets:
-                raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
-                                  "(the export names no preprocessed data)")
-            if split is not None:
-                results["nelbo"] = score(read_test_sequences(split, cfg.max_test_sequences), "test NELBO")
-        if cfg.eval_sets:
-            results["eval_sets"] = {}
-            for spec in cfg.eval_sets:
-                r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
-                results["eval_sets"][spec.name] = {
-                    **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
-                                         "sequences", "candidates")},
-                    "source": spec.source, "detokenizer": spec.detokenizer}
-                log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
-                    f"PPL <= {r['perplexity']:.2f}")
+        results.update(_likelihoods(cfg, exported, split, log))
         neighbors = exported.tables.neighbors if exported.tables is not None else None  # loaded once, by load_export
         rows, point_samples = [], {}
         if exported.kind == "diffusion" and cfg.sample:
             if cfg.samples:
-                records = read_samples(Path(cfg.samples))
-                sampled = records[0]["config"] if records else {}
-                penalty = sampled.get("penalty", {})
-                rows.append({"steps": sampled.get("steps"), "lambda_freq": penalty.get("lambda_freq", 0.0),
-                             "lambda_sem": penalty.get("lambda_sem", 0.0), "num_samples": len(records),
-                             **evaluate_point(records, judge, neighbors, cfg)})
-                point_samples["given"] = records
+                rows, point_samples = _given_samples(cfg, judge, neighbors)
             else:
                 rows, point_samples = _sweep(exported, cfg, judge, neighbors, log, conditioning)
         with stage as tmp:
-            plots = []
-            if rows:
-                write_sweep_csv(rows, tmp / "sweep.csv")
-                plot_entropy_histogram(rows[0]["entropy_per_sample"], tmp / "entropy_hist.png")
-                plots.append("entropy_hist.png")
-                if len({r["steps"] for r in rows}) > 1:
-                    plot_sweep(rows, tmp / "sweep_steps.png")
-                    plots.append("sweep_steps.png")
-                (tmp / "samples").mkdir()
-                for name, records in point_samples.items():
-                    with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
-                        keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
-                        fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
-            results["sweep"] = rows
-            results["plots"] = plots
-            first = next(iter(point_samples.values()), [])
-            results["examples"] = [r["text"] for r in first[:3]]
-            results["max_sample_len"] = max((len(r["ids"]) for recs in point_samples.values() for r in recs), default=0)
-            write_report(tmp, results)
+            _write_outputs(tmp, results, rows, point_samples)
     log(f"{out}: report at {out / 'report.md'}")
     return out
+
+
+def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict:
+    """``nelbo`` (the test split) and ``eval_sets`` (one entry per --eval-set) of results.json."""
+    from pipeline.evaluation.eval_sets import load_eval_set
+    from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
+
+    pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
+    # every eval set is read (and tokenised) first: a bad source fails before any model time is spent
+    set_sequences = {spec.name: load_eval_set(spec, exported.config, exported.tokenizer_info,
+                                              cfg.max_test_sequences) for spec in cfg.eval_sets}
+
+    def score(seqs, desc):
+        return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
+                              cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc,
+                              t_sampling=cfg.t_sampling)
+
+    out = {}
+    if cfg.nelbo:
+        if split is None and not cfg.eval_sets:
+            raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
+                              "(the export names no preprocessed data)")
+        if split is not None:
+            out["nelbo"] = score(read_test_sequences(split, cfg.max_test_sequences), "test NELBO")
+    if cfg.eval_sets:
+        out["eval_sets"] = {}
+        for spec in cfg.eval_sets:
+            r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
+            out["eval_sets"][spec.name] = {
+                **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
+                                     "sequences", "candidates")},
+                "source": spec.source, "detokenizer": spec.detokenizer}
+            log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
+                f"PPL <= {r['perplexity']:.2f}")
+    return out
+
+
+def _given_samples(cfg: EvaluateConfig, judge, neighbors) -> tuple[list[dict], dict]:
+    """The one sweep row of --samples DIR (its records' own config), and its records."""
+    records = read_samples(Path(cfg.samples))
+    sampled = records[0]["config"] if records else {}
+    penalty = sampled.get("penalty", {})
+    row = {"steps": sampled.get("steps"), "lambda_freq": penalty.get("lambda_freq", 0.0),
+           "lambda_sem": penalty.get("lambda_sem", 0.0), "num_samples": len(records),
+           **evaluate_point(records, judge, neighbors, cfg)}
+    return [row], {"given": records}
+
+
+def _write_outputs(tmp: Path, results: dict, rows: list[dict], point_samples: dict) -> None:
+    """sweep.csv, the plots, samples/*.jsonl, results.json and report.md into the stage's temporary dir."""
+    plots = []
+    if rows:
+        write_sweep_csv(rows, tmp / "sweep.csv")
+        plot_entropy_histogram(rows[0]["entropy_per_sample"], tmp / "entropy_hist.png")
+        plots.append("entropy_hist.png")
+        if len({r["steps"] for r in rows}) > 1:
+            plot_sweep(rows, tmp / "sweep_steps.png")
+            plots.append("sweep_steps.png")
+        (tmp / "samples").mkdir()
+        for name, records in point_samples.items():
+            with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
+                keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
+                fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
+    results["sweep"] = rows
+    results["plots"] = plots
+    first = next(iter(point_samples.values()), [])
+    results["examples"] = [r["text"] for r in first[:3]]
+    results["max_sample_len"] = max((len(r["ids"]) for recs in point_samples.values() for r in recs), default=0)
+    write_report(tmp, results)
