@@ -277,7 +277,7 @@ def print_report(report: dict) -> None:
     print(f"\ntotal {report['elapsed_s']:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny model, tiny shapes, 1-2 steps of every path (CPU/CI)")
     p.add_argument("--model", default=None, help="model preset (default: small; tiny with --smoke)")
@@ -299,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=480.0, help="skip rows that would start after this")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: train, sampler, likelihood")
     p.add_argument("--json", default="bench_out/gpu.json", help="where to write the results")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     smoke = args.smoke
     args.model = args.model or ("tiny" if smoke else "small")
