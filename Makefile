@@ -1,6 +1,6 @@
 # semdlm: `make demo` runs every stage that exists end to end on CPU; `make test` runs ruff, then the
-# whole test suite (tests/unit, tests/integration and any other folder under tests/, one pytest process per file:
-# scripts/run_tests.sh); `make test-fast` runs tests/unit only (no DeepSpeed, no subprocess, no CLI runs; ~2 min on 2 cores);
+# whole test suite (tests/unit, tests/integration and any other folder under tests/, in one pytest process:
+# scripts/run_tests.sh); `make test-fast` runs tests/unit only (no DeepSpeed, no subprocess, no CLI runs; time: README);
 # `make lint` runs ruff alone. All create .venv and install the package (editable, with the dev
 # extra) when it is missing.
 PYTHON ?= python3
@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 
 # One intra-op thread: the tests' tensors are small, and torch's thread pool only oversubscribes a busy
-# 2-core machine (make test-fast: ~40 s quiet, ~70 s under load, vs ~150 s with the default pool).
+# 2-core machine (about half the time of the default pool for make test-fast).
 TEST_THREADS ?= 1
 TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=$(TEST_THREADS)
 
