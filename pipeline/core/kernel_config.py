@@ -111,7 +111,7 @@ class KernelConfig:
 @dataclass(frozen=True)
 class KernelTraits:
     """What a kernel *is*, for every module outside the kernel modules: they read these, never the name
-    (tests/unit/test_layers.py fails on a kernel name compared elsewhere), so a new kernel is one entry
+    (tests/unit/test_kernel_traits.py fails on a kernel name compared elsewhere), so a new kernel is one entry
     of :data:`TRAITS` plus its branch in ``pipeline/core/kernels.py``."""
 
     # x_t is x0 or [MASK] (Eq 5): SUBS, MDLM's NELBO and weighted loss, the mdlm sampler and its reveal step
