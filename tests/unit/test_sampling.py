@@ -215,7 +215,7 @@ def test_config_validation_messages():
         SamplerConfig(seq_len=15, strides=2)
     with pytest.raises(ValueError, match="steps per block"):
         SamplerConfig(method="mdlm", schedule="dtc", steps=40, seq_len=16, strides=2)
-    with pytest.raises(ValueError, match="mask kernel"):
+    with pytest.raises(ValueError, match=r"absorbing \(mask\) kernel"):
         generate(tiny_model(), semantic_kernel(), SamplerConfig(method="mdlm", steps=2, seq_len=4), 1)
     with pytest.raises(ValueError, match=">= 0"):
         PenaltyConfig(lambda_freq=-1.0)
