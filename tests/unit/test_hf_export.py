@@ -97,6 +97,33 @@ def test_diffusion_export_gives_identical_logits_through_both_loaders(exported):
     assert ours.kernel.cfg.name == "mask" and hf.config.kernel == ours.config["kernel"]
 
 
+def test_the_transformers_loader_applies_the_recorded_clean_support(tokenizer, tmp_path):
+    """An export whose posterior record excludes tokens (special and unused ones, the default support) gives
+    -inf there through transformers too: both loaders read the same p_theta support."""
+    from transformers import AutoModelForMaskedLM
+
+    from pipeline.common.hf_assets import tokenizer_info
+    from pipeline.core.posterior import PosteriorConfig, make_reading, posterior_record
+
+    info = tokenizer_info(tokenizer)
+    run, _ = fake_run(tmp_path / "run", "diffusion", info, preprocessed=fake_preprocessed(tmp_path / "data", info))
+    support = torch.ones(info["vocab_size"], dtype=torch.bool)
+    support[list(info["special_ids"].values())] = False
+    support[1:100] = False  # [unusedN]
+    marker_path = checkpoint_dir(run) / f"global_step{STEP}" / MARKER
+    marker = json.loads(marker_path.read_text())
+    marker["posterior"] = posterior_record(PosteriorConfig(), make_reading(PosteriorConfig(), "mask"), support)
+    marker_path.write_text(json.dumps(marker))
+    assert run_main(export_cli.main, run, "--out", tmp_path / "export", progress=True) == 0
+    ours = load_export(tmp_path / "export")
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "export", trust_remote_code=True)
+    x, t, attention = batch(ours.model_cfg.vocab_size)
+    with torch.no_grad():
+        got = hf(x, timesteps=t, attention_mask=attention).logits
+        assert torch.equal(got, ours.model(x, t, attention.bool()))
+    assert torch.isinf(got[..., ~support]).all() and torch.isfinite(got[..., support]).all()
+
+
 def test_ar_export_gives_identical_logits_and_generates(exported):
     from transformers import AutoModelForCausalLM
 
@@ -135,7 +162,7 @@ def test_export_directory_is_artifact_and_hf_model(exported):
                     for alias in node.names}
         imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-        assert imported <= {"__future__", "math", "dataclasses", "argparse", "torch", "transformers"}, name
+        assert imported <= {"__future__", "base64", "math", "dataclasses", "argparse", "torch", "transformers"}, name
     card = (directory / "README.md").read_text()
     assert "kernel `mask`" in card and f"{STEP} steps" in card and "Not evaluated." in card
     assert "| alpha_t | 1.0000 | 0.7500 | 0.5000 | 0.2500 | 0.0000 |" in card  # mask: loglinear schedule

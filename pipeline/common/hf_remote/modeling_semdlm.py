@@ -8,11 +8,18 @@ wrapper), no prefix for a diffusion model, which transformers maps onto ``backbo
 
 * ``SemDLMForMaskedLM`` (AutoModelForMaskedLM): ``model(input_ids, timesteps=t)`` with t in [0, 1]
   (a float or Float[B]; the forward process's time, needed when the model is time-conditioned)
-  returns the denoiser's logits over x_0 at every position, ``[B, L, V]`` float32.
+  returns the denoiser's logits over x_0 at every position, ``[B, L, V]`` float32, with the clean support
+  of config.json's ``posterior`` record applied (-inf at tokens never read as clean), as the pipeline's
+  loader does. For a kernel-aware export (``posterior.kernel_aware``) these are the clean-token scores
+  log f(v | x_t): the posterior is their softmax after adding log q_t(x_t^i | v) of the export's kernel
+  (and the change-aware correction ``posterior.log_ratio`` at v = x_t^i); the pipeline's samplers and
+  bounds do that (pipeline/core/posterior.py, docs/likelihood.md Sec 7).
 * ``SemDLMForCausalLM`` (AutoModelForCausalLM): the autoregressive baseline; ``logits[:, i]`` predict
   token i + 1; ``labels`` gives the shifted cross-entropy; ``generate`` works (no KV cache).
 """
 from __future__ import annotations
+
+import base64
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +63,21 @@ class SemDLMPreTrainedModel(PreTrainedModel):
         self.backbone.embed = value
 
 
+def clean_support(posterior: dict | None) -> torch.Tensor | None:
+    """Bool [V] of config.json's ``posterior.support`` record (base64 of the packed bits), None without one."""
+    record = (posterior or {}).get("support")
+    if not record:
+        return None
+    packed = torch.frombuffer(bytearray(base64.b64decode(record["bits"])), dtype=torch.uint8)
+    bits = (packed.unsqueeze(-1) >> torch.arange(7, -1, -1)) & 1  # numpy.packbits' order: the high bit first
+    return bits.flatten()[: int(record["size"])].bool()
+
+
 class SemDLMForMaskedLM(SemDLMPreTrainedModel):
+    def __init__(self, config: SemDLMConfig):
+        super().__init__(config)
+        self.backbone.set_clean_support(clean_support(getattr(config, "posterior", None)))
+
     def forward(self, input_ids, timesteps=None, attention_mask=None, return_dict=None, **kwargs):
         if timesteps is not None:
             timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=input_ids.device)
