@@ -9,9 +9,13 @@ for the ``tiny`` model dims (configs/tiny.yaml) and the ``small`` preset, with t
 artifact (bench/kernels.py). Random weights: the cost does not depend on them. For contrast, the
 T-step bound (``bound="tstep"``, mc_steps = 4 of num_steps = 1000) of ``semdlm_plus``, timed once.
 The ratio is the median over reps of (bound / forward) timed back to back, so drift cancels.
+``--reading default`` reads the output as a model trained with the defaults is read (kernel-aware, and
+change-aware: each bound also computed uncorrected; pipeline/core/posterior.py); ``plain`` (default here,
+the figures of earlier sessions) reads the logits as the posterior.
 
     .venv/bin/python -m bench.likelihood                    # defaults above, 2 threads
     .venv/bin/python -m bench.likelihood --models tiny --kernels mask semdlm_plus --no-tstep
+    .venv/bin/python -m bench.likelihood --reading default  # what evaluate costs for a default-trained model
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.kernels import alpha_and_derivative
 from pipeline.core.likelihood import bound_estimates, udlm_integrand
 from pipeline.core.model import DiffusionTransformer, ModelConfig
+from pipeline.core.objectives import LossConfig
+from pipeline.core.posterior import PLAIN, PosteriorConfig, make_reading
 
 KERNELS = ("mask", "uniform", "semdlm_plus")
 
@@ -80,8 +86,14 @@ def _each_uniform_bound(kernel, model, x0, xt, t, g, reps, preset, forward, toke
 
 
 @torch.no_grad()
+def default_reading(kernel_name: str):
+    """How a model of ``kernel_name`` trained with the defaults (change-aware loss, PosteriorConfig()) is read."""
+    loss = LossConfig()
+    return make_reading(PosteriorConfig(), kernel_name, "change_aware", loss.lambda_chg, loss.lambda_same)
+
+
 def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: int, tstep: bool,
-                device: torch.device | str = "cpu") -> list[dict]:
+                device: torch.device | str = "cpu", reading: str = "plain") -> list[dict]:
     device = torch.device(device)
     torch.manual_seed(0)
     cfg = ModelConfig.preset(preset, vocab_size=30522, max_seq_len=max(seq_len, 256))
@@ -101,10 +113,12 @@ def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: in
     rows = []
     for name in kernels:
         kernel = build(name, tables, cfg.vocab_size, device)
-        cost, ratio = _paired(_synced(lambda: model(xt, t), device),
-                              _synced(lambda k=kernel: bound_estimates(k, model, x0, t=t, generator=g), device), reps)
-        rows.append({"model": preset, "kernel": name, "bound": "continuous", "forward_ms": forward * 1e3,
-                     "bound_ms": cost * 1e3, "us_per_token": cost / tokens * 1e6, "ratio": ratio})
+        read = default_reading(name) if reading == "default" else PLAIN
+        estimate = _synced(lambda k=kernel, r=read: bound_estimates(k, model, x0, t=t, generator=g, reading=r), device)
+        cost, ratio = _paired(_synced(lambda: model(xt, t), device), estimate, reps)
+        rows.append({"model": preset, "kernel": name, "bound": "continuous", "reading": str(read),
+                     "forward_ms": forward * 1e3, "bound_ms": cost * 1e3, "us_per_token": cost / tokens * 1e6,
+                     "ratio": ratio})
         print(f"  {name:<12} continuous {cost * 1e3:9.1f} ms  {cost / tokens * 1e6:8.1f} us/token  "
               f"x{ratio:.2f} forward", flush=True)
         if len(kernel.cfg.continuous_bounds) > 1:  # two bounds per draw: what each costs alone (model call incl.)
@@ -133,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k-max", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tstep", action="store_true", help="skip the (slow) T-step contrast")
+    ap.add_argument("--reading", choices=("plain", "default"), default="plain",
+                    help="plain: logits as the posterior; default: as a default-trained model is read")
     ap.add_argument("--target", type=float, default=1.5, help="maximum bound / forward ratio")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -141,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for preset in args.models:
         batch = args.batch_tiny if preset == "tiny" else args.batch_small
-        rows += bench_model(preset, batch, args.seq_len, args.kernels, tables, args.reps, not args.no_tstep)
+        rows += bench_model(preset, batch, args.seq_len, args.kernels, tables, args.reps, not args.no_tstep,
+                            reading=args.reading)
     print("\n| model | kernel | bound | forward ms | bound ms | us/token | bound / forward |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
