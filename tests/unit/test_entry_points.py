@@ -3,6 +3,7 @@ a library module run with ``python -m`` names its command instead of exiting 0 i
 from __future__ import annotations
 
 import configparser
+import importlib
 import re
 import runpy
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_a_library_named_like_a_tool_points_at_it(module, capsys):
 def test_the_tools_answer_help(capsys):
     """The moved CLIs build their parsers (argparse exits 0 on --help and prints the usage with its prog)."""
     for tool in ("bound_check", "sampler_oracle", "t_profile", "model_size", "preprocess", "neighbor_index"):
-        main = runpy.run_module(f"pipeline.{tool}")["main"]
+        main = importlib.import_module(f"pipeline.{tool}").main
         with pytest.raises(SystemExit) as exc:
             main(["--help"])
         assert exc.value.code == 0
