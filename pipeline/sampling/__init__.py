@@ -2,4 +2,3 @@
 from .base import SamplerConfig  # noqa: F401
 from .generate import generate  # noqa: F401
 from .penalty import PenaltyConfig, association_by_columns  # noqa: F401
-from .stage import load_association  # noqa: F401

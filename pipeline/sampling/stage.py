@@ -3,7 +3,7 @@ evaluate stage shares (sampler options, the export's S+, its sequence length, de
 
 ``python -m pipeline.sample`` (pipeline/sample.py) parses its flags into a :class:`SampleConfig`
 and calls :func:`run_sample`; ``python -m pipeline.evaluate`` uses :class:`SamplerOptions`,
-:func:`export_association`, :func:`preprocessed_seq_len` and :func:`decode_all` for its sweep.
+:func:`export_association`, :func:`conditioned_seq_len` and :func:`decode_all` for its sweep.
 """
 from __future__ import annotations
 
@@ -197,27 +197,12 @@ def conditioning_options(options: SamplerOptions) -> dict:
 
 
 # --------------------------------------------------------------------------- helpers shared with evaluate
-def load_association(neighbors_dir: str | os.PathLike, device="cpu") -> SemanticAssociation:
-    """S+ of Eq 114 (the artifact's semantic_assoc_*.npy) in the column form the penalty uses."""
-    from pipeline.common.neighbor_artifact import load_neighbor_tables
-
-    tables = load_neighbor_tables(neighbors_dir)
-    return association_by_columns(tables.assoc_indices.to(device), tables.assoc_weights.to(device))
-
-
 def export_association(exported, device="cpu") -> SemanticAssociation | None:
-    """S+ of a loaded export's neighbour tables (``exported.tables``, read once by load_export), or None."""
+    """S+ of Eq 114 in the column form the penalty uses, from a loaded export's neighbour tables
+    (``exported.tables``, read once by load_export), or None."""
     tables = exported.tables
     return None if tables is None else association_by_columns(tables.assoc_indices.to(device),
                                                               tables.assoc_weights.to(device))
-
-
-def preprocessed_seq_len(export_config: dict) -> int | None:
-    """The sequence length of the data an export was trained on: config.json's ``data``, for an older export
-    its preprocess manifest (None if unknown)."""
-    from pipeline.common.export_contents import data_seq_len
-
-    return data_seq_len(export_config)
 
 
 def resolve_conditioning(options: SamplerOptions, exported, tokenizer_name: str | None
@@ -236,10 +221,10 @@ def conditioned_seq_len(cond: Conditioning | None, export_config: dict, given: i
     (``given``) decides, or when unknown (DEFAULT_SEQ_LEN then, after a warning on stderr)."""
     if cond is not None and cond.kind == "infill":
         return cond.length
-    seq_len = preprocessed_seq_len(export_config) if given is None else None
-    if seq_len is None and given is None:
-        from pipeline.common.export_contents import warn_unknown_seq_len
+    from pipeline.common.export_contents import data_seq_len, warn_unknown_seq_len
 
+    seq_len = data_seq_len(export_config) if given is None else None
+    if seq_len is None and given is None:
         warn_unknown_seq_len(export_config, DEFAULT_SEQ_LEN)
     return seq_len
 
