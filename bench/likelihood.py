@@ -32,8 +32,7 @@ from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.kernels import alpha_and_derivative
 from pipeline.core.likelihood import bound_estimates, udlm_integrand
 from pipeline.core.model import DiffusionTransformer, ModelConfig
-from pipeline.core.objectives import LossConfig
-from pipeline.core.posterior import PLAIN, PosteriorConfig, make_reading
+from pipeline.core.posterior import PLAIN
 
 KERNELS = ("mask", "uniform", "semdlm_plus")
 
@@ -87,9 +86,10 @@ def _each_uniform_bound(kernel, model, x0, xt, t, g, reps, preset, forward, toke
 
 @torch.no_grad()
 def default_reading(kernel_name: str):
-    """How a model of ``kernel_name`` trained with the defaults (change-aware loss, PosteriorConfig()) is read."""
-    loss = LossConfig()
-    return make_reading(PosteriorConfig(), kernel_name, "change_aware", loss.lambda_chg, loss.lambda_same)
+    """How a model of ``kernel_name`` trained with TrainConfig's defaults is read (the trainer's own rule)."""
+    from pipeline.training.config import TrainConfig
+
+    return TrainConfig(kernel=kernel_name).reading()
 
 
 def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: int, tstep: bool,
