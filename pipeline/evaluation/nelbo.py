@@ -23,6 +23,8 @@ from pipeline.core.objectives import Objective, build_objective
 from pipeline.core.posterior import PLAIN
 from pipeline.core.time_sampling import bound_times
 
+from .baselines import learned_verdict, unigram_reference
+
 # the sequences of an MDS split: lives with the shard checks (research tools read splits too)
 read_test_sequences = read_split_sequences
 
@@ -68,9 +70,11 @@ def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Te
 
 def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_size: int = 16,
                    t_draws: int = 4, num_steps: int = 1000, seed: int = 0, progress: bool = True,
-                   bound: str = "continuous", desc: str = "test NELBO", t_sampling: str = "defensive") -> dict:
+                   bound: str = "continuous", desc: str = "test NELBO", t_sampling: str = "defensive",
+                   unigram_counts=None) -> dict:
     """The tightest bound over ``sequences`` and its per-token forms (nats, bits, perplexity), with the
-    standard error over the t draws and every candidate bound's nats per token."""
+    standard error over the t draws and every candidate bound's nats per token; given the training
+    data's ``unigram_counts``, the unigram reference of the same tokens beside it (baselines.py)."""
     device = next(exported.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     objective = build_objective(exported.kernel, reading=exported.reading or PLAIN)
@@ -92,9 +96,16 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
         warning = (f"the standard error ({stderr:.3g} nats/token) exceeds {STDERR_WARNING:.0%} of the bound "
                    f"({total / tokens:.4g}): more t draws or sequences, and look at the t-profile "
                    "(python -m pipeline.t_profile)")
-    return {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
+    result = {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
             "nelbo_nats": total,
             "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),
             "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed, "t_sampling": t_sampling,
             "num_steps": num_steps if name.startswith("discrete") else None,
             "candidates": {n: v / tokens for n, v in sorted(totals.items())}}
+    if unigram_counts is not None:
+        scored = torch.ones_like(sequences, dtype=torch.bool) if pad_id is None else sequences != pad_id
+        if objective.autoregressive:
+            scored[:, 0] = False  # the AR bound never scores the first token
+        result["unigram"] = unigram_reference(unigram_counts, sequences, scored)
+        result["unigram"].update(learned_verdict(total / tokens, stderr, result["unigram"]))
+    return result

@@ -75,6 +75,17 @@ def plot_entropy_histogram(entropies: list[float], path: Path, threshold: float 
     plt.close(fig)
 
 
+def unigram_line(scored: dict) -> str:
+    """One sentence: the bound against the unigram reference of the same tokens (baselines.py)."""
+    u = scored["unigram"]
+    sigmas = f", {u['margin_stderrs']:.1f} standard errors" if u.get("margin_stderrs") is not None else ""
+    return (f"Unigram reference ({u['smoothing']}-smoothed counts of the training split): the same tokens cost "
+            f"{_fmt(u['nats_per_token'])} nats/token, the training data's unigram entropy is "
+            f"{_fmt(u['train_entropy'])}; the bound is {_fmt(abs(u['margin_nats']))} nats/token "
+            f"{'below' if u['margin_nats'] > 0 else 'above'} the former{sigmas}, and "
+            f"{'below' if u['below_train_entropy'] else 'above'} the latter.")
+
+
 def write_report(out: Path, results: dict) -> None:
     """results.json + report.md (+ the plots named in results['plots'], written by the caller)."""
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
@@ -96,6 +107,8 @@ def write_report(out: Path, results: dict) -> None:
             if any("uncorrected" in k for k in others):
                 lines += ["", "`*_uncorrected`: the same logits read without the change-aware correction "
                           "(docs/likelihood.md Sec 7), a bound of that other model, not a candidate."]
+        if nelbo.get("unigram"):
+            lines += ["", unigram_line(nelbo)]
         if nelbo.get("stderr_warning"):
             lines += ["", f"**Warning:** {nelbo['stderr_warning']}"]
     sets = results.get("eval_sets") or {}

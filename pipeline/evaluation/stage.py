@@ -29,6 +29,7 @@ from pipeline.sampling.stage import (
     resolve_conditioning,
 )
 
+from .baselines import training_counts
 from .diversity import sample_metrics
 from .eval_sets import EvalSetSpec, freshness_inputs, parse_eval_sets
 from .genppl import DEFAULT_JUDGE, generative_perplexity, load_judge
@@ -225,10 +226,12 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
     set_sequences = {spec.name: load_eval_set(spec, exported.config, exported.tokenizer_info,
                                               cfg.max_test_sequences) for spec in cfg.eval_sets}
 
+    counts = training_counts(exported.config)  # the unigram reference: the export's training data
+
     def score(seqs, desc):
         return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
                               cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc,
-                              t_sampling=cfg.t_sampling)
+                              t_sampling=cfg.t_sampling, unigram_counts=counts)
 
     out = {}
     if cfg.nelbo:
@@ -243,7 +246,7 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
             r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
             out["eval_sets"][spec.name] = {
                 **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
-                                     "sequences", "candidates")},
+                                     "sequences", "candidates", "unigram") if k in r},
                 "source": spec.source, "detokenizer": spec.detokenizer}
             log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
                 f"PPL <= {r['perplexity']:.2f}")

@@ -52,7 +52,8 @@ def test_a_library_named_like_a_tool_points_at_it(module, capsys):
 
 def test_the_tools_answer_help(capsys):
     """The moved CLIs build their parsers (argparse exits 0 on --help and prints the usage with its prog)."""
-    for tool in ("bound_check", "sampler_oracle", "t_profile", "model_size", "preprocess", "neighbor_index"):
+    for tool in ("bound_check", "sampler_oracle", "t_profile", "model_size", "preprocess", "neighbor_index",
+                 "study"):
         main = importlib.import_module(f"pipeline.{tool}").main
         with pytest.raises(SystemExit) as exc:
             main(["--help"])

@@ -22,6 +22,8 @@ ALLOWED = {
     "pipeline.sampling": {"pipeline.core", "pipeline.common"},
     "pipeline.evaluation": {"pipeline.core", "pipeline.common", "pipeline.sampling"},
     "pipeline.research": {"pipeline.core", "pipeline.common", "pipeline.sampling"},
+    # the study runs every stage as a command and reads their artifacts; it imports configs, never stages
+    "pipeline.studies": {"pipeline.core", "pipeline.common", "pipeline.training"},
     "preprocess": {"pipeline.common"},
     "neighbor_index": {"pipeline.common"},
 }

@@ -1,0 +1,49 @@
+"""What a study's cells cost (``--dry-run``): FLOPs from the model, time from a stated throughput.
+
+FLOPs per token are ``pipeline.core.model.flops_per_token`` (training: forward + backward; one forward
+is a third of it). Times assume, per docs/scaling.md, MFU 45 % of an A100's 312 TFLOP/s bf16 peak on
+GPU, and on CPU the rate measured for the tiny preset on this project's 2-core machine (60 GFLOP/s:
+4,812 tokens/s at 12.6 MFLOP/token, docs/study.md). Estimates, printed as such.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+from pipeline.core.model import flops_per_token
+
+from .spec import StudySpec
+
+A100_PEAK, MFU = 312e12, 0.45
+CPU_FLOPS = 60e9  # 2 cores, tiny preset, measured (docs/study.md)
+VOCAB = 30522  # bert-base-uncased, the paper's tokenizer
+
+
+@cache
+def _per_token(config: str, seq_len: int, overrides: tuple) -> float:
+    from pipeline.training.config import load_config
+
+    cfg = load_config(config, [f"{k}={v}" for k, v in overrides])
+    return flops_per_token(cfg.model_config(vocab_size=VOCAB, seq_len=seq_len), seq_len)
+
+
+def token_flops(spec: StudySpec) -> float:
+    model_keys = tuple(sorted((k, v) for k, v in spec.train.overrides.items() if k.startswith("model")))
+    return _per_token(spec.train.config, spec.data.seq_len, model_keys)
+
+
+def train_flops(spec: StudySpec, steps: int) -> float:
+    return token_flops(spec) * steps * spec.train.global_batch * spec.data.seq_len
+
+
+def eval_flops(spec: StudySpec, steps, likelihood: bool = True) -> float:
+    """Sampling (one forward per step per sample) plus the bound (one forward per sequence and t draw)."""
+    forward = token_flops(spec) / 3 * spec.data.seq_len
+    flops = forward * spec.eval.num_samples * sum(steps)
+    if likelihood:
+        flops += forward * (spec.eval.test_sequences or 1000) * spec.eval.t_draws
+    return flops
+
+
+def seconds(flops: float, gpus: int) -> float:
+    """Wall seconds of ``flops`` on ``gpus`` A100s at MFU 45 % (0: the 2-core CPU rate)."""
+    return flops / (gpus * A100_PEAK * MFU) if gpus else flops / CPU_FLOPS

@@ -1,0 +1,171 @@
+"""The study spec, its plan and its claim tests (pipeline/studies/): validation, cells, keys, verdicts."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from pipeline.common.errors import ConfigError
+from pipeline.studies import claims
+from pipeline.studies.dry_run import print_plan
+from pipeline.studies.plan import Run, build_plan
+from pipeline.studies.runner import _write_stamp, is_done, select
+from pipeline.studies.spec import load_spec, parse_spec, presets_dir
+
+MINIMAL = {"name": "t", "data": {"preprocessed": "/data/pre", "neighbors": "/data/nn", "seq_len": 32},
+           "experiments": {"table2": {"kernels": ["mask", "semdlm_plus"]}}}
+
+
+def spec_of(**changes):
+    raw = json.loads(json.dumps(MINIMAL))
+    for key, value in changes.items():
+        raw[key] = value
+    return parse_spec(raw)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in presets_dir().glob("*.yaml")))
+def test_every_preset_parses_and_plans(preset, tmp_path):
+    spec = load_spec(preset)
+    plan = build_plan(spec, tmp_path)
+    assert plan.cells and all(c.key for c in plan.ordered())
+    names = [c.name for c in plan.ordered()]
+    for cell in plan.ordered():  # dependency order: every dependency comes first
+        assert all(names.index(d) < names.index(cell.name) for d in cell.deps), cell.name
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"name": "x"}, "needs name and data"),
+    ({**MINIMAL, "extra": 1}, "unknown key(s) extra"),
+    ({**MINIMAL, "experiments": {}}, "name at least one"),
+    ({**MINIMAL, "experiments": {"table9": {}}}, "unknown experiment 'table9'"),
+    ({**MINIMAL, "experiments": {"table2": {"kernels": ["masked"]}}}, "unknown kernel(s) masked"),
+    ({**MINIMAL, "experiments": {"table2": {"losses": ["mse"]}}}, "table2.losses"),
+    ({**MINIMAL, "experiments": {"table3": {"stepz": [1]}}}, "unknown key(s) stepz"),
+    ({**MINIMAL, "train": {"global_batch": 10, "micro_batch": 4}}, "not a multiple"),
+    ({**MINIMAL, "data": {"corpus": "a.txt", "preprocessed": "p"}}, "either corpus"),
+    ({**MINIMAL, "seeds": []}, "at least one"),
+])
+def test_bad_specs_are_one_line_errors(raw, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_spec(raw)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_spec_names_the_presets(tmp_path):
+    with pytest.raises(ConfigError, match="smoke"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_table2_runs_mask_under_its_elbo_and_the_others_under_each_loss(tmp_path):
+    plan = build_plan(spec_of(seeds=[0, 1]), tmp_path)
+    names = {r.name for r in plan.runs["table2"]}
+    assert names == {"ar-s0", "ar-s1", "mask-elbo-s0", "mask-elbo-s1", "semdlm_plus-ca-s0", "semdlm_plus-ca-s1",
+                     "semdlm_plus-elbo-s0", "semdlm_plus-elbo-s1"}
+    train = plan.cells["train/semdlm_plus-ca-s1"]
+    assert "--neighbors" in train.argv and "loss=change_aware" in train.argv and "seed=1" in train.argv
+    assert "--neighbors" not in plan.cells["train/mask-elbo-s0"].argv  # mask needs no tables
+    assert "model_args.causal=true" in plan.cells["train/ar-s0"].argv
+    # the judge is the study's own AR model: every diffusion evaluation waits for its export
+    assert "export/ar-s0" in plan.cells["evaluate/mask-elbo-s0"].deps
+
+
+def test_a_changed_setting_changes_exactly_the_cells_it_reaches(tmp_path):
+    base = build_plan(spec_of(), tmp_path)
+    more_draws = build_plan(spec_of(eval={"t_draws": 16}), tmp_path)
+    changed = {n for n, c in base.cells.items() if more_draws.cells[n].key != c.key}
+    assert changed == {n for n in base.cells if n.startswith("evaluate/")}
+    longer = build_plan(spec_of(train={"steps": 2000}), tmp_path)
+    changed = {n for n, c in base.cells.items() if longer.cells[n].key != c.key}
+    assert changed == set(base.cells)  # every model retrains, so everything downstream reruns
+    shared = build_plan(spec_of(experiments={"table2": {"kernels": ["mask", "semdlm_plus"]},
+                                             "table3": {"kernels": ["semdlm_plus"], "steps": [8, 16]}}), tmp_path)
+    assert shared.cells["train/semdlm_plus-ca-s0"].key == base.cells["train/semdlm_plus-ca-s0"].key
+    assert shared.cells["train/semdlm_plus-ca-s0"].experiments >= {"table2", "table3"}
+
+
+def test_only_selects_an_experiment_and_what_it_needs(tmp_path):
+    spec = spec_of(experiments={"table2": {"kernels": ["mask"]}, "gamma": {"values": [1, 2]}})
+    plan = build_plan(spec, tmp_path)
+    names = {c.name for c in select(plan, {"gamma"})}
+    assert "train/semdlm_plus-ca-k_power2-s0" in names and "evaluate/semdlm_plus-ca-k_power1-s0" in names
+    assert "export/ar-s0" in names  # the judge
+    assert "train/mask-elbo-s0" not in names
+
+
+def test_stamps_decide_what_is_cached_and_dry_run_says_so(tmp_path, capsys):
+    plan = build_plan(spec_of(), tmp_path)
+    cell = plan.cells["train/mask-elbo-s0"]
+    assert not is_done(plan, cell)
+    cell.out.mkdir(parents=True)
+    _write_stamp(plan, cell, 1.0)
+    assert is_done(plan, cell)
+    changed = build_plan(spec_of(train={"lr": 3e-3}), tmp_path)
+    assert not is_done(changed, changed.cells["train/mask-elbo-s0"])
+    totals = print_plan(plan, plan.ordered(), out=print)
+    out = capsys.readouterr().out
+    assert "train/mask-elbo-s0" in out and "cached" in out and totals["cached"] == 1
+
+
+def test_paper_presets_project_gpu_hours(tmp_path, capsys):
+    spec = load_spec("lm1b_paper")
+    totals = print_plan(build_plan(spec, tmp_path), build_plan(spec, tmp_path).ordered())
+    # 200k steps x 512 x 128 tokens x 665 MFLOP/token per model at 8 x A100, MFU 45 %: ~27 GPU hours each
+    assert totals["gpu_hours"] > 100
+    assert "GPU hours" in capsys.readouterr().out
+
+
+def test_decide_reads_two_standard_errors():
+    assert claims.decide(-0.5, 0.2) == "holds"
+    assert claims.decide(0.5, 0.2) == "does not hold"
+    assert claims.decide(-0.3, 0.2) == "inconclusive"
+    assert claims.decide(float("nan"), 0.1) == "inconclusive"
+
+
+def test_spearman_of_orderings():
+    assert claims.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert claims.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+
+
+def _write_eval(plan, run: Run, nats: float, stderr: float, where="eval", sweep=()):
+    d = plan.out / where / run.name
+    d.mkdir(parents=True, exist_ok=True)
+    nelbo = {"nats_per_token": nats, "stderr": stderr, "bound": "b", "tokens": 100, "candidates": {"b": nats},
+             "unigram": {"train_entropy": 7.0, "nats_per_token": 7.1}}
+    (d / "results.json").write_text(json.dumps({"nelbo": nelbo, "sweep": list(sweep)}))
+
+
+def test_table2_claim_on_written_results(tmp_path):
+    plan = build_plan(spec_of(), tmp_path)
+    runs = {r.name: r for r in plan.runs["table2"]}
+    _write_eval(plan, runs["mask-elbo-s0"], 6.5, 0.05)
+    _write_eval(plan, runs["semdlm_plus-ca-s0"], 6.0, 0.05)
+    claim = claims.table2_claim(plan)
+    assert claim.verdict == "holds" and "-0.500" in claim.evidence
+    _write_eval(plan, runs["semdlm_plus-ca-s0"], 6.55, 0.05)
+    assert claims.table2_claim(plan).verdict == "inconclusive"
+    _write_eval(plan, runs["semdlm_plus-ca-s0"], 7.5, 0.05)
+    assert claims.table2_claim(plan).verdict == "does not hold"
+    lines = claims.learned_lines(plan)
+    assert any("ABOVE" in line and "semdlm_plus" in line for line in lines)
+
+
+def test_penalty_claim_needs_a_collapse_to_hold(tmp_path):
+    spec = spec_of(experiments={"penalty": {"lambda_freq": [0, 2], "lambda_sem": [0, 1]}})
+    plan = build_plan(spec, tmp_path)
+    run = plan.runs["penalty"][0]
+
+    def row(lf, ls, h):
+        return {"lambda_freq": lf, "lambda_sem": ls, "entropy_per_sample": [h - 0.01, h + 0.01, h] * 4,
+                "entropy_mean": h, "gen_ppl": 10.0, "repetition_rate": 0.1, "steps": 4}
+    _write_eval(plan, run, 7.0, 0.1, "penalty", [row(0.0, 0.0, 3.0), row(2.0, 1.0, 4.5)])
+    assert claims.penalty_claim(plan, threshold=4.0).verdict == "holds"
+    assert claims.penalty_claim(plan, threshold=2.0).verdict == "does not hold"  # no basin to escape
+
+
+def test_spec_files_in_configs_are_safe_yaml():
+    for p in presets_dir().glob("*.yaml"):
+        raw = yaml.safe_load(p.read_text())
+        assert raw["name"] == p.stem, p
+        assert replace(load_spec(p), source=None).name == p.stem
