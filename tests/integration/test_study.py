@@ -44,6 +44,7 @@ def smoke(tmp_path_factory, preprocessed, neighbors):
 def test_smoke_study_writes_every_table_figure_and_claim(smoke):
     root, _, proc = smoke
     report = (root / "out" / "report" / "report.md").read_text()
+    assert "## Does every model learn?" in report  # evaluate's unigram reference reached the report
     for claim in ("(table2)", "(table3)", "(penalty)", "(convergence)"):
         assert claim in report, claim
     assert report.count("**holds**") + report.count("**does not hold**") + report.count("**inconclusive**") == 4
