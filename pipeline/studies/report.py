@@ -142,6 +142,34 @@ def penalty_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def sweep_lines(plan: Plan) -> list[str]:
+    """One table per ``sweeps`` entry: the test bound and samples at each value of its setting."""
+    lines = []
+    for sweep in plan.spec.section("sweeps") or ():
+        rows = []
+        for run in plan.runs.get(f"sweep:{sweep.name}", []):
+            res = collect.eval_results(plan, run)
+            if res and res.get("nelbo"):
+                first = (res.get("sweep") or [{}])[0]
+                rows.append(f"| {dict(run.overrides)[sweep.key]} | {run.seed} | {_f(res['nelbo']['nats_per_token'])} ± "
+                            f"{_f(res['nelbo'].get('stderr'))} | {_f(first.get('gen_ppl'), 1)} | "
+                            f"{_f(first.get('entropy_mean'), 2)} |")
+        if rows:
+            lines += [f"## Sweep `{sweep.name}`: {sweep.kernel} ({sweep.loss}) over `{sweep.key}`", "",
+                      f"| {sweep.key} | seed | test bound ± s.e. | Gen-PPL | entropy |", "|---|---|---|---|---|",
+                      *rows, ""]
+    return lines
+
+
+def dispersion_lines(plan: Plan) -> list[str]:
+    points = collect.dispersion_points(plan)
+    if not points:
+        return []
+    return ["## Dispersion and gradient variance (Fig 3)", "",
+            "| kernel | D(Q) = Var_t h(t) | relative gradient variance (last probe, mean over t buckets) |",
+            "|---|---|---|", *(f"| {k} | {_f(d, 4)} | {_f(g, 4)} |" for k, d, g in points)]
+
+
 def convergence_lines(plan: Plan) -> list[str]:
     runs = {r.name: r for r in plan.runs.get("convergence", []) + plan.runs.get("table2", [])}
     curves = {r.label: collect.val_curve(plan, r) for r in runs.values() if r.seed == plan.spec.seeds[0]}
@@ -173,7 +201,7 @@ def write_study_report(plan: Plan, command: str, wall_s: float | None = None) ->
     if learned:
         lines += ["## Does every model learn? (bound vs the training data's unigram entropy)", "", *learned, ""]
     for section in (table2_lines(plan), table3_lines(plan, threshold), gamma_lines(plan), penalty_lines(plan),
-                    convergence_lines(plan)):
+                    convergence_lines(plan), dispersion_lines(plan), sweep_lines(plan)):
         if section:
             lines += [*section, ""]
     lines += [f"![{f}]({f})" for f in figures] + [""] + settings_lines(plan)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -132,6 +133,7 @@ def _write_eval(plan, run: Run, nats: float, stderr: float, where="eval", sweep=
     d = plan.out / where / run.name
     d.mkdir(parents=True, exist_ok=True)
     nelbo = {"nats_per_token": nats, "stderr": stderr, "bound": "b", "tokens": 100, "candidates": {"b": nats},
+             "perplexity": math.exp(nats),
              "unigram": {"train_entropy": 7.0, "nats_per_token": 7.1}}
     (d / "results.json").write_text(json.dumps({"nelbo": nelbo, "sweep": list(sweep)}))
 
@@ -169,3 +171,27 @@ def test_spec_files_in_configs_are_safe_yaml():
         raw = yaml.safe_load(p.read_text())
         assert raw["name"] == p.stem, p
         assert replace(load_spec(p), source=None).name == p.stem
+
+
+def test_report_sections_of_gamma_sweeps_and_dispersion(tmp_path):
+    from pipeline.studies.report import write_study_report
+
+    spec = spec_of(experiments={"gamma": {"values": [1, 2]}, "dispersion": {"kernels": ["uniform", "semdlm", "mask"]},
+                                "sweeps": [{"name": "kmax", "kernel": "semdlm_plus", "key": "kernel_args.k_max",
+                                            "values": [8, 16]}]})
+    plan = build_plan(spec, tmp_path)
+    for run in plan.runs["gamma"] + plan.runs["sweep:kmax"]:
+        _write_eval(plan, run, 7.0, 0.1, sweep=[{"gen_ppl": 100.0, "entropy_mean": 3.0, "steps": 4}])
+    (tmp_path / "diagnose").mkdir()
+    rows = ["kernel,t,entropy"] + [f"{k},{t},{h}" for k, hs in (("uniform", (1, 3)), ("semdlm", (1, 2)),
+                                                                   ("mask", (1, 1.5))) for t, h in zip((0.1, 0.9), hs)]
+    (tmp_path / "diagnose" / "diagnostics.csv").write_text("\n".join(rows) + "\n")
+    for run, g in zip(plan.runs["dispersion"], (3.0, 2.0, 1.0)):  # gradient variance in the order of D(Q)
+        (tmp_path / "runs" / run.name).mkdir(parents=True)
+        (tmp_path / "runs" / run.name / "metrics.jsonl").write_text(
+            json.dumps({"step": 2, "gradvar_rel/bucket0": g, "gradvar_rel/bucket1": g}) + "\n")
+    report = (write_study_report(plan, "cmd") / "report.md").read_text()
+    assert "## Gamma (Figs 1-2)" in report and "| 2 | 0 | 7.000 ± 0.100 |" in report
+    assert "## Sweep `kmax`" in report and "| 16 | 0 | 7.000 ± 0.100 |" in report
+    assert "## Dispersion" in report and "**holds**" in report  # D(Q) 1, 0.25, 0.0625 ordered like 3, 2, 1
+    assert (tmp_path / "report" / "gamma.png").is_file() and (tmp_path / "report" / "dispersion.png").is_file()
