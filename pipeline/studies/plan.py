@@ -116,8 +116,10 @@ def experiment_runs(spec: StudySpec) -> dict[str, list[Run]]:
     return out
 
 
-def _key(cell: Cell, cells: dict[str, Cell]) -> str:
-    payload = json.dumps([cell.argv, [cells[d].key for d in cell.deps]], default=str)
+def _key(cell: Cell, cells: dict[str, Cell], out: Path) -> str:
+    """The cell's command (with the study directory written as $OUT: a moved study keeps its cache) and
+    its dependencies' keys."""
+    payload = json.dumps([cell.argv, [cells[d].key for d in cell.deps]], default=str).replace(str(out), "$OUT")
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -129,7 +131,7 @@ def build_plan(spec: StudySpec, out: Path, python: str = "python") -> Plan:
     cells: dict[str, Cell] = {}
 
     def add(cell: Cell, experiments) -> Cell:
-        cell.key = _key(cell, cells)
+        cell.key = _key(cell, cells, out)
         if cell.name in cells:
             cells[cell.name].experiments |= set(experiments)
             return cells[cell.name]

@@ -195,3 +195,8 @@ def test_report_sections_of_gamma_sweeps_and_dispersion(tmp_path):
     assert "## Sweep `kmax`" in report and "| 16 | 0 | 7.000 ± 0.100 |" in report
     assert "## Dispersion" in report and "**holds**" in report  # D(Q) 1, 0.25, 0.0625 ordered like 3, 2, 1
     assert (tmp_path / "report" / "gamma.png").is_file() and (tmp_path / "report" / "dispersion.png").is_file()
+
+
+def test_a_moved_study_keeps_its_keys(tmp_path):
+    a, b = build_plan(spec_of(), tmp_path / "a"), build_plan(spec_of(), tmp_path / "elsewhere" / "b")
+    assert {n: c.key for n, c in a.cells.items()} == {n: c.key for n, c in b.cells.items()}
