@@ -149,6 +149,7 @@ def build_plan(spec: StudySpec, out: Path, python: str = "python") -> Plan:
         argv += ["--test-input", *spec.data.test_corpus] if spec.data.test_corpus else []
         argv += ["--mode", spec.data.mode, "--seq-len", str(spec.data.seq_len), "--valid-fraction",
                  str(spec.data.valid_fraction), "--out", str(pre), "--no-progress"]
+        argv += ["--wrap"] if spec.data.wrap else []
         data_deps = (add(Cell("preprocess", "preprocess", argv, pre), everything).name,)
     needs_tables = any(r.kernel and traits_of(r.kernel).needs_neighbors for rs in runs.values() for r in rs)
     nb_deps: tuple[str, ...] = data_deps

@@ -26,6 +26,7 @@ class DataSpec:
     test_corpus: tuple[str, ...] = ()
     mode: str = "lm1b"
     seq_len: int = 128
+    wrap: bool = False  # lm1b mode: pack sentences into full sequences (BD3-LM; no [PAD] compute)
     valid_fraction: float = 0.02
     k_max: int = 64
     preprocessed: str | None = None
