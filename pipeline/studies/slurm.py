@@ -32,7 +32,9 @@ UNSAFE = set(" \t\n*?[")
 def kind_options(kind: str, gpus: int) -> list[str]:
     """sbatch options of one kind of cell (the script's #SBATCH lines are the defaults; --sbatch wins)."""
     if kind == "train":  # one node, one rank per GPU; on a CPU cluster one rank, as a local run
-        return ["--nodes=1", f"--gpus-per-node={gpus}", f"--ntasks-per-node={max(gpus, 1)}"]
+        # --exclusive: a starting run clears streaming's shared memory on its node (training/data.py),
+        # every segment, live ones too: a second run starting beside a first one breaks it
+        return ["--nodes=1", f"--gpus-per-node={gpus}", f"--ntasks-per-node={max(gpus, 1)}", "--exclusive"]
     if kind in ("preprocess", "export"):  # tokenising and reading a checkpoint need no GPU
         return ["--gpus-per-node=0"]
     return [f"--gpus-per-node={min(gpus, 1)}"]
