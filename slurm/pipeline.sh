@@ -22,6 +22,9 @@
 # The training job requeues itself at its time limit; the export starts when it has finished.
 # If a stage fails, the jobs after it are cancelled (--kill-on-invalid-dep=yes); fix the cause and
 # rerun with STAGES set to the remaining stages (finished stages print "up to date" anyway).
+#
+# The kernel study (many runs, each trained, exported and evaluated) chains its own jobs the same way:
+#   python -m pipeline.study SPEC --out DIR --slurm --sbatch "--account=proj"   (docs/study.md)
 
 set -euo pipefail
 

@@ -46,7 +46,7 @@ trap 'stop_requested=1' USR1  # first of all: a warning that comes while the scr
 CONFIG=${CONFIG:-configs/lm1b_small.yaml}
 DS_CONFIG=${DS_CONFIG:-ds_configs/zero2.json}
 DATA=${DATA:-artifacts/lm1b}               # preprocess artifact
-NEIGHBORS=${NEIGHBORS:-artifacts/lm1b_nn}  # neighbor_index artifact (not needed for mask/uniform)
+NEIGHBORS=${NEIGHBORS-artifacts/lm1b_nn}   # neighbor_index artifact (not needed for mask/uniform; empty: none)
 KERNEL=${KERNEL:-""}                       # empty: the config's kernel
 RUN_DIR=${RUN_DIR:-runs/lm1b_small}
 LAUNCH=${LAUNCH:-srun}                     # srun | deepspeed
@@ -56,6 +56,8 @@ TASKS_PER_NODE=${TASKS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-$GPUS_PER_NODE}}  # ra
 PYTHON=${PYTHON:-.venv/bin/python}
 DEEPSPEED=${DEEPSPEED:-$(dirname "$PYTHON")/deepspeed}  # the launcher of LAUNCH=deepspeed
 EXTRA_ARGS=${EXTRA_ARGS:-""}               # key=value overrides, e.g. "max_steps=1000 lr=2e-4"
+STUDY_DIR=${STUDY_DIR:-""}                 # set by pipeline.study --slurm: stamp this study's cell
+STUDY_CELL=${STUDY_CELL:-""}               # when the run has finished
 # --------------------------------------------------------------------------------------------
 
 mkdir -p "$RUN_DIR"
@@ -77,7 +79,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-4}}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 
 args=(--ds_config "$DS_CONFIG" --config "$CONFIG" --run-dir "$RUN_DIR" --preprocessed "$DATA")
-[[ -d "$NEIGHBORS" ]] && args+=(--neighbors "$NEIGHBORS")
+[[ -n "$NEIGHBORS" && -d "$NEIGHBORS" ]] && args+=(--neighbors "$NEIGHBORS")
 [[ -n "$KERNEL" ]] && args+=(--kernel "$KERNEL")
 # shellcheck disable=SC2206
 args+=($EXTRA_ARGS)
@@ -132,6 +134,10 @@ wait "$pid" && status=0 || status=$?
 
 if [[ -f "$RUN_DIR/finished.json" ]]; then
     echo "$(date "+%F %T"): training finished: $(cat "$RUN_DIR/finished.json")"
+    if [[ -n "$STUDY_CELL" ]]; then
+        "$PYTHON" -m pipeline.studies.stamp "${STUDY_DIR:?set STUDY_DIR with STUDY_CELL}" "$STUDY_CELL" \
+            --seconds "$SECONDS"
+    fi
 elif [[ $stop_requested == 1 && $status == 0 ]]; then
     echo "$(date "+%F %T"): checkpointed before the time limit; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"

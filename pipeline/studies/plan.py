@@ -16,7 +16,8 @@ from pipeline.core.kernel_config import traits_of
 
 from .spec import StudySpec
 
-TRAIN_ENTRY = ("pipeline/train.py", "--ds_config", "ds_configs/zero2.json")
+DS_CONFIG = "ds_configs/zero2.json"
+TRAIN_ENTRY = ("pipeline/train.py", "--ds_config", DS_CONFIG)
 SHORT_LOSS = {"change_aware": "ca", "elbo": "elbo"}
 
 
@@ -55,6 +56,27 @@ def default_loss(kernel: str) -> str:
     return "elbo" if traits_of(kernel).absorbing else "change_aware"
 
 
+@dataclass(frozen=True)
+class TrainArgs:
+    """A train cell's command in parts: what slurm/train.sh takes as variables (``--slurm``, slurm.py)."""
+
+    config: str
+    data: Path  # the preprocess artifact
+    run_dir: Path
+    steps: int
+    kernel: str | None  # None: the config's (the AR baseline)
+    neighbors: Path | None  # None: the kernel reads no tables
+    settings: tuple[str, ...]  # train.py's key=value overrides
+
+    def argv(self) -> list[str]:
+        """The command after the interpreter (its order is part of every train cell's key)."""
+        argv = [*TRAIN_ENTRY, "--config", self.config, "--preprocessed", str(self.data), "--run-dir",
+                str(self.run_dir), "--max-steps", str(self.steps)]
+        argv += ["--kernel", self.kernel] if self.kernel is not None else []
+        argv += ["--neighbors", str(self.neighbors)] if self.neighbors is not None else []
+        return argv + list(self.settings)
+
+
 @dataclass
 class Cell:
     name: str  # "<kind>/<what>", unique
@@ -66,6 +88,7 @@ class Cell:
     experiments: set[str] = field(default_factory=set)
     run: Run | None = None
     key: str = ""
+    train: TrainArgs | None = None  # train cells: the command in parts
 
 
 @dataclass
@@ -173,9 +196,10 @@ def build_plan(spec: StudySpec, out: Path, python: str = "python") -> Plan:
     for experiment, experiment_run_list in runs.items():
         for run in experiment_run_list:
             uses = {experiment, "report"}
-            train = add(Cell(f"train/{run.name}", "train", _train_argv(spec, run, pre, nb, out, probe),
-                             out / "runs" / run.name, nb_deps if run.kernel and traits_of(run.kernel).needs_neighbors
-                             else data_deps, train_flops(spec, run_steps(spec, run)), run=run), uses)
+            args = _train_args(spec, run, pre, nb, out, probe)
+            deps = nb_deps if args.neighbors is not None else data_deps
+            train = add(Cell(f"train/{run.name}", "train", args.argv(), args.run_dir, deps,
+                             train_flops(spec, run_steps(spec, run)), run=run, train=args), uses)
             add(Cell(f"export/{run.name}", "export", ["-m", "pipeline.export", str(train.out), "--out",
                                                       str(out / "exports" / run.name)],
                      out / "exports" / run.name, (train.name,), run=run), uses | {"judge"})
@@ -228,17 +252,12 @@ def _num_samples(spec: StudySpec, run: Run) -> int:
     return spec.eval.num_samples
 
 
-def _train_argv(spec: StudySpec, run: Run, pre: Path, nb: Path, out: Path, probe) -> list[str]:
+def _train_args(spec: StudySpec, run: Run, pre: Path, nb: Path, out: Path, probe) -> TrainArgs:
     t = spec.train
     extra = dict(run.overrides)
     steps = run_steps(spec, run)
     extra.pop("max_steps", None)
-    argv = [*TRAIN_ENTRY, "--config", t.config, "--preprocessed", str(pre), "--run-dir", str(out / "runs" / run.name),
-            "--max-steps", str(steps)]
-    if run.kernel is not None:
-        argv += ["--kernel", run.kernel]
-        if traits_of(run.kernel).needs_neighbors:
-            argv += ["--neighbors", str(nb)]
+    tables = nb if run.kernel is not None and traits_of(run.kernel).needs_neighbors else None
     every = t.val_every or max(1, steps // 4)
     settings = {"global_batch": t.global_batch, "micro_batch": t.micro_batch, "val_every": every,
                 "val_batches": t.val_batches, "ckpt_every": every, "seed": run.seed,
@@ -253,4 +272,5 @@ def _train_argv(spec: StudySpec, run: Run, pre: Path, nb: Path, out: Path, probe
         if probe and run.kernel in probe.kernels:
             settings["probe_every"] = probe.probe_every or max(1, t.steps // 2)
     settings.update(extra)
-    return argv + [f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in settings.items()]
+    return TrainArgs(t.config, pre, out / "runs" / run.name, steps, run.kernel, tables,
+                     tuple(f"{k}={json.dumps(v) if isinstance(v, bool) else v}" for k, v in settings.items()))

@@ -18,8 +18,12 @@ from pipeline.common.locks import DirectoryLock
 from .plan import Cell, Plan
 
 
+def stamp_file(out: Path, name: str) -> Path:
+    return Path(out) / ".study" / "cells" / (name.replace("/", "__") + ".json")
+
+
 def stamp_path(plan: Plan, cell: Cell) -> Path:
-    return plan.out / ".study" / "cells" / (cell.name.replace("/", "__") + ".json")
+    return stamp_file(plan.out, cell.name)
 
 
 def log_path(plan: Plan, cell: Cell) -> Path:
@@ -36,11 +40,12 @@ def is_done(plan: Plan, cell: Cell) -> bool:
         return False
 
 
-def _write_stamp(plan: Plan, cell: Cell, seconds: float) -> None:
-    stamp = stamp_path(plan, cell)
+def write_stamp(out: Path, name: str, key: str, argv: list[str], seconds: float) -> None:
+    """Mark cell ``name`` of the study under ``out`` done with ``key`` (the one writer: local runs and SLURM jobs)."""
+    stamp = stamp_file(out, name)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": cell.key, "argv": cell.argv, "seconds": round(seconds, 1),
+    tmp.write_text(json.dumps({"key": key, "argv": argv, "seconds": round(seconds, 1),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
     os.replace(tmp, stamp)
 
@@ -120,7 +125,7 @@ class _Scheduler:
             cell, seconds = self.plan.cells[name], time.time() - start
             self.finished += 1
             if proc.returncode == 0:
-                _write_stamp(self.plan, cell, seconds)
+                write_stamp(self.plan.out, name, cell.key, cell.argv, seconds)
                 self.done.add(name)
                 self.log(f"  [{self.finished}] done {name} ({seconds:.0f} s)")
             else:

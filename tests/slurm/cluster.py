@@ -5,7 +5,7 @@ it is missing (root only). Everything the daemons write - munge key and socket, 
 spool, logs - lives in one temporary directory; the daemons run in the foreground as children of the
 test process (and die with it: PR_SET_PDEATHSIG), on free ports, so they cannot clash with a
 system SLURM or with another test session. ``stop()`` cancels every job of the cluster and stops
-exactly the three processes ``start()`` started.
+exactly the three processes ``start()`` started. ``Site`` is the cluster plus a checkout to submit from.
 
 Two settings differ from a production cluster, to keep the tests short:
   * ``AuthInfo=...,cred_expire=5``: a requeued job may start again once the job credential of its
@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -257,3 +258,41 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                           for j, recs in records.items()}
                 raise TimeoutError(f"jobs not finished after {timeout:.0f} s: {states}")
             time.sleep(poll)
+
+
+class Site:
+    """The cluster plus a fresh checkout to submit from."""
+
+    def __init__(self, cluster: Cluster, checkout: Path):
+        self.cluster, self.checkout = cluster, checkout
+        self.env = dict(cluster.env, PYTHON=sys.executable, PYTHONPATH=str(checkout), HF_HUB_OFFLINE="1",
+                        TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+                        OMP_NUM_THREADS="1")
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                    "PYTEST_CURRENT_TEST"):
+            self.env.pop(var, None)
+
+    def sbatch(self, script: str, options: list[str] = (), **variables) -> str:
+        env = dict(self.env, **{k: str(v) for k, v in variables.items()})
+        proc = subprocess.run(["sbatch", "--parsable", *options, script], cwd=self.checkout, env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert proc.returncode == 0, f"sbatch {script} failed: {proc.stderr.strip()}"
+        return proc.stdout.strip().split(";")[0]
+
+    def bash(self, script: str, args: list[str] = (), **variables) -> subprocess.CompletedProcess:
+        env = dict(self.env, **{k: str(v) for k, v in variables.items()})
+        return subprocess.run(["bash", script, *args], cwd=self.checkout, env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=120)
+
+    def log(self, job_id: str, name: str) -> str:
+        path = self.checkout / "logs" / f"{name}-{job_id}.out"
+        return path.read_text(errors="replace") if path.exists() else f"(no log {path})"
+
+    def wait_ok(self, job_id: str, name: str, timeout: float) -> list[dict]:
+        """Wait for a job (all array tasks); assert it COMPLETED with exit 0, showing its log otherwise."""
+        records = self.cluster.wait(job_id, timeout)[job_id]
+        bad = [r for r in records if r.get("JobState") != "COMPLETED" or r.get("ExitCode") != "0:0"]
+        assert not bad, (f"job {job_id} ({name}): " + ", ".join(f"{r.get('JobId')} {r.get('JobState')} "
+                         f"exit {r.get('ExitCode')} reason {r.get('Reason')}" for r in bad)
+                         + f"\n--- log\n{self.log(job_id, name)[-6000:]}")
+        return records

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from cli_utils import step_losses
-from cluster import Cluster, ClusterUnavailable, ensure_installed
+from cluster import Cluster, ClusterUnavailable, Site, ensure_installed
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500)]
 
@@ -41,44 +42,6 @@ CPU_ONE = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=4G"]
 # --------------------------------------------------------------------------- helpers
 def _stamp(line: str) -> float:
     return datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
-
-
-class Site:
-    """The cluster plus a fresh checkout to submit from."""
-
-    def __init__(self, cluster: Cluster, checkout: Path):
-        self.cluster, self.checkout = cluster, checkout
-        self.env = dict(cluster.env, PYTHON=PYTHON, PYTHONPATH=str(checkout), HF_HUB_OFFLINE="1",
-                        TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-                        OMP_NUM_THREADS="1")
-        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                    "PYTEST_CURRENT_TEST"):
-            self.env.pop(var, None)
-
-    def sbatch(self, script: str, options: list[str] = (), **variables) -> str:
-        env = dict(self.env, **{k: str(v) for k, v in variables.items()})
-        proc = subprocess.run(["sbatch", "--parsable", *options, script], cwd=self.checkout, env=env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
-        assert proc.returncode == 0, f"sbatch {script} failed: {proc.stderr.strip()}"
-        return proc.stdout.strip().split(";")[0]
-
-    def bash(self, script: str, args: list[str] = (), **variables) -> subprocess.CompletedProcess:
-        env = dict(self.env, **{k: str(v) for k, v in variables.items()})
-        return subprocess.run(["bash", script, *args], cwd=self.checkout, env=env, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=120)
-
-    def log(self, job_id: str, name: str) -> str:
-        path = self.checkout / "logs" / f"{name}-{job_id}.out"
-        return path.read_text(errors="replace") if path.exists() else f"(no log {path})"
-
-    def wait_ok(self, job_id: str, name: str, timeout: float) -> list[dict]:
-        """Wait for a job (all array tasks); assert it COMPLETED with exit 0, showing its log otherwise."""
-        records = self.cluster.wait(job_id, timeout)[job_id]
-        bad = [r for r in records if r.get("JobState") != "COMPLETED" or r.get("ExitCode") != "0:0"]
-        assert not bad, (f"job {job_id} ({name}): " + ", ".join(f"{r.get('JobId')} {r.get('JobState')} "
-                         f"exit {r.get('ExitCode')} reason {r.get('Reason')}" for r in bad)
-                         + f"\n--- log\n{self.log(job_id, name)[-6000:]}")
-        return records
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -388,3 +351,46 @@ def test_pipeline_script_refuses_bad_input(site):
         "(known: preprocess neighbors train export sample eval)"]
     proc = site.bash("slurm/preprocess.sh", NUM_SHARDS=0)
     assert proc.returncode == 2 and "NUM_SHARDS must be >= 1" in proc.stderr
+
+
+def test_study_submitted_with_slurm_runs_every_cell_and_reports(site, neighbors):
+    """python -m pipeline.study SPEC --slurm: the smoke study on the artifacts above, one job per cell.
+
+    Every cell's job runs once its dependencies' jobs succeeded and stamps the cell, the report job
+    writes the report once every job has ended, and the study then sees every cell cached.
+    """
+    from pipeline.studies.plan import build_plan
+    from pipeline.studies.spec import parse_spec
+
+    raw = yaml.safe_load((site.checkout / "configs/study/smoke.yaml").read_text())
+    raw["data"] = {"preprocessed": "artifacts/lm1b", "neighbors": "artifacts/nn", "seq_len": 32}
+    (site.checkout / "study.yaml").write_text(yaml.safe_dump(raw))
+
+    def study(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "pipeline.study", "study.yaml", "--out", "studies/smoke", *args],
+                              cwd=site.checkout, env=site.env, capture_output=True, text=True, timeout=300)
+
+    t0 = time.time()
+    proc = study("--slurm", "--sbatch", " ".join(CPU_ONE))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = dict(re.findall(r"^(\S+): job (\d+)", proc.stdout, flags=re.M))
+    plan = build_plan(parse_spec(raw), Path("studies/smoke"))
+    assert list(jobs) == [c.name for c in plan.ordered()] + ["report"], proc.stdout
+    records = {name: site.cluster.wait(job, 900)[job][0] for name, job in jobs.items()}
+    print(f"\nsmoke study with --slurm ({len(jobs)} jobs): {time.time() - t0:.0f} s")
+    logs = site.checkout / "studies/smoke/logs"
+    for name, r in records.items():
+        log = logs / (name.replace("/", "__") + ".log")
+        assert (r["JobState"], r["ExitCode"]) == ("COMPLETED", "0:0"), f"{name}: {r['JobState']}\n" + (
+            log.read_text(errors="replace")[-4000:] if log.exists() else f"(no log {log})")
+    for cell in plan.ordered():  # each job started after the jobs it needs had ended
+        assert all(records[cell.name]["StartTime"] >= records[d]["EndTime"] for d in cell.deps), cell.name
+    assert records["report"]["StartTime"] >= max(r["EndTime"] for n, r in records.items() if n != "report")
+    assert "training finished" in (logs / "train__semdlm_plus-ca-s0.log").read_text()
+    report = (site.checkout / "studies/smoke/report/report.md").read_text()
+    for claim in ("(table2)", "(table3)", "(penalty)", "(convergence)"):
+        assert claim in report, claim
+    assert report.count("**holds**") + report.count("**does not hold**") + report.count("**inconclusive**") == 4
+    dry = study("--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count(" cached ") == len(plan.cells), dry.stdout
+    assert "to run: 0 cells" in dry.stdout, dry.stdout

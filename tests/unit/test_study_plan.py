@@ -12,7 +12,7 @@ from pipeline.common.errors import ConfigError
 from pipeline.studies import claims
 from pipeline.studies.dry_run import print_plan
 from pipeline.studies.plan import Run, build_plan
-from pipeline.studies.runner import _write_stamp, is_done, select
+from pipeline.studies.runner import is_done, select, write_stamp
 from pipeline.studies.spec import load_spec, parse_spec, presets_dir
 
 MINIMAL = {"name": "t", "data": {"preprocessed": "/data/pre", "neighbors": "/data/nn", "seq_len": 32},
@@ -100,7 +100,7 @@ def test_stamps_decide_what_is_cached_and_dry_run_says_so(tmp_path, capsys):
     cell = plan.cells["train/mask-elbo-s0"]
     assert not is_done(plan, cell)
     cell.out.mkdir(parents=True)
-    _write_stamp(plan, cell, 1.0)
+    write_stamp(plan.out, cell.name, cell.key, cell.argv, 1.0)
     assert is_done(plan, cell)
     changed = build_plan(spec_of(train={"lr": 3e-3}), tmp_path)
     assert not is_done(changed, changed.cells["train/mask-elbo-s0"])
