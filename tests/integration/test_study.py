@@ -88,3 +88,30 @@ def test_bad_spec_is_one_line_and_exit_2(tmp_path):
         "python -m pipeline.study: error: experiments: unknown experiment 'table9' (known: table2, table3, gamma, "
         "penalty, dispersion, convergence, sweeps)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_study_resumes(tmp_path, preprocessed, neighbors):
+    """SIGTERM while a training cell runs: the cell is stopped (no stamp, its lock released), the rerun
+    trains it again (resuming its checkpoint) and finishes the selection."""
+    import os
+    import signal
+    import time
+
+    spec = smoke_spec(tmp_path / "smoke.yaml", preprocessed, neighbors)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.study", str(spec), "--out", str(out), "--only",
+                             "convergence"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "logs" / "train__mask-elbo-s0.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "step 1:" in log.read_text()):
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0]
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, output
+    assert not (out / ".study" / "cells" / "train__mask-elbo-s0.json").exists()
+    assert not (out / "runs" / "mask-elbo-s0" / ".lock").exists()
+    again = study(spec, "--out", out, "--only", "convergence")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "done train/mask-elbo-s0" in again.stdout
+    assert (out / ".study" / "cells" / "train__mask-elbo-s0.json").is_file()
