@@ -32,9 +32,8 @@ UNSAFE = set(" \t\n*?[")
 def kind_options(kind: str, gpus: int) -> list[str]:
     """sbatch options of one kind of cell (the script's #SBATCH lines are the defaults; --sbatch wins)."""
     if kind == "train":  # one node, one rank per GPU; on a CPU cluster one rank, as a local run
-        # --exclusive: a starting run clears streaming's shared memory on its node (training/data.py),
-        # every segment, live ones too: a second run starting beside a first one breaks it
-        return ["--nodes=1", f"--gpus-per-node={gpus}", f"--ntasks-per-node={max(gpus, 1)}", "--exclusive"]
+        # (runs may share a node: a starting run removes only dead runs' shared memory, training/shared_memory.py)
+        return ["--nodes=1", f"--gpus-per-node={gpus}", f"--ntasks-per-node={max(gpus, 1)}"]
     if kind in ("preprocess", "export"):  # tokenising and reading a checkpoint need no GPU
         return ["--gpus-per-node=0"]
     return [f"--gpus-per-node={min(gpus, 1)}"]

@@ -36,9 +36,9 @@ def set_streaming_env(rank: int, world_size: int, local_rank: int, local_world_s
 
 
 def clean_stale_shared_memory() -> None:
-    """Remove shared memory left by a killed run. Collective: call on every rank (streaming cleans
-    on local rank 0 and then runs a barrier itself)."""
-    from streaming.base.util import clean_stale_shared_memory as _clean
+    """Remove shared memory left by a killed run, never a live run's (shared_memory.py). Collective: call
+    on every rank (local rank 0 cleans, then a barrier)."""
+    from pipeline.training.shared_memory import clean_stale_shared_memory as _clean
 
     _clean()
 
