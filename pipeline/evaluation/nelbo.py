@@ -97,11 +97,11 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
                    f"({total / tokens:.4g}): more t draws or sequences, and look at the t-profile "
                    "(python -m pipeline.t_profile)")
     result = {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
-            "nelbo_nats": total,
-            "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),
-            "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed, "t_sampling": t_sampling,
-            "num_steps": num_steps if name.startswith("discrete") else None,
-            "candidates": {n: v / tokens for n, v in sorted(totals.items())}}
+              "nelbo_nats": total,
+              "nats_per_token": total / tokens, "stderr": stderr, "bits_per_token": bits_per_token(total, tokens),
+              "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed, "t_sampling": t_sampling,
+              "num_steps": num_steps if name.startswith("discrete") else None,
+              "candidates": {n: v / tokens for n, v in sorted(totals.items())}}
     if unigram_counts is not None:
         scored = torch.ones_like(sequences, dtype=torch.bool) if pad_id is None else sequences != pad_id
         if objective.autoregressive:
