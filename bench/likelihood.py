@@ -84,7 +84,6 @@ def _each_uniform_bound(kernel, model, x0, xt, t, g, reps, preset, forward, toke
     return rows
 
 
-@torch.no_grad()
 def default_reading(kernel_name: str):
     """How a model of ``kernel_name`` trained with TrainConfig's defaults is read (the trainer's own rule)."""
     from pipeline.training.config import TrainConfig
@@ -92,6 +91,7 @@ def default_reading(kernel_name: str):
     return TrainConfig(kernel=kernel_name).reading()
 
 
+@torch.no_grad()
 def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: int, tstep: bool,
                 device: torch.device | str = "cpu", reading: str = "plain") -> list[dict]:
     device = torch.device(device)
