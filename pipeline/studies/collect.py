@@ -32,6 +32,14 @@ def val_curve(plan: Plan, run: Run) -> list[tuple[int, float]]:
     return [(m["step"], m["val/nelbo"]) for m in metrics(plan, run) if "val/nelbo" in m]
 
 
+def convergence_curves(plan: Plan) -> dict[str, list[tuple[int, float]]]:
+    """label -> validation curve of every convergence and table2 model (first seed), in plan order."""
+    runs = {r.name: r for r in plan.runs.get("convergence", []) + plan.runs.get("table2", [])
+            if r.seed == plan.spec.seeds[0]}
+    curves = {r.label: val_curve(plan, r) for r in runs.values()}
+    return {label: curve for label, curve in curves.items() if curve}
+
+
 def gradient_variance(plan: Plan, run: Run) -> float | None:
     """The relative gradient variance of the run's last probe, averaged over its t buckets (Fig 3)."""
     probes = [m for m in metrics(plan, run) if any(k.startswith("gradvar_rel/") for k in m)]

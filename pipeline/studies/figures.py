@@ -92,17 +92,12 @@ def penalty_figure(plan: Plan, out: Path) -> str | None:
 
 def convergence_figure(plan: Plan, out: Path) -> str | None:
     """Fig 1 (convergence): validation bound against step and tokens, one line per kernel."""
-    runs = [r for r in plan.runs.get("convergence", []) + plan.runs.get("table2", []) if r.seed == plan.spec.seeds[0]]
-    seen, curves = set(), []
-    for run in runs:
-        if run.name not in seen and (curve := collect.val_curve(plan, run)):
-            seen.add(run.name)
-            curves.append((run.label, curve))
+    curves = collect.convergence_curves(plan)
     if not curves:
         return None
     tokens_per_step = plan.spec.train.global_batch * plan.spec.data.seq_len
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, curve in curves:
+    for label, curve in curves.items():
         ax.plot([s * tokens_per_step for s, _ in curve], [v for _, v in curve], "o-", label=label)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("validation bound (nats/token)")

@@ -238,17 +238,19 @@ def build_plan(spec: StudySpec, out: Path, python: str = "python") -> Plan:
     return Plan(spec, out, cells, runs)
 
 
-def _sample_steps(spec: StudySpec, run: Run) -> list[int]:
+def _in_table3(spec: StudySpec, run: Run) -> bool:
+    """A Table 3 model: its evaluation samples at Table 3's step counts and sample number."""
     t3 = spec.section("table3")
-    if t3 and run.kernel in t3.kernels and run.loss == default_loss(run.kernel) and not run.overrides:
-        return list(t3.steps)
-    return [spec.eval.steps]
+    return bool(t3) and run.kernel in t3.kernels and run.loss == default_loss(run.kernel) and not run.overrides
+
+
+def _sample_steps(spec: StudySpec, run: Run) -> list[int]:
+    return list(spec.section("table3").steps) if _in_table3(spec, run) else [spec.eval.steps]
 
 
 def _num_samples(spec: StudySpec, run: Run) -> int:
-    t3 = spec.section("table3")
-    if t3 and t3.num_samples and len(_sample_steps(spec, run)) > 1:
-        return t3.num_samples
+    if _in_table3(spec, run) and spec.section("table3").num_samples:
+        return spec.section("table3").num_samples
     return spec.eval.num_samples
 
 

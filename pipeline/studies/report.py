@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from pipeline.common.artifacts import StageRun
 
 from . import collect
 from .claims import all_claims, learned_lines
@@ -171,9 +172,7 @@ def dispersion_lines(plan: Plan) -> list[str]:
 
 
 def convergence_lines(plan: Plan) -> list[str]:
-    runs = {r.name: r for r in plan.runs.get("convergence", []) + plan.runs.get("table2", [])}
-    curves = {r.label: collect.val_curve(plan, r) for r in runs.values() if r.seed == plan.spec.seeds[0]}
-    curves = {k: v for k, v in curves.items() if v}
+    curves = collect.convergence_curves(plan)
     if not curves:
         return []
     steps = sorted({s for c in curves.values() for s, _ in c})
@@ -186,36 +185,31 @@ def convergence_lines(plan: Plan) -> list[str]:
 
 
 def write_study_report(plan: Plan, command: str, wall_s: float | None = None) -> Path:
-    """Write OUT/report/ (atomically: a temporary directory renamed into place) and return it."""
+    """Write OUT/report/ as an artifact (stage "study_report": written whole into a temporary sibling and
+    swapped in, with a manifest naming the cells it read) and return it. Always rewritten: the cells'
+    artifacts may have changed under the same keys (a partial study, a failed cell rerun)."""
     final = plan.out / "report"
-    tmp = plan.out / f".report.tmp{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    threshold = entropy_filter(plan)
-    claims = all_claims(plan, threshold)
-    figures = all_figures(plan, tmp)
-    lines = [f"# Study `{plan.spec.name}`", "", f"- command: `{command}`", f"- spec: `{plan.spec.source}`",
-             f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}" + (f", study wall time {wall_s / 60:.1f} min"
-                                                                  if wall_s else ""), ""]
-    lines += ["## Claims", "", *[c.line() for c in claims], ""]
-    learned = learned_lines(plan)
-    if learned:
-        lines += ["## Does every model learn? (bound vs the training data's unigram entropy)", "", *learned, ""]
-    for section in (table2_lines(plan), table3_lines(plan, threshold), gamma_lines(plan), penalty_lines(plan),
-                    convergence_lines(plan), dispersion_lines(plan), sweep_lines(plan)):
-        if section:
-            lines += [*section, ""]
-    lines += [f"![{f}]({f})" for f in figures] + [""] + settings_lines(plan)
-    (tmp / "report.md").write_text("\n".join(lines) + "\n")
-    results = {"spec": plan.spec.name, "table2": collect.table2(plan), "table3": collect.table3(plan),
-               "claims": [asdict(c) for c in claims], "entropy_filter": threshold, "figures": figures,
-               "cells": {c.name: {"key": c.key, "out": str(c.out)} for c in plan.ordered()}}
-    (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    if final.exists():
-        old = plan.out / f".report.old{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        import shutil
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    cells = {c.name: {"key": c.key, "out": str(c.out)} for c in plan.ordered()}
+    run = StageRun("study_report", final, config={"spec": plan.spec.name, "cells": cells}, force=True)
+    with run as tmp:
+        threshold = entropy_filter(plan)
+        claims = all_claims(plan, threshold)
+        figures = all_figures(plan, tmp)
+        lines = [f"# Study `{plan.spec.name}`", "", f"- command: `{command}`", f"- spec: `{plan.spec.source}`",
+                 f"- written: {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                 + (f", study wall time {wall_s / 60:.1f} min" if wall_s else ""), ""]
+        lines += ["## Claims", "", *[c.line() for c in claims], ""]
+        learned = learned_lines(plan)
+        if learned:
+            lines += ["## Does every model learn? (bound vs the training data's unigram entropy)", "", *learned, ""]
+        for section in (table2_lines(plan), table3_lines(plan, threshold), gamma_lines(plan), penalty_lines(plan),
+                        convergence_lines(plan), dispersion_lines(plan), sweep_lines(plan)):
+            if section:
+                lines += [*section, ""]
+        lines += [f"![{f}]({f})" for f in figures] + [""] + settings_lines(plan)
+        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+        results = {"spec": plan.spec.name, "table2": collect.table2(plan), "table3": collect.table3(plan),
+                   "claims": [asdict(c) for c in claims], "entropy_filter": threshold, "figures": figures,
+                   "cells": cells}
+        (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     return final

@@ -200,3 +200,12 @@ def test_report_sections_of_gamma_sweeps_and_dispersion(tmp_path):
 def test_a_moved_study_keeps_its_keys(tmp_path):
     a, b = build_plan(spec_of(), tmp_path / "a"), build_plan(spec_of(), tmp_path / "elsewhere" / "b")
     assert {n: c.key for n, c in a.cells.items()} == {n: c.key for n, c in b.cells.items()}
+
+
+def test_table3_sample_settings_reach_its_models_only(tmp_path):
+    spec = spec_of(experiments={"table2": {"kernels": ["mask", "uniform"]},
+                                "table3": {"kernels": ["mask"], "steps": [16], "num_samples": 7}})
+    plan = build_plan(spec, tmp_path)
+    mask, uniform = plan.cells["evaluate/mask-elbo-s0"].argv, plan.cells["evaluate/uniform-ca-s0"].argv
+    assert mask[mask.index("--steps") + 1] == "16" and mask[mask.index("--num-samples") + 1] == "7"
+    assert uniform[uniform.index("--steps") + 1] == "128" and uniform[uniform.index("--num-samples") + 1] == "32"
