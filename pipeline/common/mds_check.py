@@ -202,11 +202,16 @@ class VerifiedShards:
 
 @cache
 def verified_dataset_class():
-    """``StreamingDataset`` with :class:`VerifiedShards` (streaming is imported here: it pulls in torch)."""
+    """``StreamingDataset`` with :class:`VerifiedShards`, registered under the machine's registration lock
+    (``shm_registration``). streaming is imported here: it pulls in torch."""
     from streaming import StreamingDataset
 
+    from .shm_registration import registration_lock
+
     class VerifiedStreamingDataset(VerifiedShards, StreamingDataset):
-        pass
+        def __init__(self, *args, **kwargs):
+            with registration_lock():  # two jobs on one machine must not take the same shared-memory prefix
+                super().__init__(*args, **kwargs)
 
     return VerifiedStreamingDataset
 

@@ -32,10 +32,9 @@ UNSAFE = set(" \t\n*?[")
 def kind_options(kind: str, gpus: int) -> list[str]:
     """sbatch options of one kind of cell (the script's #SBATCH lines are the defaults; --sbatch wins)."""
     if kind == "train":  # one node, one rank per GPU; on a CPU cluster one rank, as a local run
-        # --exclusive: two runs starting at once on one node race for streaming's shared-memory prefix
-        # ("File exists: '/NNNNNN_locals'", seen on the one-node test cluster); the cleaner no longer breaks a
-        # live run (training/shared_memory.py), but streaming's registration race remains
-        return ["--nodes=1", f"--gpus-per-node={gpus}", f"--ntasks-per-node={max(gpus, 1)}", "--exclusive"]
+        # runs may share a node: a starting run removes only dead runs' shared memory (training/shared_memory.py)
+        # and registers its datasets one at a time with the node's other jobs (common/shm_registration.py)
+        return ["--nodes=1", f"--gpus-per-node={gpus}", f"--ntasks-per-node={max(gpus, 1)}"]
     if kind in ("preprocess", "export"):  # tokenising and reading a checkpoint need no GPU
         return ["--gpus-per-node=0"]
     return [f"--gpus-per-node={min(gpus, 1)}"]
