@@ -7,7 +7,9 @@ distribution alone achieves. Two numbers make that concrete (docs/sampling.md, E
   a study's "every model learns" check compares against;
 * ``nats_per_token``: the held-out cross-entropy of the very tokens the bound scored under that
   distribution, smoothed by ``UNIGRAM_SMOOTHING`` so an unseen test token costs finite nats. The bound
-  and this figure score the same tokens, so their difference has the bound's standard error only.
+  and this figure score the same tokens: their difference is judged by its paired standard error over
+  sequences (standard_errors.py), which holds the bound's Monte Carlo error and the sampling of the test
+  sequences, with the difficulty a sequence has for both cancelled.
 """
 from __future__ import annotations
 
@@ -36,19 +38,23 @@ def unigram_entropy_of_counts(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def unigram_reference(counts: np.ndarray, sequences: torch.Tensor, scored: torch.Tensor) -> dict:
-    """The unigram figures for the tokens ``sequences[scored]`` (see the module docstring)."""
+def unigram_reference(counts: np.ndarray, sequences: torch.Tensor, scored: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """The unigram figures for the tokens ``sequences[scored]`` (see the module docstring), and the unigram
+    nats of each sequence's scored tokens ([N], float64: for the paired standard error)."""
     counts = counts.astype(np.float64)
     log_p = np.log(counts + UNIGRAM_SMOOTHING) - math.log(counts.sum() + UNIGRAM_SMOOTHING * len(counts))
     ids = sequences[scored].cpu().numpy()
-    return {"train_entropy": unigram_entropy_of_counts(counts),
-            "nats_per_token": float(-log_p[ids].mean()) if ids.size else float("nan"),
-            "tokens": int(ids.size), "smoothing": f"add-{UNIGRAM_SMOOTHING:g}"}
+    per_sequence = torch.from_numpy(-log_p[sequences.cpu().numpy()]) * scored.cpu()
+    return ({"train_entropy": unigram_entropy_of_counts(counts),
+             "nats_per_token": float(-log_p[ids].mean()) if ids.size else float("nan"),
+             "tokens": int(ids.size), "smoothing": f"add-{UNIGRAM_SMOOTHING:g}"}, per_sequence.sum(-1))
 
 
-def learned_verdict(bound: float, stderr: float | None, reference: dict) -> dict:
-    """Whether the bound is below the unigram figures, by how much, and how many standard errors that is."""
+def learned_verdict(bound: float, paired_stderr: float | None, reference: dict) -> dict:
+    """Whether the bound is below the unigram figures, by how much, and how many (paired) standard errors
+    that is."""
     margin = reference["nats_per_token"] - bound
-    return {"margin_nats": margin, "margin_stderrs": margin / stderr if stderr else None,
+    return {"margin_nats": margin, "margin_stderr": paired_stderr,
+            "margin_stderrs": margin / paired_stderr if paired_stderr else None,
             "below_train_entropy": bound < reference["train_entropy"],
             "below_unigram": bound < reference["nats_per_token"]}

@@ -78,7 +78,8 @@ def plot_entropy_histogram(entropies: list[float], path: Path, threshold: float 
 def unigram_line(scored: dict) -> str:
     """One sentence: the bound against the unigram reference of the same tokens (baselines.py)."""
     u = scored["unigram"]
-    sigmas = f", {u['margin_stderrs']:.1f} standard errors" if u.get("margin_stderrs") is not None else ""
+    sigmas = (f", {u['margin_stderrs']:.1f} paired standard errors over sequences"
+              if u.get("margin_stderrs") is not None else "")
     return (f"Unigram reference ({u['smoothing']}-smoothed counts of the training split): the same tokens cost "
             f"{_fmt(u['nats_per_token'])} nats/token, the training data's unigram entropy is "
             f"{_fmt(u['train_entropy'])}; the bound is {_fmt(abs(u['margin_nats']))} nats/token "
@@ -96,10 +97,14 @@ def write_report(out: Path, results: dict) -> None:
     nelbo = results.get("nelbo")
     if nelbo:
         lines += ["", "## Test likelihood", "",
-                  "| bound | sequences | tokens | nats/token | ± stderr | bits/token | PPL (upper bound) |",
-                  "|---|---|---|---|---|---|---|",
+                  "| bound | sequences | tokens | nats/token | ± stderr | ± over sequences | bits/token "
+                  "| PPL (upper bound) |",
+                  "|---|---|---|---|---|---|---|---|",
                   f"| {nelbo['bound']} | {nelbo['sequences']} | {nelbo['tokens']} | {_fmt(nelbo['nats_per_token'])} "
-                  f"| {_fmt(nelbo.get('stderr'))} | {_fmt(nelbo['bits_per_token'])} | {_fmt(nelbo['perplexity'], 2)} |"]
+                  f"| {_fmt(nelbo.get('stderr'))} | {_fmt(nelbo.get('stderr_sequences'))} "
+                  f"| {_fmt(nelbo['bits_per_token'])} | {_fmt(nelbo['perplexity'], 2)} |",
+                  "", "stderr: Monte Carlo over the t draws on these sequences; over sequences: as an estimate for "
+                  "the data distribution (docs/sampling.md, Standard errors)."]
         others = {k: v for k, v in (nelbo.get("candidates") or {}).items() if k != nelbo["bound"]}
         if others:
             lines += ["", "The tightest valid bound is reported; the others on the same draws (nats/token): "

@@ -151,9 +151,11 @@ def learned_lines(plan: Plan) -> list[str]:
         if not u:
             continue
         ok = row["nats_per_token"] < u["train_entropy"]
+        paired = (f", {u['margin_nats']:+.3f} ± {u['margin_stderr']:.3f} below it, paired over sequences"
+                  if u.get("margin_stderr") else "")
         lines.append(f"- {row['label']}: {row['nats_per_token']:.3f} ± {row['stderr']:.3f} nats/token, "
                      f"{'below' if ok else 'ABOVE'} the training unigram entropy {u['train_entropy']:.3f} "
-                     f"(held-out unigram on the same tokens {u['nats_per_token']:.3f}).")
+                     f"(held-out unigram on the same tokens {u['nats_per_token']:.3f}{paired}).")
     return lines
 
 

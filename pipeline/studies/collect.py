@@ -92,9 +92,12 @@ def likelihood_row(plan: Plan, runs: list[Run]) -> dict | None:
     se = math.sqrt(sum(s * s for s in ses)) / len(ses)
     if spread is not None:
         se = math.sqrt(se * se + spread * spread / len(nats))
+    seq_ses = [n.get("stderr_sequences") for n in nelbos]
+    seq_se = math.sqrt(sum(s * s for s in seq_ses)) / len(seq_ses) if None not in seq_ses else None
     uni = nelbos[0].get("unigram")
     return {"label": found[0][0].label, "kernel": found[0][0].kernel, "loss": found[0][0].loss,
-            "nats_per_token": mean, "stderr": se, "seed_spread": spread, "seeds": len(found),
+            "nats_per_token": mean, "stderr": se, "stderr_sequences": seq_se, "seed_spread": spread,
+            "seeds": len(found),
             "perplexity": math.exp(mean), "bound": nelbos[0]["bound"], "tokens": nelbos[0]["tokens"],
             "uncorrected": {k: v for k, v in nelbos[0].get("candidates", {}).items() if "uncorrected" in k},
             "unigram": uni, "eval_sets": {name: s["nats_per_token"]

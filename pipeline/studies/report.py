@@ -71,22 +71,25 @@ def table2_lines(plan: Plan) -> list[str]:
         return []
     paper = PAPER.get(plan.spec.paper or "", {}).get("table2", {})
     lines = ["## Table 2: test likelihood", "",
-             "| model | bound | nats/token ± s.e. | seed spread | PPL ≤ | paper PPL | uncorrected "
-             "| unigram: train H / same tokens |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | bound | nats/token ± s.e. | s.e. over sequences | seed spread | PPL ≤ | paper PPL "
+             "| uncorrected | unigram: train H / same tokens |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         u = r.get("unigram") or {}
         unc = ", ".join(f"{_f(v)}" for v in r["uncorrected"].values()) or "-"
         lines.append(f"| {r['label']} | {r['bound']} | {_f(r['nats_per_token'])} ± {_f(r['stderr'])} | "
-                     f"{_f(r['seed_spread'])} | {_f(r['perplexity'], 1)} | {_f(paper.get(r['kernel']), 2)} | {unc} | "
+                     f"{_f(r.get('stderr_sequences'))} | {_f(r['seed_spread'])} | {_f(r['perplexity'], 1)} | "
+                     f"{_f(paper.get(r['kernel']), 2)} | {unc} | "
                      f"{_f(u.get('train_entropy'))} / {_f(u.get('nats_per_token'))} |")
     sets = sorted({name for r in rows for name in r["eval_sets"]})
     if sets:
         lines += ["", "Eval sets (nats/token of the tightest bound): " + "; ".join(
             f"{r['label']}: " + ", ".join(f"{s} {_f(r['eval_sets'].get(s))}" for s in sets) for r in rows)]
-    lines += ["", "Each model is scored by its tightest valid bound (evaluate's `bound`); s.e. over the t draws "
-              "(and over seeds when there are several); `uncorrected`: a change-aware model read without the "
-              "correction (docs/likelihood.md Sec 7.4)."]
+    lines += ["", "Each model is scored by its tightest valid bound (evaluate's `bound`); s.e.: the Monte Carlo "
+              "error over the t draws on these test sequences (and over seeds when there are several), what "
+              "the claims read, all models being scored on the same sequences; s.e. over sequences: as an "
+              "estimate for the data distribution (docs/sampling.md, Standard errors); `uncorrected`: a "
+              "change-aware model read without the correction (docs/likelihood.md Sec 7.4)."]
     return lines
 
 

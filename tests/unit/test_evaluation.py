@@ -151,8 +151,14 @@ def test_nelbo_on_mds_split_reproducible(tmp_path, kernel_name, bounds):
     b = evaluate_nelbo(exported, seqs, PAD, batch_size=2, t_draws=3, seed=0, progress=False)
     assert a == b and set(a["candidates"]) == bounds
     assert a["nats_per_token"] == min(a["candidates"].values()) == a["candidates"][a["bound"]]  # the tightest
-    assert a["stderr"] > 0
+    assert a["stderr"] > 0 and a["stderr_method"] == "collapsed strata"
+    assert a["stderr_iid_draws"] > 0 and a["stderr_sequences"] > 0
     assert a["tokens"] == int((seqs != PAD).sum())
+    counts = np.bincount(seqs[seqs != PAD].numpy(), minlength=V)  # the unigram reference, paired per sequence
+    u = evaluate_nelbo(exported, seqs, PAD, batch_size=2, t_draws=3, seed=0, progress=False,
+                       unigram_counts=counts)["unigram"]
+    assert u["tokens"] == a["tokens"] and u["margin_stderr"] > 0
+    assert u["margin_stderrs"] == pytest.approx((u["nats_per_token"] - a["nats_per_token"]) / u["margin_stderr"])
     c = evaluate_nelbo(exported, seqs, PAD, batch_size=2, t_draws=3, seed=1, progress=False)
     assert c["nelbo_nats"] != a["nelbo_nats"]  # the seed is what fixes the estimate
     # a zero-initialised head predicts uniformly (over the 63 non-mask tokens for mask): NELBO/token ~ log V
