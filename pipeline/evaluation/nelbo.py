@@ -86,7 +86,8 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
                    unigram_counts=None) -> dict:
     """The tightest bound over ``sequences`` and its per-token forms (nats, bits, perplexity), with its
     standard errors (standard_errors.py) and every candidate bound's nats per token; given the training
-    data's ``unigram_counts``, the unigram reference of the same tokens beside it (baselines.py)."""
+    data's ``unigram_counts``, the unigram reference of the same tokens beside it (baselines.py).
+    ``per_sequence``: (nats, scored tokens) of each sequence, tensors, for paired comparisons; not JSON."""
     device = next(exported.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     objective = build_objective(exported.kernel, reading=exported.reading or PLAIN)
@@ -132,6 +133,7 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
         reference, unigram_nats = unigram_reference(unigram_counts, sequences, _scored(objective, real))
         paired = ratio_stderr(unigram_nats - sequence_nats, token_counts)
         result["unigram"] = {**reference, **learned_verdict(total / tokens, paired, reference)}
+    result["per_sequence"] = (sequence_nats, token_counts)  # in memory only (a baseline's paired difference)
     return result
 
 

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from .learning_curve import curve_line
+
 SWEEP_COLUMNS = ("steps", "lambda_freq", "lambda_sem", "gen_ppl", "entropy_mean", "low_entropy_share",
                  "distinct_1", "distinct_2", "distinct_3", "repetition_rate", "semantic_basin_rate",
                  "num_samples", "seconds")
@@ -87,6 +89,22 @@ def unigram_line(scored: dict) -> str:
             f"{'below' if u['below_train_entropy'] else 'above'} the latter.")
 
 
+def baseline_lines(nelbo: dict, base: dict) -> list[str]:
+    """The --baseline section: both bounds on the same test sequences and their paired difference."""
+    kind = base["kernel"] or base["kind"]
+    se = f" ± {_fmt(base['difference_stderr'])}" if base.get("difference_stderr") else ""
+    sigmas = f" ({base['difference_stderrs']:+.1f} standard errors)" if base.get("difference_stderrs") else ""
+    return ["", "## Against the baseline (same test sequences)", "",
+            "| model | bound | tokens | nats/token | ± stderr | PPL (upper bound) |", "|---|---|---|---|---|---|",
+            f"| this model | {nelbo['bound']} | {nelbo['tokens']} | {_fmt(nelbo['nats_per_token'])} | "
+            f"{_fmt(nelbo.get('stderr'))} | {_fmt(nelbo['perplexity'], 2)} |",
+            f"| `{base['model']}` ({kind}) | {base['bound']} | {base['tokens']} | {_fmt(base['nats_per_token'])} "
+            f"| {_fmt(base.get('stderr'))} | {_fmt(base['perplexity'], 2)} |", "",
+            f"Difference (this model - baseline): {_fmt(base['difference'])}{se} nats/token{sigmas}, paired over "
+            "the sequences (docs/sampling.md, Standard errors). An AR bound is its exact NLL and never scores a "
+            "sequence's first token; a diffusion bound is an upper bound on its NLL."]
+
+
 def write_report(out: Path, results: dict) -> None:
     """results.json + report.md (+ the plots named in results['plots'], written by the caller)."""
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
@@ -116,6 +134,11 @@ def write_report(out: Path, results: dict) -> None:
             lines += ["", unigram_line(nelbo)]
         if nelbo.get("stderr_warning"):
             lines += ["", f"**Warning:** {nelbo['stderr_warning']}"]
+    if results.get("baseline"):
+        lines += baseline_lines(results["nelbo"], results["baseline"])
+    if results.get("training_curve"):
+        unigram = ((nelbo or {}).get("unigram") or {}).get("train_entropy")
+        lines += ["", "## Training", "", curve_line(results["training_curve"], unigram)]
     sets = results.get("eval_sets") or {}
     if sets:
         lines += ["", "## Zero-shot likelihood", "",

@@ -33,6 +33,7 @@ from .baselines import training_counts
 from .diversity import sample_metrics
 from .eval_sets import EvalSetSpec, freshness_inputs, parse_eval_sets
 from .genppl import DEFAULT_JUDGE, generative_perplexity, load_judge
+from .learning_curve import plot_training_curve, training_curve
 from .report import plot_entropy_histogram, plot_sweep, write_report, write_sweep_csv
 
 STAGE = "evaluate"
@@ -60,6 +61,7 @@ class EvaluateConfig:
     bound: str = "continuous"  # continuous (the kernel's tightest continuous-time bound) | tstep (T-step bound)
     t_sampling: str = "defensive"  # how t is drawn for the continuous bounds (time_sampling.bound_times)
     eval_sets: tuple[EvalSetSpec, ...] = ()  # --eval-set NAME=SOURCE[#detok=...] (strings are parsed)
+    baseline: str | None = None  # an export scored on the same test sequences, with the paired difference
     samples: str | None = None  # evaluate this sample artifact instead of sampling
     sample: bool = True  # False: likelihood only
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
@@ -92,6 +94,8 @@ class EvaluateConfig:
         check_device_name(self.device)
         if self.samples and not self.sample:
             raise ConfigError("give --samples or --no-samples, not both")
+        if self.baseline and not self.nelbo:
+            raise ConfigError("--baseline compares test likelihoods: not with --no-nelbo")
         if self.samples and conditioning_options(self.sampler):
             raise ConfigError("--prompt / --infill / --stop-at-eos shape the samples this stage draws, "
                               "not given --samples")
@@ -106,6 +110,8 @@ class EvaluateConfig:
         cfg = asdict(self)
         for runtime_only in RUNTIME_ONLY:
             cfg.pop(runtime_only)
+        if self.baseline is None:  # only when set: older artifacts keep their key
+            cfg.pop("baseline")
         for name in ("prompt", "infill", "stop_at_eos"):  # only when set: older artifacts keep their key
             if name not in conditioning_options(self.sampler):
                 cfg["sampler"].pop(name)
@@ -186,6 +192,8 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
         upstream["samples"] = Path(cfg.samples)
     set_inputs, set_upstream = cfg.freshness_sources()
     upstream.update(set_upstream)
+    if cfg.baseline:  # pinned: a re-exported baseline makes this evaluation stale
+        upstream["baseline"] = Path(cfg.baseline)
     conditioning, prompt_files = (None, None), []
     if exported.kind == "diffusion" and cfg.sample and not cfg.samples:  # prompts fail before any model time
         cond, stop_id, prompt_files = resolve_conditioning(cfg.sampler, exported, cfg.tokenizer)
@@ -201,7 +209,8 @@ def run_evaluate(cfg: EvaluateConfig, model: str | os.PathLike, out: str | os.Pa
         judge = load_judge(cfg.judge, cfg.device) if cfg.use_judge and exported.kind == "diffusion" else None
         results = {"model": str(Path(model).resolve()), "kind": exported.kind,
                    "kernel": exported.kernel.cfg.name if exported.kernel is not None else None,
-                   "judge": judge.name if judge else None, "training": exported.config.get("training")}
+                   "judge": judge.name if judge else None, "training": exported.config.get("training"),
+                   "training_curve": training_curve(Path(model))}
         results.update(_likelihoods(cfg, exported, split, log))
         neighbors = exported.tables.neighbors if exported.tables is not None else None  # loaded once, by load_export
         rows, point_samples = [], {}
@@ -228,10 +237,12 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
 
     counts = training_counts(exported.config)  # the unigram reference: the export's training data
 
-    def score(seqs, desc):
-        return evaluate_nelbo(exported, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
+    baseline = load_baseline(cfg, exported) if cfg.baseline else None  # a bad one fails before model time
+
+    def score(seqs, desc, model=exported, unigram=counts):
+        return evaluate_nelbo(model, seqs, pad_id, cfg.eval_batch_size, cfg.t_draws, cfg.nelbo_steps,
                               cfg.nelbo_seed, progress=cfg.progress, bound=cfg.bound, desc=desc,
-                              t_sampling=cfg.t_sampling, unigram_counts=counts)
+                              t_sampling=cfg.t_sampling, unigram_counts=unigram)
 
     out = {}
     if cfg.nelbo:
@@ -239,11 +250,22 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
             raise ConfigError("no test split: pass --test-split, --eval-set or --no-nelbo "
                               "(the export names no preprocessed data)")
         if split is not None:
-            out["nelbo"] = score(read_test_sequences(split, cfg.max_test_sequences), "test NELBO")
+            seqs = read_test_sequences(split, cfg.max_test_sequences)
+            out["nelbo"] = score(seqs, "test NELBO")
+            if baseline is not None:
+                theirs = score(seqs, "baseline NELBO", baseline, None)
+                out["baseline"] = baseline_comparison(cfg.baseline, baseline, out["nelbo"], theirs)
+                log(f"baseline {cfg.baseline}: {theirs['nats_per_token']:.4f} nats/token; difference "
+                    f"{out['baseline']['difference']:+.4f} ± {out['baseline']['difference_stderr']:.4f}")
+            out["nelbo"].pop("per_sequence")
+        elif baseline is not None:
+            raise ConfigError("--baseline is scored on the test split: pass --test-split (the export names no "
+                              "preprocessed data)")
     if cfg.eval_sets:
         out["eval_sets"] = {}
         for spec in cfg.eval_sets:
             r = score(set_sequences.pop(spec.name), f"{spec.name} NELBO")
+            r.pop("per_sequence")
             out["eval_sets"][spec.name] = {
                 **{k: r[k] for k in ("nats_per_token", "perplexity", "bits_per_token", "bound", "tokens", "stderr",
                                      "sequences", "candidates", "unigram") if k in r},
@@ -251,6 +273,32 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
             log(f"{spec.name}: {r['tokens']} tokens, {r['nats_per_token']:.4f} nats/token, "
                 f"PPL <= {r['perplexity']:.2f}")
     return out
+
+
+def load_baseline(cfg: EvaluateConfig, exported):
+    """The --baseline export, refused with one line when its tokens are not the model's."""
+    from pipeline.common.export_artifact import load_export
+
+    baseline = load_export(cfg.baseline, device=cfg.device)
+    ours, theirs = exported.tokenizer_info.get("identity"), baseline.tokenizer_info.get("identity")
+    if ours != theirs:
+        raise ConfigError(f"--baseline {cfg.baseline}: its tokenizer is not the model's ({theirs} vs {ours}): "
+                          "the two bounds would score different tokens")
+    return baseline
+
+
+def baseline_comparison(path: str, baseline, ours: dict, theirs: dict) -> dict:
+    """results.json ``baseline``: its bound on the same sequences, and the paired difference (ours - its)."""
+    from pipeline.evaluation.standard_errors import paired_difference_stderr
+
+    difference = ours["nats_per_token"] - theirs["nats_per_token"]
+    se = paired_difference_stderr(*ours["per_sequence"], *theirs["per_sequence"])
+    return {"model": str(Path(path).resolve()), "kind": baseline.kind,
+            "kernel": baseline.kernel.cfg.name if baseline.kernel is not None else None,
+            **{k: theirs[k] for k in ("bound", "nats_per_token", "stderr", "stderr_sequences", "tokens",
+                                      "perplexity")},
+            "difference": difference, "difference_stderr": se,
+            "difference_stderrs": difference / se if se else None}
 
 
 def _given_samples(cfg: EvaluateConfig, judge, neighbors) -> tuple[list[dict], dict]:
@@ -262,6 +310,10 @@ def _given_samples(cfg: EvaluateConfig, judge, neighbors) -> tuple[list[dict], d
            "lambda_sem": penalty.get("lambda_sem", 0.0), "num_samples": len(records),
            **evaluate_point(records, judge, neighbors, cfg)}
     return [row], {"given": records}
+
+
+def _unigram_entropy(results: dict) -> float | None:
+    return ((results.get("nelbo") or {}).get("unigram") or {}).get("train_entropy")
 
 
 def _write_outputs(tmp: Path, results: dict, rows: list[dict], point_samples: dict) -> None:
@@ -279,6 +331,9 @@ def _write_outputs(tmp: Path, results: dict, rows: list[dict], point_samples: di
             with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
                 keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
                 fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
+    if results.get("training_curve"):
+        plot_training_curve(results["training_curve"], _unigram_entropy(results), tmp / "learning_curve.png")
+        plots.append("learning_curve.png")
     results["sweep"] = rows
     results["plots"] = plots
     first = next(iter(point_samples.values()), [])

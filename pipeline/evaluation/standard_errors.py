@@ -51,3 +51,17 @@ def ratio_stderr(values: torch.Tensor, tokens: torch.Tensor) -> float | None:
     ratio = values.sum() / tokens.sum()
     residual = values - ratio * tokens
     return float(math.sqrt(n / (n - 1) * float(residual.pow(2).sum())) / float(tokens.sum()))
+
+
+def paired_difference_stderr(values_a: torch.Tensor, tokens_a: torch.Tensor, values_b: torch.Tensor,
+                             tokens_b: torch.Tensor) -> float | None:
+    """Standard error of sum(values_a)/sum(tokens_a) - sum(values_b)/sum(tokens_b), two models scored on the
+    same sequences (row s of each: sequence s), sequences as the sampling unit: the delta method on the
+    per-sequence difference of the two linearised ratios. The token counts may differ per model (the AR
+    bound never scores a sequence's first token)."""
+    n = values_a.numel()
+    if n < 2 or values_b.numel() != n:
+        return None
+    a, ta, b, tb = (x.to(torch.float64) for x in (values_a, tokens_a, values_b, tokens_b))
+    residual = (a - a.sum() / ta.sum() * ta) / ta.sum() - (b - b.sum() / tb.sum() * tb) / tb.sum()
+    return float(math.sqrt(n / (n - 1) * float(residual.pow(2).sum())))

@@ -101,3 +101,26 @@ def test_bad_eval_set_sources_exit_2(setup, tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             _run(setup["mask"], tmp_path / "e", "--eval-set", arg)
         assert exc.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_baseline_is_scored_on_the_same_sequences_with_a_paired_difference(setup, tmp_path, capsys):
+    from pipeline.common.export_artifact import load_export
+    from pipeline.evaluation.nelbo import evaluate_nelbo, read_test_sequences
+
+    out = tmp_path / "eval"
+    assert _run(setup["mask"], out, "--baseline", str(setup["ar"])) == 0
+    results = json.loads((out / "results.json").read_text())
+    base, ours = results["baseline"], results["nelbo"]
+    seqs = read_test_sequences(setup["pre"] / "test")
+    alone = evaluate_nelbo(load_export(setup["ar"]), seqs, 0, 4, 2, progress=False)  # [PAD] is 0
+    assert base["nats_per_token"] == pytest.approx(alone["nats_per_token"], rel=1e-12)
+    assert base["bound"] == "ar_exact_nll" and base["tokens"] == ours["tokens"] - len(seqs)  # no first token
+    assert base["difference"] == pytest.approx(ours["nats_per_token"] - base["nats_per_token"], rel=1e-12)
+    assert base["difference_stderr"] > 0 and "per_sequence" not in ours
+    assert "Against the baseline" in (out / "report.md").read_text()
+    capsys.readouterr()  # the baseline is an input: unchanged, the evaluation is up to date
+    assert _run(setup["mask"], out, "--baseline", str(setup["ar"])) == 0
+    assert "up to date" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        _run(setup["mask"], tmp_path / "bad", "--baseline", str(setup["ar"]), "--no-nelbo")
+    assert stop.value.code == 2 and "--baseline compares test likelihoods" in capsys.readouterr().err

@@ -59,6 +59,11 @@ def test_smoke_study_writes_every_table_figure_and_claim(smoke):
     # every evaluation was judged by the study's own AR export
     evaluation = json.loads((root / "out" / "eval" / "semdlm_plus-ca-s0" / "results.json").read_text())
     assert evaluation["judge"].endswith("exports/ar-s0")
+    # ... and shows the training curve of the run it was exported from
+    curve = evaluation["training_curve"]
+    assert curve["run"].endswith("runs/semdlm_plus-ca-s0") and curve["val"] and curve["train_loss"]
+    assert "learning_curve.png" in evaluation["plots"]
+    assert "## Training" in (root / "out" / "eval" / "semdlm_plus-ca-s0" / "report.md").read_text()
 
 
 def test_a_rerun_runs_nothing_and_a_changed_setting_only_what_it_reaches(smoke, tmp_path):

@@ -149,7 +149,9 @@ def test_nelbo_on_mds_split_reproducible(tmp_path, kernel_name, bounds):
     exported = Exported(model, cfg, "diffusion", kernel, {}, {}, MASK)
     a = evaluate_nelbo(exported, seqs, PAD, batch_size=2, t_draws=3, seed=0, progress=False)
     b = evaluate_nelbo(exported, seqs, PAD, batch_size=2, t_draws=3, seed=0, progress=False)
-    assert a == b and set(a["candidates"]) == bounds
+    (nats_a, tokens_a), (nats_b, _) = a.pop("per_sequence"), b.pop("per_sequence")
+    assert a == b and torch.equal(nats_a, nats_b) and set(a["candidates"]) == bounds
+    assert int(tokens_a.sum()) == a["tokens"] and float(nats_a.sum()) == pytest.approx(a["nelbo_nats"], rel=1e-12)
     assert a["nats_per_token"] == min(a["candidates"].values()) == a["candidates"][a["bound"]]  # the tightest
     assert a["stderr"] > 0 and a["stderr_method"] == "collapsed strata"
     assert a["stderr_iid_draws"] > 0 and a["stderr_sequences"] > 0

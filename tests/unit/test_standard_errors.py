@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from pipeline.evaluation.standard_errors import collapsed_strata_variance, ratio_stderr
+from pipeline.evaluation.standard_errors import collapsed_strata_variance, paired_difference_stderr, ratio_stderr
 
 
 def f(u: torch.Tensor) -> torch.Tensor:
@@ -67,3 +67,20 @@ def test_ratio_stderr_matches_the_spread_over_resampled_test_sets():
     one = draws[0]
     assert ratio_stderr(population_values[one], population_tokens[one]) == pytest.approx(float(ratios.std()),
                                                                                           rel=0.2)
+
+
+def test_paired_difference_of_two_models_on_the_same_sequences():
+    g = torch.Generator().manual_seed(2)
+    N = 300
+    tokens = torch.randint(5, 40, (N,), generator=g).double()
+    hard = 2 + torch.rand(N, generator=g, dtype=torch.float64)  # how hard each sequence is, for both models
+    a = tokens * (hard + 0.3 * torch.rand(N, generator=g, dtype=torch.float64))
+    b = (tokens - 1) * (hard + 0.1)  # the AR baseline scores one token fewer per sequence
+    se = paired_difference_stderr(a, tokens, b, tokens - 1)
+    assert paired_difference_stderr(a, tokens, torch.zeros(N), tokens) == pytest.approx(ratio_stderr(a, tokens))
+    assert paired_difference_stderr(a, tokens, a, tokens) == 0.0
+    assert se < 0.5 * math.hypot(ratio_stderr(a, tokens), ratio_stderr(b, tokens - 1))  # the shared difficulty cancels
+    # against the spread of the difference over test sets resampled from the same population
+    draws = torch.randint(0, N, (3000, N), generator=g)
+    diffs = a[draws].sum(-1) / tokens[draws].sum(-1) - b[draws].sum(-1) / (tokens - 1)[draws].sum(-1)
+    assert se == pytest.approx(float(diffs.std()), rel=0.15)
