@@ -27,26 +27,22 @@ step "3/7 kernel diagnostics (paper Sec 3.2, App B.4/B.6) on the real neighbour 
 step "4/7 train a tiny SemDLM+ diffusion model ($STEPS steps, DeepSpeed ZeRO-2 engine, 1 CPU process) and export it"
 "$PY" pipeline/train.py --ds_config ds_configs/zero2.json --config configs/tiny.yaml --run-dir "$OUT/run_semdlm_plus" \
     --preprocessed "$OUT/lm1b" --neighbors "$OUT/neighbors" --kernel semdlm_plus --max-steps "$STEPS" \
-    val_every="$STEPS" val_batches=1 log_every=25 ckpt_every=50
+    val_every=50 val_batches=1 log_every=25 ckpt_every=50
 "$PY" -m pipeline.export "$OUT/run_semdlm_plus" --out "$OUT/export_semdlm_plus"
 
-JUDGE=${DEMO_JUDGE:-}  # e.g. gpt2-large or a local HF causal-LM dir, when one is reachable
-if [ -z "$JUDGE" ]; then
-    step "5/7 no judge given (DEMO_JUDGE): train a tiny autoregressive baseline as the offline Gen-PPL judge"
-    "$PY" pipeline/train.py --ds_config ds_configs/zero2.json --config configs/tiny_ar.yaml --run-dir "$OUT/run_ar" \
-        --preprocessed "$OUT/lm1b" --max-steps "$STEPS" val_every=50 log_every=25 ckpt_every=50
-    "$PY" -m pipeline.export "$OUT/run_ar" --out "$OUT/export_ar"
-    JUDGE="$OUT/export_ar"
-else
-    step "5/7 Gen-PPL judge: $JUDGE"
-fi
+step "5/7 train a tiny autoregressive baseline on the same data: the report's comparison and the offline Gen-PPL judge"
+"$PY" pipeline/train.py --ds_config ds_configs/zero2.json --config configs/tiny_ar.yaml --run-dir "$OUT/run_ar" \
+    --preprocessed "$OUT/lm1b" --max-steps "$STEPS" val_every=50 log_every=25 ckpt_every=50
+"$PY" -m pipeline.export "$OUT/run_ar" --out "$OUT/export_ar"
+JUDGE=${DEMO_JUDGE:-$OUT/export_ar}  # e.g. gpt2-large or a local HF causal-LM dir, when one is reachable
 
 step "6/7 sample: CTMC tau-leaping + predictor-corrector (the default for SemDLM+), 2 strides, semantic-frequency penalty (Eq 23)"
 "$PY" -m pipeline.sample --model "$OUT/export_semdlm_plus" --out "$OUT/samples" --steps 32 --strides 2 \
     --num-samples 16 --batch-size 8 --lambda-freq 1 --lambda-sem 0.5 --quiet
 
-step "7/7 evaluate: test NELBO, Gen-PPL (tiny AR judge), entropy, distinct-n, sweeps over steps and lambda_freq"
+step "7/7 evaluate: test NELBO against the AR baseline on the same sequences, the training curve, Gen-PPL, entropy, distinct-n, sweeps"
 "$PY" -m pipeline.evaluate --model "$OUT/export_semdlm_plus" --out "$OUT/eval" --judge "$JUDGE" \
+    --baseline "$OUT/export_ar" \
     --steps 8,16,32 --lambda-freq 0,1 --lambda-sem 0.5 --num-samples 8 --batch-size 8 \
     --max-test-sequences 32 --t-draws 4 --quiet
 

@@ -80,7 +80,7 @@ def plot_entropy_histogram(entropies: list[float], path: Path, threshold: float 
 def unigram_line(scored: dict) -> str:
     """One sentence: the bound against the unigram reference of the same tokens (baselines.py)."""
     u = scored["unigram"]
-    sigmas = (f", {u['margin_stderrs']:.1f} paired standard errors over sequences"
+    sigmas = (f", {abs(u['margin_stderrs']):.1f} paired standard errors over sequences"
               if u.get("margin_stderrs") is not None else "")
     return (f"Unigram reference ({u['smoothing']}-smoothed counts of the training split): the same tokens cost "
             f"{_fmt(u['nats_per_token'])} nats/token, the training data's unigram entropy is "
