@@ -4,11 +4,11 @@ The bounds are the objective's (``pipeline.core.objectives`` -> ``pipeline.core.
 Default ``bound="continuous"``: every continuous-time bound of the kernel (MDLM's NELBO for ``mask``,
 the conditional-path ELBO for every other kernel, plus UDLM's closed form for ``uniform``), each
 averaged over ``t_draws`` stratified t per sequence on a shared x_t; the report keeps the tightest
-total and names it, with a standard error over the t draws. ``bound="tstep"``: the T-step bound with
-``t_draws`` stratified steps of ``num_steps``. ``ar`` exports: the exact next-token NLL (first token of
-each sequence not scored: it is always [CLS]). [PAD] positions are never counted. The export's
-weights are the EMA weights when exported from a run; the generator is seeded, so the estimate is
-reproducible.
+total and names it, with its standard errors (standard_errors.py: Monte Carlo, over sequences).
+``bound="tstep"``: the T-step bound with ``t_draws`` stratified steps of ``num_steps``. ``ar`` exports:
+the exact next-token NLL (first token of each sequence not scored: it is always [CLS]). [PAD] positions
+are never counted. The export's weights are the EMA weights when exported from a run; the generator is
+seeded, so the estimate is reproducible.
 """
 from __future__ import annotations
 
