@@ -255,8 +255,9 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
             if baseline is not None:
                 theirs = score(seqs, "baseline NELBO", baseline, None)
                 out["baseline"] = baseline_comparison(cfg.baseline, baseline, out["nelbo"], theirs)
+                se = out["baseline"]["difference_stderr"]
                 log(f"baseline {cfg.baseline}: {theirs['nats_per_token']:.4f} nats/token; difference "
-                    f"{out['baseline']['difference']:+.4f} ± {out['baseline']['difference_stderr']:.4f}")
+                    f"{out['baseline']['difference']:+.4f}" + (f" ± {se:.4f}" if se is not None else ""))
             out["nelbo"].pop("per_sequence")
         elif baseline is not None:
             raise ConfigError("--baseline is scored on the test split: pass --test-split (the export names no "
