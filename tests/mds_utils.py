@@ -17,3 +17,13 @@ def read_split(directory: str | Path) -> np.ndarray:
         rows = [np.array(ds[i]["tokens"], dtype=np.int64) for i in range(len(ds))]
         del ds
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=np.int64)
+
+
+def write_ramp_split(directory: str | Path, rows: int) -> Path:
+    """An MDS split of ``rows`` sequences, row i = [i, i+1, ..., i+7] (int64): a tiny split to read back."""
+    from streaming import MDSWriter
+
+    with MDSWriter(out=str(directory), columns={"tokens": "ndarray:int64"}) as writer:
+        for i in range(rows):
+            writer.write({"tokens": np.arange(i, i + 8, dtype=np.int64)})
+    return Path(directory)

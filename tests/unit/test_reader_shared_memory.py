@@ -13,6 +13,8 @@ import pytest
 
 from pipeline.common.mds_check import read_split_sequences, released_shared_memory
 
+from mds_utils import write_ramp_split
+
 
 def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -20,12 +22,7 @@ def _open_descriptors() -> int:
 
 @pytest.fixture
 def split(tmp_path):
-    from streaming import MDSWriter
-
-    with MDSWriter(out=str(tmp_path / "split"), columns={"tokens": "ndarray:int64"}) as writer:
-        for i in range(20):
-            writer.write({"tokens": np.arange(i, i + 8, dtype=np.int64)})
-    return tmp_path / "split"
+    return write_ramp_split(tmp_path / "split", 20)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")

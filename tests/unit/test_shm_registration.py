@@ -9,8 +9,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 
-import numpy as np
 import pytest
+
+from mds_utils import write_ramp_split
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="streaming's segments live in /dev/shm")
 PROCESSES = 3
@@ -59,12 +60,7 @@ def _race(split, verified: bool) -> list:
 
 @pytest.fixture
 def split(tmp_path):
-    from streaming import MDSWriter
-
-    with MDSWriter(out=str(tmp_path / "split"), columns={"tokens": "ndarray:int64"}) as writer:
-        for i in range(4):
-            writer.write({"tokens": np.arange(i, i + 8, dtype=np.int64)})
-    return tmp_path / "split"
+    return write_ramp_split(tmp_path / "split", 4)
 
 
 def test_concurrent_registrations_take_distinct_prefixes(split):
