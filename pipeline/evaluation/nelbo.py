@@ -111,8 +111,8 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     name, total = tightest(totals)
     draws, y = per_draw[name], torch.cat(per_sequence[name])
     iid = float(draws.std() / math.sqrt(len(draws))) / tokens if len(draws) > 1 else None
-    stderr = (math.sqrt(float(collapsed_strata_variance(y).sum())) / tokens
-              if stratified(objective, bound) and t_draws > 1 else iid)
+    collapsed = stratified(objective, bound) and t_draws > 1  # one draw per stratum: pair adjacent strata
+    stderr = math.sqrt(float(collapsed_strata_variance(y).sum())) / tokens if collapsed else iid
     warning = None
     if stderr is not None and stderr > STDERR_WARNING * abs(total / tokens):
         warning = (f"the standard error ({stderr:.3g} nats/token) exceeds {STDERR_WARNING:.0%} of the bound "
@@ -122,7 +122,7 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     result = {"stderr_warning": warning, "bound": name, "sequences": len(sequences), "tokens": tokens,
               "nelbo_nats": total,
               "nats_per_token": total / tokens, "stderr": stderr,
-              "stderr_method": "collapsed strata" if stratified(objective, bound) and t_draws > 1 else "draws",
+              "stderr_method": "collapsed strata" if collapsed else "draws",
               "stderr_iid_draws": iid, "stderr_sequences": ratio_stderr(sequence_nats, token_counts),
               "bits_per_token": bits_per_token(total, tokens),
               "perplexity": perplexity(total, tokens), "t_draws": t_draws, "seed": seed, "t_sampling": t_sampling,
