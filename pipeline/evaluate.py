@@ -3,7 +3,7 @@
     python -m pipeline.evaluate --model EXPORT_DIR --out DIR
         [--judge gpt2-large | HF_DIR | AR_EXPORT_DIR | none] [--judge-batch-size 8]
         [--no-nelbo] [--test-split DIR] [--max-test-sequences N] [--t-draws 4]
-        [--bound continuous|tstep] [--nelbo-steps 1000] [--baseline AR_EXPORT]
+        [--bound continuous|tstep] [--nelbo-steps 1000] [--baseline AR_EXPORT] [--no-frequency-floor]
         [--eval-set NAME=SOURCE[#detok=lm1b|ptb|wikitext|lambada|none][#field=F] ...]
         [--samples SAMPLE_DIR | --steps 32,64,128,256 --lambda-freq 0,1 --lambda-sem 0,0.5 ...]
 
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, metavar="EXPORT",
                    help="another export (e.g. the AR baseline) scored on the same test sequences with the same "
                         "protocol: the report gives both bounds and their paired difference")
+    p.add_argument("--no-frequency-floor", action="store_true",
+                   help="skip the frequency floor: the kernel's bound for a denoiser that knows only token "
+                        "frequencies, on the same draws (the bound's slack at zero context; not for mask)")
     p.add_argument("--samples", default=None, help="evaluate this sample directory instead of sampling")
     p.add_argument("--no-samples", action="store_true", help="likelihood only")
     add_sampler_args(p, grid=True)
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             test_split=args.test_split, max_test_sequences=args.max_test_sequences,
             eval_batch_size=args.eval_batch_size, eval_sets=tuple(args.eval_set), t_draws=args.t_draws,
             nelbo_steps=args.nelbo_steps, bound=args.bound, t_sampling=args.t_sampling,
-            nelbo_seed=args.nelbo_seed, baseline=args.baseline, samples=args.samples, sample=not args.no_samples,
+            nelbo_seed=args.nelbo_seed, baseline=args.baseline, frequency_floor=not args.no_frequency_floor,
+            samples=args.samples, sample=not args.no_samples,
             **sampler_kwargs(args))
         keep_freed_memory_on_cpu(cfg.device)  # no caching allocator on CPU (pipeline/common/cpu_host.py)
         run_evaluate(cfg, args.model, args.out, force=args.force, break_lock=args.break_lock)

@@ -10,6 +10,9 @@ distribution alone achieves. Two numbers make that concrete (docs/sampling.md, E
   and this figure score the same tokens: their difference is judged by its paired standard error over
   sequences (standard_errors.py), which holds the bound's Monte Carlo error and the sampling of the test
   sequences, with the difficulty a sequence has for both cancelled.
+
+A bound below these figures is sufficient evidence of learning, not necessary: frequency_floor.py gives the
+kernel's own bound for a frequency-only model, the reference for kernels whose bound is loose.
 """
 from __future__ import annotations
 
@@ -38,11 +41,16 @@ def unigram_entropy_of_counts(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+def unigram_log_probs(counts: np.ndarray) -> np.ndarray:
+    """log p_unigram(v) from training counts, ``UNIGRAM_SMOOTHING``-smoothed, [V] float64."""
+    counts = counts.astype(np.float64)
+    return np.log(counts + UNIGRAM_SMOOTHING) - math.log(counts.sum() + UNIGRAM_SMOOTHING * len(counts))
+
+
 def unigram_reference(counts: np.ndarray, sequences: torch.Tensor, scored: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """The unigram figures for the tokens ``sequences[scored]`` (see the module docstring), and the unigram
     nats of each sequence's scored tokens ([N], float64: for the paired standard error)."""
-    counts = counts.astype(np.float64)
-    log_p = np.log(counts + UNIGRAM_SMOOTHING) - math.log(counts.sum() + UNIGRAM_SMOOTHING * len(counts))
+    log_p = unigram_log_probs(counts)
     ids = sequences[scored].cpu().numpy()
     per_sequence = torch.from_numpy(-log_p[sequences.cpu().numpy()]) * scored.cpu()
     return ({"train_entropy": unigram_entropy_of_counts(counts),

@@ -86,7 +86,25 @@ def unigram_line(scored: dict) -> str:
             f"{_fmt(u['nats_per_token'])} nats/token, the training data's unigram entropy is "
             f"{_fmt(u['train_entropy'])}; the bound is {_fmt(abs(u['margin_nats']))} nats/token "
             f"{'below' if u['margin_nats'] > 0 else 'above'} the former{sigmas}, and "
-            f"{'below' if u['below_train_entropy'] else 'above'} the latter.")
+            f"{'below' if u['below_train_entropy'] else 'above'} the latter." + floor_sentence(u))
+
+
+def floor_sentence(u: dict) -> str:
+    """The frequency floor (frequency_floor.py), when it was measured: the bound's slack and the model's margin."""
+    f = u.get("frequency_floor")
+    if not f:
+        return ""
+    margin, z = f["margin_nats"], f.get("margin_stderrs")
+    sigmas = f" ({abs(z):.1f} paired standard errors)" if z is not None else ""
+    if z is not None and z > 2:
+        verdict = "it has learned more than token frequencies"
+        if u["margin_nats"] < 0:
+            verdict += ", which its bound alone, above the unigram cross-entropy, does not show"
+    else:
+        verdict = "not resolved from a frequency-only model"
+    return (f" A denoiser that knows only these frequencies reads {_fmt(f['nats_per_token'])} under this kernel's "
+            f"bound ({f['bound']}; the bound's slack at zero context: {f['slack']:+.3f} nats/token); this model "
+            f"is {_fmt(abs(margin))} {'below' if margin > 0 else 'above'} that floor{sigmas}: {verdict}.")
 
 
 def baseline_lines(nelbo: dict, base: dict) -> list[str]:

@@ -32,6 +32,7 @@ from pipeline.sampling.stage import (
 from .baselines import training_counts
 from .diversity import sample_metrics
 from .eval_sets import EvalSetSpec, freshness_inputs, parse_eval_sets
+from .frequency_floor import floor_applies, floor_comparison, frequency_export
 from .genppl import DEFAULT_JUDGE, generative_perplexity, load_judge
 from .learning_curve import plot_training_curve, training_curve
 from .report import plot_entropy_histogram, plot_sweep, write_report, write_sweep_csv
@@ -62,6 +63,8 @@ class EvaluateConfig:
     t_sampling: str = "defensive"  # how t is drawn for the continuous bounds (time_sampling.bound_times)
     eval_sets: tuple[EvalSetSpec, ...] = ()  # --eval-set NAME=SOURCE[#detok=...] (strings are parsed)
     baseline: str | None = None  # an export scored on the same test sequences, with the paired difference
+    # the kernel's bound for a frequency-only denoiser on the same draws (frequency_floor.py; not for mask / AR)
+    frequency_floor: bool = True
     samples: str | None = None  # evaluate this sample artifact instead of sampling
     sample: bool = True  # False: likelihood only
     sampler: SamplerOptions = field(default_factory=SamplerOptions)
@@ -252,6 +255,11 @@ def _likelihoods(cfg: EvaluateConfig, exported, split: Path | None, log) -> dict
         if split is not None:
             seqs = read_test_sequences(split, cfg.max_test_sequences)
             out["nelbo"] = score(seqs, "test NELBO")
+            if cfg.frequency_floor and counts is not None and floor_applies(exported):
+                floor = score(seqs, "frequency floor", frequency_export(exported, counts), None)
+                out["nelbo"]["unigram"]["frequency_floor"] = f = floor_comparison(out["nelbo"], floor)
+                log(f"frequency floor ({f['bound']}): {f['nats_per_token']:.4f} nats/token, slack "
+                    f"{f['slack']:+.4f} over the unigram cross-entropy; the model is {f['margin_nats']:+.4f} below it")
             if baseline is not None:
                 theirs = score(seqs, "baseline NELBO", baseline, None)
                 out["baseline"] = baseline_comparison(cfg.baseline, baseline, out["nelbo"], theirs)

@@ -153,9 +153,13 @@ def learned_lines(plan: Plan) -> list[str]:
         ok = row["nats_per_token"] < u["train_entropy"]
         paired = (f", {u['margin_nats']:+.3f} ± {u['margin_stderr']:.3f} below it, paired over sequences"
                   if u.get("margin_stderr") else "")
+        f = u.get("frequency_floor")
+        floor = (f" Its kernel's bound reads {f['nats_per_token']:.3f} for a frequency-only denoiser (slack "
+                 f"{f['slack']:+.3f}); the model is {f['margin_nats']:+.3f} ± {f['margin_stderr']:.3f} below that."
+                 if f and f.get("margin_stderr") is not None else "")
         lines.append(f"- {row['label']}: {row['nats_per_token']:.3f} ± {row['stderr']:.3f} nats/token, "
                      f"{'below' if ok else 'ABOVE'} the training unigram entropy {u['train_entropy']:.3f} "
-                     f"(held-out unigram on the same tokens {u['nats_per_token']:.3f}{paired}).")
+                     f"(held-out unigram on the same tokens {u['nats_per_token']:.3f}{paired}).{floor}")
     return lines
 
 

@@ -37,7 +37,29 @@ def setup(tmp_path_factory, tokenizer, lm1b_lines):
         model = AutoregressiveLM(mcfg) if kind == "ar" else DiffusionTransformer(mcfg)
         kcfg = KernelConfig.preset(name) if kind == "diffusion" else None
         paths[name] = save_export(root / name, model, mcfg, kcfg, info, {"preprocessed": str(pre)}, kind)
+    paths["frequency"] = _frequency_model(root, pre, info, V)
     return paths
+
+
+def _frequency_model(root, pre, info, V):
+    """A kernel-aware uniform export whose network *is* the frequency denoiser: output weight 0 (its init),
+    output bias = the smoothed log unigram of its training data."""
+    import numpy as np
+
+    from pipeline.common.export_artifact import save_export
+    from pipeline.core.kernels import KernelConfig
+    from pipeline.core.model import DiffusionTransformer, ModelConfig
+    from pipeline.core.posterior import PosteriorConfig, Reading, posterior_record
+    from pipeline.evaluation.baselines import unigram_log_probs
+
+    mcfg = ModelConfig.preset("tiny", vocab_size=V)
+    model = DiffusionTransformer(mcfg)
+    counts = np.load(pre / "unigram_counts.npy", allow_pickle=False)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.from_numpy(unigram_log_probs(counts)).float())
+    record = posterior_record(PosteriorConfig("kernel", "all", False), Reading(True, 0.0, None), None)
+    return save_export(root / "frequency", model, mcfg, KernelConfig.preset("uniform"), info,
+                       {"preprocessed": str(pre)}, "diffusion", posterior=record)
 
 
 def _run(model, out, *extra):
@@ -124,3 +146,20 @@ def test_baseline_is_scored_on_the_same_sequences_with_a_paired_difference(setup
     with pytest.raises(SystemExit) as stop:
         _run(setup["mask"], tmp_path / "bad", "--baseline", str(setup["ar"]), "--no-nelbo")
     assert stop.value.code == 2 and "--baseline compares test likelihoods" in capsys.readouterr().err
+
+
+def test_frequency_floor_is_scored_on_the_same_draws(setup, tmp_path):
+    """A model that is the frequency denoiser sits exactly on its floor (same t and x_t draws); mask has no
+    floor (its bound is exact at zero context), and --no-frequency-floor leaves it out."""
+    out = tmp_path / "eval"
+    assert _run(setup["frequency"], out) == 0
+    nelbo = json.loads((out / "results.json").read_text())["nelbo"]
+    floor = nelbo["unigram"]["frequency_floor"]
+    assert floor["bound"] == nelbo["bound"] and floor["candidates"] == pytest.approx(nelbo["candidates"], abs=1e-9)
+    assert floor["margin_nats"] == pytest.approx(0.0, abs=1e-9) and floor["margin_stderr"] < 1e-9
+    assert floor["slack"] == pytest.approx(floor["nats_per_token"] - nelbo["unigram"]["nats_per_token"], abs=1e-12)
+    assert "A denoiser that knows only these frequencies" in (out / "report.md").read_text()
+    assert _run(setup["frequency"], tmp_path / "off", "--no-frequency-floor") == 0
+    assert "frequency_floor" not in json.loads((tmp_path / "off" / "results.json").read_text())["nelbo"]["unigram"]
+    assert _run(setup["mask"], tmp_path / "mask") == 0
+    assert "frequency_floor" not in json.loads((tmp_path / "mask" / "results.json").read_text())["nelbo"]["unigram"]
