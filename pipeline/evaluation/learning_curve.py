@@ -8,8 +8,9 @@ export itself is self-contained; the curve is context, not a result).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from pipeline.common.run_metrics import read_metrics, series
 
 MAX_TRAIN_POINTS = 200  # the training loss is thinned to about this many points (one per log_every step)
 
@@ -33,16 +34,9 @@ def training_curve(export_dir: Path) -> dict | None:
     run = run_dir_of(Path(export_dir))
     if run is None:
         return None
-    val, train = [], []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: the rest is still a curve
-            continue
-        if "val/nelbo" in row:
-            val.append([row["step"], row["val/nelbo"]])
-        if "train/loss" in row:
-            train.append([row["step"], row["train/loss"]])
+    rows = read_metrics(run / "metrics.jsonl")
+    val = [list(p) for p in series(rows, "val/nelbo")]
+    train = [list(p) for p in series(rows, "train/loss")]
     stride = max(1, len(train) // MAX_TRAIN_POINTS)
     return {"run": str(run), "val": val, "train_loss": train[::stride]} if val or train else None
 

@@ -12,6 +12,8 @@ import math
 import statistics
 from collections import defaultdict
 
+from pipeline.common.run_metrics import read_metrics, series
+
 from .plan import Plan, Run
 
 
@@ -21,15 +23,12 @@ def eval_results(plan: Plan, run: Run, where: str = "eval") -> dict | None:
 
 
 def metrics(plan: Plan, run: Run) -> list[dict]:
-    path = plan.out / "runs" / run.name / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics(plan.out / "runs" / run.name / "metrics.jsonl")
 
 
 def val_curve(plan: Plan, run: Run) -> list[tuple[int, float]]:
     """(step, validation bound in nats/token) at every validation of the run."""
-    return [(m["step"], m["val/nelbo"]) for m in metrics(plan, run) if "val/nelbo" in m]
+    return series(metrics(plan, run), "val/nelbo")
 
 
 def convergence_curves(plan: Plan) -> dict[str, list[tuple[int, float]]]:
