@@ -129,12 +129,15 @@ def test_spearman_of_orderings():
     assert claims.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
 
 
-def _write_eval(plan, run: Run, nats: float, stderr: float, where="eval", sweep=()):
+def _write_eval(plan, run: Run, nats: float, stderr: float, where="eval", sweep=(), floor=None):
     d = plan.out / where / run.name
     d.mkdir(parents=True, exist_ok=True)
     nelbo = {"nats_per_token": nats, "stderr": stderr, "bound": "b", "tokens": 100, "candidates": {"b": nats},
              "perplexity": math.exp(nats),
              "unigram": {"train_entropy": 7.0, "nats_per_token": 7.1}}
+    if floor is not None:  # as frequency_floor.floor_comparison writes it
+        nelbo["unigram"]["frequency_floor"] = {"bound": "b", "nats_per_token": floor, "slack": floor - 7.1,
+                                               "margin_nats": floor - nats, "margin_stderr": 0.05}
     (d / "results.json").write_text(json.dumps({"nelbo": nelbo, "sweep": list(sweep)}))
 
 
@@ -147,10 +150,14 @@ def test_table2_claim_on_written_results(tmp_path):
     assert claim.verdict == "holds" and "-0.500" in claim.evidence
     _write_eval(plan, runs["semdlm_plus-ca-s0"], 6.55, 0.05)
     assert claims.table2_claim(plan).verdict == "inconclusive"
-    _write_eval(plan, runs["semdlm_plus-ca-s0"], 7.5, 0.05)
-    assert claims.table2_claim(plan).verdict == "does not hold"
+    _write_eval(plan, runs["semdlm_plus-ca-s0"], 7.5, 0.05, floor=8.1)
+    claim = claims.table2_claim(plan)
+    assert claim.verdict == "does not hold" and "+1.000 nats/token above the unigram" in claim.evidence
     lines = claims.learned_lines(plan)
-    assert any("ABOVE" in line and "semdlm_plus" in line for line in lines)
+    assert any("ABOVE" in line and "semdlm_plus" in line and "+0.600 ± 0.050 below that" in line for line in lines)
+    from pipeline.studies.report import table2_lines
+    table = "\n".join(table2_lines(plan))
+    assert "| 8.100 (+1.000) |" in table and table.count("| - |") >= 1  # mask: no floor
 
 
 def test_penalty_claim_needs_a_collapse_to_hold(tmp_path):
