@@ -10,8 +10,8 @@ The floor measures that slack on the very test tokens and t draws of the model's
 is the Bayes posterior of the context-free data model p(x) = prod_i p_unigram(x_i): the clean-token
 score f(v | x_t) = p_unigram(v) (smoothed training counts, the export's clean support), read
 kernel-aware, p(v | x_t) ∝ p_unigram(v) q_t(x_t^i | v), with no change-aware correction (the exact
-posterior of that data model, §7.1). Scored with the same seed, it sees the same t and x_t draws as the
-model, so the paired difference is precise:
+posterior of that data model, docs/likelihood.md §7.2). Scored with the same seed, it sees the same t and
+x_t draws as the model, so the paired difference is precise:
 
 * ``slack`` = floor - unigram cross-entropy of the same tokens: the bound's looseness at zero context
   (0 for ``mask``, whose bound is exact there: the floor is not computed for it);
