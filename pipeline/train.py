@@ -11,7 +11,8 @@ artifacts, local or on any storage mosaicml-streaming reads, mixed by weight; do
 A run directory that holds a checkpoint resumes automatically (a changed model/kernel config is
 refused). ``--universal`` resumes from a universal checkpoint on another world size (docs/training.md).
 Rank 0 holds the run directory's lock (RUN_DIR/.lock) for the whole run: a second job on the same
-directory exits with status 2 naming the holder; ``--break-lock`` takes it over.
+directory exits with status 2 naming the holder; ``--break-lock`` takes it over. A collective that
+waits longer than ``dist_timeout_s`` (a lost node or rank) ends the rank with one line and status 4.
 Library: pipeline/training/launch.py (train, build_trainer), pipeline/training/config.py (TrainConfig).
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with stage_errors(PROG):
         from pipeline.training.config import load_config
+        from pipeline.training.distributed import launcher_rank, lost_peer
         from pipeline.training.loop import NonFiniteAbort
 
         cfg = load_config(args.config, args.overrides, run_dir=args.run_dir, preprocessed=args.preprocessed,
@@ -63,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteAbort as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 3
+        except Exception as exc:
+            if not lost_peer(exc):
+                raise
+            detail = str(exc).strip().splitlines()[-1][:300]
+            print(f"{PROG}: error: rank {launcher_rank()}: a collective lost its peers (no answer within "
+                  f"dist_timeout_s={cfg.dist_timeout_s:g} s, or a peer's connection dropped): another rank or "
+                  f"node is gone; resume from the last checkpoint ({detail})", file=sys.stderr)
+            return 4
 
 
 if __name__ == "__main__":

@@ -87,6 +87,10 @@ class TrainConfig:
     probe_samples: int = 4                    # micro-batches per bucket
     peak_flops: float = 989e12                # per device bf16 dense peak for MFU: H100/H200 989e12, A100 312e12
     log_sample_ids: bool = False              # write each step's sample ids to RUN_DIR/sample_ids_rank{R}.jsonl
+    # A collective that waits longer than this ends the run with an error (a lost node, a hung rank) instead of
+    # hanging until the job's time limit; 600 s (torch's NCCL default) leaves room for the slowest legitimate
+    # wait, rank 0 writing a checkpoint while the others sit in the next barrier (docs/slurm.md, Multi-node).
+    dist_timeout_s: float = 600.0
     # -- samples during training (pipeline/training/samples.py; rank 0, EMA weights, kernel's default sampler)
     sample_every: int = 0                     # 0 = off
     sample_num: int = 4                       # sequences per draw
@@ -105,6 +109,8 @@ class TrainConfig:
         for name in ("num_workers", "weight_decay", "shuffle_seed", "seed"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.dist_timeout_s > 0:
+            problems.append(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.num_canonical_nodes < 1 or (self.seq_len is not None and self.seq_len < 1):
             problems.append("num_canonical_nodes and seq_len (when set) must be >= 1")
         if not (self.adam_eps > 0 and self.peak_flops > 0 and math.isfinite(self.lr)):

@@ -132,7 +132,7 @@ def build_trainer(cfg, ds_config_path: str, *, local_rank: int | None = None, un
     identity = cfg.identity(upstream.vocab_size, upstream.seq_len, upstream.tokenizer["identity"])
     init = _checked_start(cfg, upstream, identity, universal)
 
-    env = init_distributed(local_rank)
+    env = init_distributed(local_rank, cfg.dist_timeout_s)
     run_dir = Path(cfg.run_dir)
     if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
