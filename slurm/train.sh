@@ -5,6 +5,7 @@
 #   CONFIG=configs/owt_small.yaml DATA=/data/owt_mds NEIGHBORS=/data/owt_nn RUN_DIR=runs/owt \
 #       KERNEL=semdlm_plus sbatch --nodes=8 slurm/train.sh
 #   sbatch --nodes=1 --gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1 --mem=8G slurm/train.sh   # CPU (gloo)
+#   CONFIG=configs/my_streams.yaml DATA="" sbatch --nodes=2 slurm/train.sh   # data.streams of the config
 #
 # Submit from the repository root (logs go to logs/, which the repository ships). The ranks per
 # node follow --ntasks-per-node, the GPUs per node follow --gpus-per-node (0: a CPU cluster, the
@@ -21,8 +22,9 @@
 # for this shell; sent to the ranks instead, they would checkpoint and exit but nothing requeues).
 #
 # Two ways to start the ranks (LAUNCH=...):
-#   srun      (default) one task per GPU; SLURM numbers the ranks (SLURM_PROCID/LOCALID/NTASKS) and
-#             pipeline/train.py maps them to RANK/LOCAL_RANK/WORLD_SIZE. No ssh/pdsh needed.
+#   srun      (default) one task per GPU; pipeline/train.py numbers the ranks from SLURM_NODEID/LOCALID/
+#             NTASKS (node-cyclic: a run's losses do not depend on its node count; docs/slurm.md,
+#             Multi-node). No ssh/pdsh needed.
 #   deepspeed the DeepSpeed launcher with a hostfile built from the allocation (needs passwordless
 #             ssh + pdsh between the nodes, as DeepSpeed's multi-node launcher always does; on one
 #             node it starts the ranks locally, no ssh).
@@ -45,7 +47,7 @@ trap 'stop_requested=1' USR1  # first of all: a warning that comes while the scr
 # ---- variables users set ------------------------------------------------------------------
 CONFIG=${CONFIG:-configs/lm1b_small.yaml}
 DS_CONFIG=${DS_CONFIG:-ds_configs/zero2.json}
-DATA=${DATA:-artifacts/lm1b}               # preprocess artifact
+DATA=${DATA-artifacts/lm1b}                # preprocess artifact (empty: the config's data.streams)
 NEIGHBORS=${NEIGHBORS-artifacts/lm1b_nn}   # neighbor_index artifact (not needed for mask/uniform; empty: none)
 KERNEL=${KERNEL:-""}                       # empty: the config's kernel
 RUN_DIR=${RUN_DIR:-runs/lm1b_small}
@@ -78,7 +80,8 @@ export NCCL_IB_DISABLE=${NCCL_IB_DISABLE:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-4}}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 
-args=(--ds_config "$DS_CONFIG" --config "$CONFIG" --run-dir "$RUN_DIR" --preprocessed "$DATA")
+args=(--ds_config "$DS_CONFIG" --config "$CONFIG" --run-dir "$RUN_DIR")
+[[ -n "$DATA" ]] && args+=(--preprocessed "$DATA")
 [[ -n "$NEIGHBORS" && -d "$NEIGHBORS" ]] && args+=(--neighbors "$NEIGHBORS")
 [[ -n "$KERNEL" ]] && args+=(--kernel "$KERNEL")
 # shellcheck disable=SC2206

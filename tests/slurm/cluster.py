@@ -110,6 +110,8 @@ class Cluster:
         self.node = socket.gethostname().split(".")[0]
         self.conf = self.root / "slurm.conf"
         self.procs: dict[str, subprocess.Popen] = {}
+        self.controller_addr = "127.0.0.1"
+        self.prefix: list[str] = []  # what the clients run under (tests/slurm/two_nodes.py: the head's network)
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         for var in [v for v in self.env if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
             if var != "SLURM_CONF":
@@ -134,7 +136,7 @@ class Cluster:
         self.conf.write_text(f"""\
 # one-node test cluster written by tests/slurm/cluster.py
 ClusterName=semdlmtest
-SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldHost={self.node}({self.controller_addr})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -143,11 +145,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={sock},cred_expire={self.cred_expire}
 StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
+SlurmdSpoolDir={r / 'spool' / '%n'}
 SlurmctldPidFile={r / 'slurmctld.pid'}
-SlurmdPidFile={r / 'slurmd.pid'}
+SlurmdPidFile={r / 'slurmd-%n.pid'}
 SlurmctldLogFile={r / 'log' / 'slurmctld.log'}
-SlurmdLogFile={r / 'log' / 'slurmd.log'}
+SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -166,15 +168,21 @@ JobRequeue=1
 MinJobAge=3600
 KillWait=10
 InactiveLimit=0
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN
-PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
-""")
-        self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
+{self._nodes_conf()}""")
+        self._spawn("slurmctld", [*self.prefix, _which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
         self._wait_for(lambda: self._run(["scontrol", "ping"], check=False).returncode == 0, timeout,
                        "slurmctld does not answer scontrol ping")
+        self._start_slurmds(timeout)
+        return self
+
+    def _nodes_conf(self) -> str:
+        return (f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.mem_mb} State=UNKNOWN\n"
+                f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP\n")
+
+    def _start_slurmds(self, timeout: float) -> None:
+        (self.root / "spool" / self.node).mkdir(exist_ok=True)
         self._spawn("slurmd", [_which("slurmd"), "-D", "-N", self.node, "-f", str(self.conf)])
         self._wait_for(lambda: self.node_state() == "idle", timeout, "the node did not become idle")
-        return self
 
     def stop(self) -> None:
         """Cancel every job of this cluster, then stop exactly the daemons start() started."""
@@ -183,7 +191,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             deadline = time.time() + 30
             while time.time() < deadline and self._run(["squeue", "-h", "-t", "R,CG,S"], check=False).stdout.strip():
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [*(n for n in self.procs if n.startswith("slurmd")), "slurmctld", "munged"]:
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -221,7 +229,8 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     # ------------------------------------------------------------------ clients
     def _run(self, cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("env", self.env)
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, **kw)
+        proc = subprocess.run([*self.prefix, *cmd], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=60, **kw)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
@@ -229,8 +238,8 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     def scontrol(self, *args: str) -> str:
         return self._run(["scontrol", *args]).stdout
 
-    def node_state(self) -> str:
-        proc = self._run(["sinfo", "-h", "-n", self.node, "-o", "%T"], check=False)
+    def node_state(self, node: str | None = None) -> str:
+        proc = self._run(["sinfo", "-h", "-n", node or self.node, "-o", "%T"], check=False)
         return proc.stdout.strip().rstrip("*~#") if proc.returncode == 0 else ""
 
     def job_records(self, job_id: str) -> list[dict]:
@@ -260,6 +269,30 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             time.sleep(poll)
 
 
+def fresh_checkout(base: Path, corpora: Path) -> Path:
+    """The repository's tracked (and unignored new) files, copied like a fresh clone to BASE/semdlm, with
+    ../shared next to it; DeepSpeed's CPU communication op built (first run on a machine: ~2.5 min, then
+    cached), so that no training job's start-up includes it."""
+    import pytest
+
+    repo = Path(__file__).resolve().parents[2]
+    checkout = base / "semdlm"
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                                capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.fail("tests/slurm copies the repository's tracked files: run them from a git checkout")
+    for rel in filter(None, listed):
+        src = repo / rel
+        if src.is_file():
+            (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, checkout / rel)
+    (base / "shared").symlink_to(corpora.parent, target_is_directory=True)
+    subprocess.run([sys.executable, "-c", "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder\n"
+                    "ShareMemCommBuilder().load()"], cwd=checkout, capture_output=True, timeout=900)
+    return checkout
+
+
 class Site:
     """The cluster plus a fresh checkout to submit from."""
 
@@ -274,15 +307,16 @@ class Site:
 
     def sbatch(self, script: str, options: list[str] = (), **variables) -> str:
         env = dict(self.env, **{k: str(v) for k, v in variables.items()})
-        proc = subprocess.run(["sbatch", "--parsable", *options, script], cwd=self.checkout, env=env,
+        proc = subprocess.run([*self.cluster.prefix, "sbatch", "--parsable", *options, script], cwd=self.checkout,
+                              env=env,
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
         assert proc.returncode == 0, f"sbatch {script} failed: {proc.stderr.strip()}"
         return proc.stdout.strip().split(";")[0]
 
     def bash(self, script: str, args: list[str] = (), **variables) -> subprocess.CompletedProcess:
         env = dict(self.env, **{k: str(v) for k, v in variables.items()})
-        return subprocess.run(["bash", script, *args], cwd=self.checkout, env=env, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=120)
+        return subprocess.run([*self.cluster.prefix, "bash", script, *args], cwd=self.checkout, env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
 
     def log(self, job_id: str, name: str) -> str:
         path = self.checkout / "logs" / f"{name}-{job_id}.out"

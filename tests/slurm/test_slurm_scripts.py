@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 import yaml
 
 from cli_utils import step_losses
-from cluster import Cluster, ClusterUnavailable, Site, ensure_installed
+from cluster import Cluster, ClusterUnavailable, Site, ensure_installed, fresh_checkout
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500)]
 
@@ -63,24 +62,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def site(cluster, tmp_path_factory, corpora) -> Site:
     """The repository's tracked (and unignored new) files, copied like a fresh clone; ../shared next to it."""
-    base = tmp_path_factory.mktemp("site")
-    checkout = base / "semdlm"
-    try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                                capture_output=True, check=True).stdout.decode().split("\0")
-    except (OSError, subprocess.CalledProcessError):
-        pytest.fail("tests/slurm copies the repository's tracked files: run them from a git checkout")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():
-            (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, checkout / rel)
-    (base / "shared").symlink_to(corpora.parent, target_is_directory=True)
-    # DeepSpeed JIT-builds a communication op on a machine's first run (~2.5 min, then cached): build
-    # it now, so that the first training job's start-up is not mistaken for a normal one.
-    subprocess.run([PYTHON, "-c", "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder\n"
-                    "ShareMemCommBuilder().load()"], cwd=checkout, capture_output=True, timeout=900)
-    return Site(cluster, checkout)
+    return Site(cluster, fresh_checkout(tmp_path_factory.mktemp("site"), corpora))
 
 
 @pytest.fixture(scope="module")
