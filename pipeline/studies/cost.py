@@ -15,6 +15,14 @@ from .spec import StudySpec
 
 A100_PEAK, MFU = 312e12, 0.45
 CPU_FLOPS = 60e9  # 2 cores, tiny preset, measured (docs/study.md)
+# On CPU a tiny model's step is not only the model's FLOPs: the kernel's own work (corruption, its rates and
+# bound, the sampler's sparse reverse step) is a large share. Measured seconds over projected seconds, per
+# kernel, in the cpu study (docs/study_cpu.md: training 1,500 steps, evaluation, penalty grid); not applied on
+# GPU, where at the paper's 0.1B the model's FLOPs dominate. None is the AR baseline.
+CPU_TRAIN_FACTOR = {None: 0.94, "mask": 0.90, "uniform": 0.99, "semdlm": 1.18, "semdlm_softmax": 1.18,
+                    "semdlm_plus": 1.18}
+CPU_EVAL_FACTOR = {None: 0.5, "mask": 1.5, "uniform": 5.1, "semdlm": 8.5, "semdlm_softmax": 8.5, "semdlm_plus": 8.5}
+CPU_ELBO_FACTOR = 1.7  # a non-absorbing kernel's own ELBO: 1.6-1.8x its change-aware step (measured, SemDLM+)
 VOCAB = 30522  # bert-base-uncased, the paper's tokenizer
 
 
@@ -42,6 +50,14 @@ def eval_flops(spec: StudySpec, steps, likelihood: bool = True) -> float:
     if likelihood:
         flops += forward * (spec.eval.test_sequences or 1000) * spec.eval.t_draws
     return flops
+
+
+def cpu_factor(kind: str, kernel: str | None, loss: str | None) -> float:
+    """The measured CPU correction of a train / evaluate cell's FLOP projection (1 for every other cell)."""
+    if kind == "train":
+        factor = CPU_TRAIN_FACTOR.get(kernel, 1.0)
+        return factor * (CPU_ELBO_FACTOR if loss == "elbo" and kernel not in (None, "mask") else 1.0)
+    return CPU_EVAL_FACTOR.get(kernel, 1.0) if kind == "evaluate" else 1.0
 
 
 def seconds(flops: float, gpus: int) -> float:

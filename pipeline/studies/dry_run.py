@@ -1,7 +1,7 @@
 """``--dry-run``: the plan, cell by cell, with what is cached and what the rest is projected to cost."""
 from __future__ import annotations
 
-from .cost import MFU, seconds
+from .cost import MFU, cpu_factor, seconds
 from .plan import Cell, Plan
 from .runner import is_done
 
@@ -14,7 +14,10 @@ def cell_seconds(cell: Cell, gpus: int) -> float:
     if cell.kind in FIXED_SECONDS:
         return FIXED_SECONDS[cell.kind]
     # evaluation runs on one device even when training used several
-    return seconds(cell.flops, gpus if cell.kind == "train" else min(gpus, 1))
+    s = seconds(cell.flops, gpus if cell.kind == "train" else min(gpus, 1))
+    if not gpus and cell.run is not None:
+        s *= cpu_factor(cell.kind, cell.run.kernel, cell.run.loss)
+    return s
 
 
 def print_plan(plan: Plan, cells: list[Cell], out=print) -> dict:

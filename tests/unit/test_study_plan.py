@@ -11,7 +11,7 @@ import yaml
 from pipeline.common.errors import ConfigError
 from pipeline.studies import claims
 from pipeline.studies.dry_run import print_plan
-from pipeline.studies.plan import Run, build_plan
+from pipeline.studies.plan import Run, build_plan, default_loss
 from pipeline.studies.runner import is_done, select, write_stamp
 from pipeline.studies.spec import load_spec, parse_spec, presets_dir
 
@@ -216,3 +216,39 @@ def test_table3_sample_settings_reach_its_models_only(tmp_path):
     mask, uniform = plan.cells["evaluate/mask-elbo-s0"].argv, plan.cells["evaluate/uniform-ca-s0"].argv
     assert mask[mask.index("--steps") + 1] == "16" and mask[mask.index("--num-samples") + 1] == "7"
     assert uniform[uniform.index("--steps") + 1] == "128" and uniform[uniform.index("--num-samples") + 1] == "32"
+
+
+def test_convergence_claim_names_the_floors_slack(tmp_path):
+    spec = spec_of(experiments={"table2": {"kernels": ["uniform", "semdlm_plus"]},
+                                "convergence": {"kernels": ["semdlm_plus", "uniform"]}})
+    plan = build_plan(spec, tmp_path)
+    runs = {r.kernel: r for r in plan.runs["convergence"]}
+    for kernel, curve in (("semdlm_plus", (8.0, 7.5)), ("uniform", (7.6, 7.2))):
+        d = tmp_path / "runs" / runs[kernel].name
+        d.mkdir(parents=True, exist_ok=True)
+        d.joinpath("metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/nelbo": v}) + "\n"
+                                                       for s, v in zip((2, 4), curve)))
+    claim = claims.convergence_claim(plan)
+    assert claim.verdict == "does not hold" and "floors" not in claim.evidence  # no Table 2 results yet
+    t2 = {r.kernel: r for r in plan.runs["table2"] if r.kernel and r.loss == default_loss(r.kernel)}
+    _write_eval(plan, t2["uniform"], 7.0, 0.05, floor=7.11)
+    _write_eval(plan, t2["semdlm_plus"], 7.5, 0.05, floor=7.9)
+    claim = claims.convergence_claim(plan)
+    assert "+0.800 nats/token above the unigram" in claim.evidence and "+0.010 under uniform" in claim.evidence
+    assert "about +0.790 of the difference is the bounds'" in claim.evidence
+
+
+def test_cpu_projection_counts_each_kernels_own_work(tmp_path):
+    """On CPU a semantic kernel's step and bound cost more than the model's FLOPs say (cost.CPU_*_FACTOR);
+    on GPU the projection is the model's FLOPs alone."""
+    from pipeline.studies.dry_run import cell_seconds
+
+    spec = spec_of(experiments={"table2": {"kernels": ["mask", "semdlm_plus"], "losses": ["change_aware", "elbo"]}})
+    plan = build_plan(spec, tmp_path)
+    cells = {c.name: c for c in plan.ordered()}
+    train = {n.split("/", 1)[1]: cell_seconds(c, 0) for n, c in cells.items() if c.kind == "train"}
+    assert train["mask-elbo-s0"] < train["semdlm_plus-ca-s0"] < train["semdlm_plus-elbo-s0"]
+    evaluate = {n.split("/", 1)[1]: cell_seconds(c, 0) for n, c in cells.items() if c.kind == "evaluate"}
+    assert evaluate["semdlm_plus-ca-s0"] > 5 * evaluate["mask-elbo-s0"] / 1.5
+    on_gpu = {cell_seconds(c, 8) for c in cells.values() if c.kind == "train"}
+    assert len(on_gpu) == 1  # same model, same steps: the same projection whatever the kernel
