@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
+from pipeline.core.kernel_config import traits_of
 from pipeline.core.model import flops_per_token
 
 from .spec import StudySpec
@@ -56,7 +57,8 @@ def cpu_factor(kind: str, kernel: str | None, loss: str | None) -> float:
     """The measured CPU correction of a train / evaluate cell's FLOP projection (1 for every other cell)."""
     if kind == "train":
         factor = CPU_TRAIN_FACTOR.get(kernel, 1.0)
-        return factor * (CPU_ELBO_FACTOR if loss == "elbo" and kernel not in (None, "mask") else 1.0)
+        own_elbo = loss == "elbo" and kernel is not None and not traits_of(kernel).absorbing
+        return factor * (CPU_ELBO_FACTOR if own_elbo else 1.0)
     return CPU_EVAL_FACTOR.get(kernel, 1.0) if kind == "evaluate" else 1.0
 
 
