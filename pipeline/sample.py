@@ -7,9 +7,11 @@
         [--corrector-steps 1] [--corrector-frac 0.1]
         [--lambda-freq F] [--lambda-sem S] [--window 16] [--window-side left|both]
         [--prompt TEXT|FILE | --infill 'the [MASK]*5 sat on the mat'] [--stop-at-eos]
+        [--length N] [--entropy-stop NATS] [--entropy-window 256]
 
 writes DIR/samples.jsonl (one record per sample: index, ids, text, seed, config; prompt / infill
-and, with --stop-at-eos, length and stopped_at_eos when given) and
+and, with --stop-at-eos, length and stopped_at_eos, with --entropy-stop, length and stopped_at_entropy,
+when given) and
 DIR/manifest.json (stage "sample"). Launched with several processes (torchrun: RANK, WORLD_SIZE)
 the samples are split across ranks and rank 0 gathers them. Samplers: docs/sampling.md.
 Library: pipeline/sampling/stage.py (SampleConfig, run_sample).

@@ -338,7 +338,7 @@ def _write_outputs(tmp: Path, results: dict, rows: list[dict], point_samples: di
         (tmp / "samples").mkdir()
         for name, records in point_samples.items():
             with open(tmp / "samples" / f"{name}.jsonl", "w") as fh:
-                keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos")
+                keep = ("index", "ids", "text", "prompt", "infill", "length", "stopped_at_eos", "stopped_at_entropy")
                 fh.writelines(json.dumps({k: r[k] for k in keep if k in r}) + "\n" for r in records)
     if results.get("training_curve"):
         plot_training_curve(results["training_curve"], _unigram_entropy(results), tmp / "learning_curve.png")

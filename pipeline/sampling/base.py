@@ -46,6 +46,11 @@ class SamplerConfig:
     hazard: str = "integrated"  # ctmc: integrated | frozen (pipeline/sampling/ctmc.py)
     final_argmax: bool = False  # ctmc: the last step takes argmax p_theta (noise removal, MDLM / DUO)
     cache: bool = True  # mdlm: reuse logits of rows where nothing changed (t-independent models)
+    # Past the context (pipeline/sampling/generate.py): ``length`` tokens in all, the blocks after the first
+    # ``seq_len`` each conditioned on the last seq_len - block_len tokens (MDLM's semi-autoregressive strides).
+    length: int | None = None  # None: seq_len
+    entropy_stop: float | None = None  # BD3-LM's rule: stop a row once its last entropy_window tokens have
+    entropy_window: int = 256  # an empirical entropy below this many nats (BD3-LM: 4 nats over 256 tokens)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
 
     def __post_init__(self):
@@ -81,6 +86,11 @@ class SamplerConfig:
             fail(f"freeze_threshold must be in (0, 1], got {self.freeze_threshold}")
         if not 0 <= self.remask_eta <= 1 or not 0 <= self.corrector_frac <= 1 or self.corrector_steps < 0:
             fail("remask_eta and corrector_frac must lie in [0, 1], corrector_steps >= 0")
+        if self.length is not None and self.length <= self.seq_len:
+            fail(f"length={self.length} must exceed seq_len={self.seq_len} (the window the model sees); "
+                 "for shorter samples set seq_len")
+        if self.entropy_stop is not None and not self.entropy_stop > 0 or self.entropy_window < 1:
+            fail(f"entropy_stop must be > 0 and entropy_window >= 1, got {self.entropy_stop}, {self.entropy_window}")
 
     @property
     def block_len(self) -> int:
@@ -90,8 +100,20 @@ class SamplerConfig:
     def steps_per_block(self) -> int:
         return self.steps // self.strides
 
+    @property
+    def total_len(self) -> int:
+        """Tokens per sample: ``length`` past the context, else ``seq_len``."""
+        return self.length or self.seq_len
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; the any-length ones only when set, so that earlier artifacts keep their freshness key."""
+        d = asdict(self)
+        for name in ("length", "entropy_stop"):
+            if d[name] is None:
+                del d[name]
+        if self.entropy_stop is None:
+            del d["entropy_window"]
+        return d
 
 
 class Denoiser:
@@ -110,6 +132,7 @@ class Denoiser:
         # how the output becomes p_theta(x0 | x_t) (pipeline/core/posterior.py): the model's own record
         self.reading = reading if reading is not None else reading_of(model, kernel.mask_id)
         self.calls = 0
+        self.entropy_cut: torch.Tensor | None = None  # Long[B]: where generate cut a low-entropy row (-1: no cut)
 
     def free(self, start: int, length: int) -> torch.Tensor | None:
         """Bool[B, length]: the generated positions start..start+length-1 (None: all of them)."""

@@ -54,7 +54,8 @@ def draw_samples(model, kernel, cfg: SamplerConfig, num_samples: int, batch_size
                  template: GenerationTemplate | None = None, stop_id: int | None = None) -> list[dict]:
     """This rank's samples as records {index, ids, seed, batch}, plus the network calls made; with a
     ``template`` also its text (``prompt`` / ``infill``), with ``stop_id`` the ids cut after the first
-    ``stop_id`` past the prompt and ``length``, ``stopped_at_eos``."""
+    ``stop_id`` past the prompt and ``length``, ``stopped_at_eos``; with ``cfg.entropy_stop`` the ids cut
+    where generate stopped a low-entropy row, ``stopped_at_entropy`` and ``length``."""
     records = []
     batches = rank_batches(num_samples, batch_size, rank, world)
     for k, start, size in tqdm(batches, desc=f"sampling (rank {rank})", disable=not progress):
@@ -71,6 +72,12 @@ def draw_samples(model, kernel, cfg: SamplerConfig, num_samples: int, batch_size
                 rec[rows.kind] = rows.texts[row] if rows.texts else None
             if cut is not None:
                 rec["ids"], rec["stopped_at_eos"] = cut[row]
+            if den.entropy_cut is not None:  # BD3-LM's low-entropy stop: cut before the repetitive window
+                at = int(den.entropy_cut[row])
+                rec["stopped_at_entropy"] = 0 <= at < len(rec["ids"])
+                if rec["stopped_at_entropy"]:
+                    rec["ids"] = rec["ids"][:at]
+            if cut is not None or den.entropy_cut is not None:
                 rec["length"] = len(rec["ids"])
             records.append(rec)
     return records

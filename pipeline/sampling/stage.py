@@ -26,7 +26,8 @@ from .runner import dist_info, draw_samples, gather_parts, write_part
 
 STAGE = "sample"
 DEFAULT_SEQ_LEN = 128  # when neither --seq-len nor the export's preprocessed data gives one
-_CONDITIONED_FIELDS = ("prompt", "infill", "length", "stopped_at_eos")  # record fields of conditional runs
+# record fields of conditional runs
+_CONDITIONED_FIELDS = ("prompt", "infill", "length", "stopped_at_eos", "stopped_at_entropy")
 
 
 def default_method(kernel_name: str) -> str:
@@ -102,6 +103,13 @@ class SamplerOptions:
         help="generate the [MASK] / [MASK]*N positions of TEMPLATE, e.g. 'The [MASK]*5 sat on the mat'")
     stop_at_eos: bool = cli_field(
         False, help="cut each sample after its first [SEP]/EOS past the prompt (skips blocks after it)")
+    length: int | None = cli_field(
+        None, help="tokens per sample beyond --seq-len (the model's window): the sampler goes on in blocks of "
+                   "seq_len/strides, each conditioned on the last seq_len - seq_len/strides tokens")
+    entropy_stop: float | None = cli_field(
+        None, metavar="NATS", help="stop a sample once its last --entropy-window tokens have an entropy below "
+                                   "NATS, cut before them (BD3-LM: 4; default: off)")
+    entropy_window: int = cli_field(256, help="tokens the --entropy-stop rule looks at (BD3-LM: 256)")
 
     def __post_init__(self):
         # The rest is checked by SamplerConfig once the export fixes method and seq_len.
@@ -113,8 +121,9 @@ class SamplerOptions:
                                   f"[MASK]): --strides must be 1, got {self.strides}")
             if self.seq_len is not None:
                 raise ConfigError("--infill fixes the sequence length (the template's tokens): drop --seq-len")
-            if self.stop_at_eos:
-                raise ConfigError("--stop-at-eos cannot shorten an --infill template (it fixes the length)")
+            if self.stop_at_eos or self.length is not None or self.entropy_stop is not None:
+                raise ConfigError("--infill fixes the length (the template's tokens): no --stop-at-eos, --length "
+                                  "or --entropy-stop")
         if self.strides is None:
             object.__setattr__(self, "strides", 1 if self.infill is not None else 2)
         check_choices(self)
@@ -312,3 +321,5 @@ def _write_samples(stage: StageRun, records: list[dict], sampler: SamplerConfig,
                                 "network_calls_per_batch": records[0]["network_calls"] if records else 0}
         if stop_id is not None:
             stage.extra["stats"]["stopped_at_eos"] = sum(r["stopped_at_eos"] for r in records)
+        if sampler.entropy_stop is not None:
+            stage.extra["stats"]["stopped_at_entropy"] = sum(r["stopped_at_entropy"] for r in records)
