@@ -23,6 +23,7 @@ from pipeline.core.objectives import LOSSES, LossConfig
 from pipeline.core.posterior import PosteriorConfig, Reading, make_reading
 from pipeline.core.time_sampling import T_MIN
 from pipeline.training.streams import DataSpec, parse_data
+from pipeline.training.wandb_logger import WANDB_MODES
 
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -79,6 +80,9 @@ class TrainConfig:
     val_mc_steps: int = 4                     # val_bound=tstep: Monte-Carlo steps of the T-step bound
     val_num_steps: int = 1000                 # val_bound=tstep: T of that bound
     log_every: int = 10
+    loggers: tuple = ("tensorboard",)         # beside metrics.jsonl: [tensorboard], [wandb] or [tensorboard, wandb]
+    wandb_project: str = "semdlm"
+    wandb_mode: str = "auto"                  # auto (online with a key and a network, else offline), online, offline
     ckpt_every: int = 50                      # 0: no checkpoints (benchmarks), except on a stop signal / abort
     keep_last: int = 3
     max_bad_steps: int = 5                    # NaN/Inf guard: abort (with a checkpoint) after this many in a row
@@ -99,6 +103,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        self.loggers = (self.loggers,) if isinstance(self.loggers, str) else tuple(self.loggers)
         problems = []
         positive = ("global_batch", "micro_batch", "max_steps", "log_every", "val_batches", "val_mc_steps",
                     "val_num_steps", "keep_last", "max_bad_steps", "probe_buckets", "probe_samples", "sample_num",
@@ -109,6 +114,10 @@ class TrainConfig:
         for name in ("num_workers", "weight_decay", "shuffle_seed", "seed"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not set(self.loggers) <= {"tensorboard", "wandb"}:
+            problems.append(f"loggers must be a list of tensorboard, wandb; got {list(self.loggers)}")
+        if self.wandb_mode not in WANDB_MODES:
+            problems.append(f"wandb_mode must be auto, online or offline; got {self.wandb_mode!r}")
         if not self.dist_timeout_s > 0:
             problems.append(f"dist_timeout_s must be > 0, got {self.dist_timeout_s}")
         if self.num_canonical_nodes < 1 or (self.seq_len is not None and self.seq_len < 1):
@@ -200,6 +209,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["loggers"] = list(self.loggers)
         return d
 
 

@@ -119,7 +119,9 @@ class Trainer:
         self.sampler = TimeSampler(TimeSamplerConfig(cfg.global_batch, env.world_size, self.accum, cfg.t_min,
                                                      cfg.antithetic_t, cfg.seed))
         self.ema = EMA(engine.module, cfg.ema_decay)
-        self.logger = MetricsLogger(run_dir, env.rank)
+        wandb = (dict(project=cfg.wandb_project, mode=cfg.wandb_mode, config=cfg.to_dict())
+                 if "wandb" in cfg.loggers else None)
+        self.logger = MetricsLogger(run_dir, env.rank, "tensorboard" in cfg.loggers, wandb=wandb)
         self.timer = StepTimer(synchronize=env.device.type == "cuda")
         self.step = 0
         self.tokens_seen = 0

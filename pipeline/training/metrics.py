@@ -1,4 +1,4 @@
-"""Rank-0 logging (TensorBoard + console + metrics.jsonl), step timing, MFU, gradient-variance probe."""
+"""Rank-0 logging (TensorBoard, W&B + console + metrics.jsonl), step timing, MFU, gradient-variance probe."""
 from __future__ import annotations
 
 import json
@@ -51,14 +51,20 @@ class StepTimer:
 class MetricsLogger:
     """Writes on rank 0 only; other ranks get a logger whose calls do nothing."""
 
-    def __init__(self, run_dir: Path, rank: int, enabled_tensorboard: bool = True):
+    def __init__(self, run_dir: Path, rank: int, enabled_tensorboard: bool = True, wandb: dict | None = None):
+        """``wandb``: project, mode, config of a W&B run beside TensorBoard (pipeline/training/wandb_logger.py)."""
         self.active = rank == 0
         self.writer = None
         self.jsonl = None
+        self.wandb = None
         if not self.active:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if wandb is not None:
+            from pipeline.training.wandb_logger import WandbSink
+
+            self.wandb = WandbSink(run_dir, **wandb)
         if enabled_tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -76,6 +82,8 @@ class MetricsLogger:
                 if math.isfinite(value):
                     self.writer.add_scalar(key, value, step)
         self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(step, clean)
         if console:
             shown = " ".join(f"{k.split('/')[-1]}={_fmt(v)}" for k, v in clean.items())
             print(f"step {step}: {shown}", flush=True)
@@ -87,10 +95,15 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.add_text(key, "\n\n".join(f"{i}: {t}" for i, t in enumerate(texts)), step)
         self.jsonl.write(json.dumps({"step": step, key: texts}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log_text(step, key, texts)
         for i, text in enumerate(texts[:2]):
             print(f"step {step}: sample {i}: {text[:160]}", flush=True)
 
     def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None
         if self.writer is not None:
             self.writer.close()
         if self.jsonl is not None:
