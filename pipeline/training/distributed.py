@@ -128,6 +128,7 @@ def groups_inherit_timeout(timeout) -> None:
 
 _LOST_PEER = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer", "timed out",
               "Broken pipe")
+_COLLECTIVES = ("gloo", "c10d", "NCCL")  # where the message must come from: not any timeout (a download's)
 
 
 def lost_peer(exc: BaseException) -> bool:
@@ -135,7 +136,9 @@ def lost_peer(exc: BaseException) -> bool:
     dropped): another rank or node is gone, which is not this rank's bug."""
     import torch.distributed as dist
 
-    return isinstance(exc, (dist.DistError, RuntimeError)) and any(m in str(exc) for m in _LOST_PEER)
+    message = str(exc)
+    return isinstance(exc, (dist.DistError, RuntimeError)) and any(m in message for m in _LOST_PEER) and (
+        isinstance(exc, dist.DistError) or any(c in message for c in _COLLECTIVES))
 
 
 def init_distributed(local_rank_arg: int | None, timeout_s: float = 600.0):

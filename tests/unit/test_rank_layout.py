@@ -114,3 +114,4 @@ def test_lost_peer_recognises_gloo_and_store_failures():
     assert lost_peer(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:1234"))
     assert not lost_peer(RuntimeError("CUDA out of memory"))
     assert not lost_peer(ValueError("Timed out waiting"))
+    assert not lost_peer(RuntimeError("shard download timed out after 60 s"))  # not a collective's
