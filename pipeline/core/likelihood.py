@@ -274,14 +274,21 @@ BOUNDS = ("continuous", "tstep")
 
 def continuous_bound_estimates(kernel: Kernel, model, x0: torch.Tensor, t: torch.Tensor,
                                mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                               reading: Reading = PLAIN, t_weight: torch.Tensor | None = None
-                               ) -> dict[str, torch.Tensor]:
+                               reading: Reading = PLAIN, t_weight: torch.Tensor | None = None,
+                               clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every bound of ``kernel.cfg.continuous_bounds`` per sequence, [B] nats, on ONE draw x_t ~ q_t(.|x0)
     and one model call at the caller's t [B] (one-sample estimates over t; each includes KL(q_1 || pi),
     which is 0 when alpha_1 = 0). The model's output is read with ``reading``; when it carries the
     change-aware correction, each bound is also given uncorrected (``NAME_uncorrected``: the same logits
-    read without it, a bound of another generative model, so never a candidate for :func:`tightest`)."""
+    read without it, a bound of another generative model, so never a candidate for :func:`tightest`).
+
+    ``clean`` (Bool[B, L]): positions held clean, never corrupted (a context): with ``mask`` off them, the
+    bounds are of -log p(x0[mask] | x0[clean]) under the reverse process that keeps them fixed, the one
+    the samplers run with a prompt (the forward noise is independent across positions, so holding some
+    positions clean is the same process on the others; docs/evaluation.md, lm-evaluation-harness)."""
     xt, _ = kernel.sample_xt(x0, t, generator=generator)
+    if clean is not None:
+        xt = torch.where(clean, x0, xt)
     logits = model(xt, t)
     prior = prior_kl(kernel, x0, mask)
     if reading.mask_id is not None and not kernel.cfg.absorbing:  # no support bias: [MASK] is never clean
@@ -350,7 +357,8 @@ def udlm_self_shift(kernel: Kernel, reading: Reading, xt: torch.Tensor, alpha: t
 def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor | None = None, *,
                     bound: str = "continuous", t: torch.Tensor | None = None,
                     generator: torch.Generator | None = None, num_steps: int = 1000, mc_steps: int | None = 8,
-                    reading: Reading = PLAIN, t_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                    reading: Reading = PLAIN, t_weight: torch.Tensor | None = None,
+                    clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The kernel's bounds on -log p(x0) per sequence, {name: [B] nats}: the one place bounds are chosen.
 
     ``bound="continuous"`` (default): :func:`continuous_bound_estimates` at the caller's ``t`` [B].
@@ -362,12 +370,14 @@ def bound_estimates(kernel: Kernel, model, x0: torch.Tensor, mask: torch.Tensor 
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     if bound == "tstep":
+        if clean is not None:
+            raise ValueError("the T-step bound does not hold positions clean: use the continuous-time bounds")
         return {f"discrete_T{num_steps}": discrete_nelbo(kernel, model, x0, num_steps=num_steps, mask=mask,
                                                          mc_steps=mc_steps, generator=generator,
                                                          reading=reading)["nelbo"]}
     if t is None:
         raise ValueError("the continuous-time bounds are estimated at a time t per sequence: pass t")
-    return continuous_bound_estimates(kernel, model, x0, t, mask, generator, reading, t_weight)
+    return continuous_bound_estimates(kernel, model, x0, t, mask, generator, reading, t_weight, clean)
 
 
 def tightest(totals: dict[str, float]) -> tuple[str, float]:

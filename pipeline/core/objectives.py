@@ -166,12 +166,13 @@ class DiffusionObjective:
 
     def bound_estimates(self, model, x0: torch.Tensor, real: torch.Tensor, *, bound: str = "continuous",
                         t: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                        num_steps: int = 1000, mc_steps: int | None = 8, t_weight: torch.Tensor | None = None
-                        ) -> dict[str, torch.Tensor]:
-        """The kernel's likelihood bounds per sequence, {name: [B] nats} (pipeline.core.likelihood.bound_estimates)."""
+                        num_steps: int = 1000, mc_steps: int | None = 8, t_weight: torch.Tensor | None = None,
+                        clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The kernel's likelihood bounds per sequence, {name: [B] nats} (pipeline.core.likelihood.bound_estimates);
+        ``clean``: positions held clean (a context, scored nowhere: keep them out of ``real``)."""
         return likelihood.bound_estimates(self.kernel, model, x0, real, bound=bound, t=t, generator=generator,
                                           num_steps=num_steps, mc_steps=mc_steps, reading=self.reading,
-                                          t_weight=t_weight)
+                                          t_weight=t_weight, clean=clean)
 
     @staticmethod
     def scored_tokens(real: torch.Tensor) -> torch.Tensor:

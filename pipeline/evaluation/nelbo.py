@@ -60,7 +60,8 @@ def new_strata(batch: int, t_draws: int, generator: torch.Generator) -> torch.Te
 @torch.no_grad()
 def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Tensor, t_draws: int,
                    num_steps: int, generator: torch.Generator, bound: str = "continuous",
-                   t_sampling: str = "defensive", strata: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   t_sampling: str = "defensive", strata: torch.Tensor | None = None,
+                   clean: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """{bound name: nats per sequence and t draw, [t_draws, B] (or [1, B])} of one batch; ``t_sampling``:
     how t is drawn for the continuous-time bounds (pipeline.core.time_sampling.bound_times); ``strata``
     (``new_strata``, drawn here when not given) says which stratum each draw of each sequence fell in."""
@@ -75,7 +76,7 @@ def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Te
     for j in range(t_draws):  # continuous-time bounds: t_draws stratified t per sequence
         t, weight = bound_times(_stratified_u(strata, j, generator), t_sampling)
         for name, value in objective.bound_estimates(model, x0, real, t=t.float().to(x0.device), generator=generator,
-                                                     t_weight=weight.to(x0.device)).items():
+                                                     t_weight=weight.to(x0.device), clean=clean).items():
             draws.setdefault(name, []).append(value)
     return {name: torch.stack(values) for name, values in draws.items()}
 
@@ -83,11 +84,13 @@ def sequence_nelbo(objective: Objective, model, x0: torch.Tensor, real: torch.Te
 def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_size: int = 16,
                    t_draws: int = 4, num_steps: int = 1000, seed: int = 0, progress: bool = True,
                    bound: str = "continuous", desc: str = "test NELBO", t_sampling: str = "defensive",
-                   unigram_counts=None) -> dict:
+                   unigram_counts=None, prefix_lens: torch.Tensor | None = None) -> dict:
     """The tightest bound over ``sequences`` and its per-token forms (nats, bits, perplexity), with its
     standard errors (standard_errors.py) and every candidate bound's nats per token; given the training
     data's ``unigram_counts``, the unigram reference of the same tokens beside it (baselines.py).
-    ``per_sequence``: (nats, scored tokens) of each sequence, tensors, for paired comparisons; not JSON."""
+    ``per_sequence``: (nats, scored tokens) of each sequence, tensors, for paired comparisons; not JSON.
+    ``prefix_lens`` (Long[N]): the first positions of each sequence are a context, held clean and not scored,
+    so each bound is of -log p(rest | context) (the AR baseline's NLL is exact and conditional anyway)."""
     device = next(exported.model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     objective = build_objective(exported.kernel, reading=exported.reading or PLAIN)
@@ -97,9 +100,14 @@ def evaluate_nelbo(exported, sequences: torch.Tensor, pad_id: int | None, batch_
     for start in tqdm(range(0, len(sequences), batch_size), desc=desc, disable=not progress):
         x0 = sequences[start:start + batch_size].to(device)
         real = torch.ones_like(x0, dtype=torch.bool) if pad_id is None else x0 != pad_id
+        clean = None
+        if prefix_lens is not None:
+            clean = torch.arange(x0.shape[1], device=device) < prefix_lens[start:start + batch_size, None].to(device)
+            real = real & ~clean
+            clean = None if objective.autoregressive else clean
         strata = new_strata(x0.shape[0], t_draws, gen) if stratified(objective, bound) else None
         for name, nats in sequence_nelbo(objective, exported.model, x0, real, t_draws, num_steps, gen,
-                                         bound, t_sampling, strata).items():
+                                         bound, t_sampling, strata, clean).items():
             nats = nats.to(torch.float64).cpu()
             per_draw[name] = per_draw.get(name, 0.0) + nats.sum(-1)
             by_stratum = nats.T if strata is None else torch.empty_like(nats.T).scatter_(1, strata.cpu(), nats.T)
