@@ -35,22 +35,14 @@ class SemdlmLM(LM):
         batch_size = int(batch_size) if str(batch_size).isdigit() else 16
         from pipeline.common.export_artifact import load_export
         from pipeline.common.export_contents import data_seq_len
-        from pipeline.common.hf_assets import load_tokenizer_spec
-        from pipeline.sampling.conditioning import data_settings, stop_token_id
+        from pipeline.sampling.conditioning import stop_token_id, text_codec
 
         self.exported = load_export(model_dir, device=device)
         self.t_draws, self.seed, self.batch, self.steps = int(t_draws), int(seed), int(batch_size), int(steps)
         self.max_gen_toks, self.device_name = int(max_gen_toks), device
-        spec = load_tokenizer_spec(self.exported.tokenizer_name)
-        self.backend = spec.backend  # a fresh instance: the shipped MiniLM one truncates to 128 and pads
-        self.backend.no_truncation()
-        self.backend.no_padding()
-        settings = data_settings(self.exported.config)
-        ids = settings.get("special_ids") or spec.special_ids
-        lm1b = settings.get("mode") == "lm1b"
-        self.head = [ids["cls"]] if lm1b and ids.get("cls") is not None else []
-        self.tail = [ids["sep"]] if lm1b and ids.get("sep") is not None else []
-        self.pad_id = ids.get("pad", spec.special_ids.get("pad"))
+        self.codec = text_codec(self.exported.config, self.exported.tokenizer_info, self.exported.tokenizer_name)
+        self.head, self.tail = list(self.codec.head), list(self.codec.tail)
+        self.pad_id = self.codec.special_ids.get("pad", self.codec.tokenizer_ids.get("pad"))
         self.stop_id = stop_token_id(self.exported.config, self.exported.tokenizer_info)
         self.window = min(data_seq_len(self.exported.config) or self.exported.model_cfg.max_seq_len,
                           self.exported.model_cfg.max_seq_len)
@@ -58,7 +50,7 @@ class SemdlmLM(LM):
 
     # ------------------------------------------------------------------ helpers
     def _encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+        return self.codec.encode(text)
 
     def _bounds(self, rows: list[list[int]], prefixes: list[int]) -> list[float]:
         """Nats of each row past its prefix (the tightest bound; AR: exact), rows padded to the window."""
@@ -115,8 +107,8 @@ class SemdlmLM(LM):
     def _generate(self, context: str, gen_kwargs: dict) -> str:
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        text = self.backend.decode(self._new_tokens(context, int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))),
-                                   skip_special_tokens=True)
+        new = self._new_tokens(context, int(gen_kwargs.get("max_gen_toks", self.max_gen_toks)))
+        text = self.codec.backend.decode(new, skip_special_tokens=True)
         for stop in until:
             if stop and stop in text:
                 text = text[:text.index(stop)]

@@ -82,12 +82,23 @@ def stop_token_id(export_config: dict, tokenizer_info: dict) -> int:
     raise ConfigError("--stop-at-eos: the tokenizer has no [SEP] / EOS token")
 
 
-def load_conditioning(prompt: str | None, infill: str | None, export_config: dict,
-                      tokenizer_info: dict, tokenizer_name: str | None = None) -> Conditioning | None:
-    """Tokenise ``prompt`` (text or file) or ``infill`` (template) with the export's tokenizer (or the
-    equivalent ``tokenizer_name``); None when neither is given."""
-    if prompt is None and infill is None:
-        return None
+@dataclass(frozen=True)
+class TextCodec:
+    """Text -> ids as the export's training rows were made: ``encode`` (no special tokens, truncation and
+    padding off), the row's ``head`` / ``tail`` framing (lm1b: [CLS] / [SEP]) and the data's special ids."""
+
+    backend: object
+    head: tuple[int, ...]
+    tail: tuple[int, ...]
+    special_ids: dict
+    tokenizer_ids: dict  # the tokenizer's own special ids (where the data records none)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+
+def text_codec(export_config: dict, tokenizer_info: dict, tokenizer_name: str | None = None) -> TextCodec:
+    """The export's :class:`TextCodec` (its tokenizer, or the equivalent ``tokenizer_name``; checked)."""
     from pipeline.common.hf_assets import load_tokenizer_spec
 
     tok = load_tokenizer_spec(tokenizer_name or tokenizer_info.get("name_or_path"))
@@ -96,16 +107,23 @@ def load_conditioning(prompt: str | None, infill: str | None, export_config: dic
     backend = tok.backend  # a fresh instance: the shipped MiniLM one truncates to 128 and pads
     backend.no_truncation()
     backend.no_padding()
-
-    def encode(text: str) -> list[int]:
-        return backend.encode(text, add_special_tokens=False).ids
-
     settings = data_settings(export_config)
     ids_of = settings.get("special_ids") or tok.special_ids
     lm1b = settings.get("mode") == "lm1b"
-    head = [ids_of["cls"]] if lm1b and ids_of.get("cls") is not None else []
-    tail = [ids_of["sep"]] if lm1b and ids_of.get("sep") is not None else []
-    mask_id = (tokenizer_info.get("special_ids") or tok.special_ids).get("mask")
+    head = (ids_of["cls"],) if lm1b and ids_of.get("cls") is not None else ()
+    tail = (ids_of["sep"],) if lm1b and ids_of.get("sep") is not None else ()
+    return TextCodec(backend, head, tail, ids_of, tok.special_ids)
+
+
+def load_conditioning(prompt: str | None, infill: str | None, export_config: dict,
+                      tokenizer_info: dict, tokenizer_name: str | None = None) -> Conditioning | None:
+    """Tokenise ``prompt`` (text or file) or ``infill`` (template) with the export's tokenizer (or the
+    equivalent ``tokenizer_name``); None when neither is given."""
+    if prompt is None and infill is None:
+        return None
+    codec = text_codec(export_config, tokenizer_info, tokenizer_name)
+    encode, head, tail = codec.encode, list(codec.head), list(codec.tail)
+    mask_id = (tokenizer_info.get("special_ids") or codec.tokenizer_ids).get("mask")
     flag = "--prompt" if prompt is not None else "--infill"
 
     def check(ids: list[int], text: str) -> list[int]:

@@ -23,7 +23,7 @@ class Req:
 
 
 def _encode(lm: SemdlmLM, text: str) -> list[int]:
-    return lm.backend.encode(text, add_special_tokens=False).ids
+    return lm.codec.backend.encode(text, add_special_tokens=False).ids
 
 
 def test_ar_loglikelihood_is_the_exact_sum_of_log_probabilities(exports):  # noqa: F811
