@@ -252,6 +252,16 @@ class DiffusionTransformer(nn.Module):
         self.clean_bias.copy_(torch.where(support, 0.0, -torch.inf))
 
     @torch.no_grad()
+    def start_output_at(self, log_prior: torch.Tensor) -> None:
+        """The output layer's bias := ``log_prior`` (finite, [V]). With the head's zero-initialised weight
+        every position's first prediction is that distribution (TrainConfig.head_init = unigram); a tied
+        head adds the embedding's small random logits to it."""
+        log_prior = torch.as_tensor(log_prior, dtype=torch.float32)
+        if log_prior.shape != (self.cfg.vocab_size,) or not bool(torch.isfinite(log_prior).all()):
+            raise ValueError(f"an output prior must be a finite Float[{self.cfg.vocab_size}]")
+        (self.head_bias if self.head is None else self.head.bias).copy_(log_prior)
+
+    @torch.no_grad()
     def reset_parameters(self) -> None:
         """MDLM's init: kaiming-uniform embedding, PyTorch-default Linears, zeros for adaLN and output."""
         nn.init.kaiming_uniform_(self.embed.weight, a=math.sqrt(5))
@@ -326,8 +336,12 @@ class AutoregressiveLM(nn.Module):
         return self.backbone(x, None, attention_mask)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    return AutoregressiveLM(cfg) if cfg.causal else DiffusionTransformer(cfg)
+def build_model(cfg: ModelConfig, log_prior: torch.Tensor | None = None) -> nn.Module:
+    """The model of ``cfg``; its output starts at ``log_prior`` when one is given (start_output_at)."""
+    model = AutoregressiveLM(cfg) if cfg.causal else DiffusionTransformer(cfg)
+    if log_prior is not None:
+        (model.backbone if cfg.causal else model).start_output_at(log_prior)
+    return model
 
 
 # --------------------------------------------------------------------------- accounting

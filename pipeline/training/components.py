@@ -74,6 +74,22 @@ class UpstreamArtifacts:
         special = [i for i in (self.mask_id, self.pad_id) if i is not None]
         return clean_support_mask(mode, counts, special, placeholder_ids(self.tokenizer.get("name_or_path")))
 
+    def unigram_log_prior(self):
+        """Float[V] log p_unigram of the training data (the evaluation's smoothed reference, baselines.py):
+        where ``head_init=unigram`` starts the output."""
+        import torch
+
+        from pipeline.evaluation.baselines import unigram_log_probs
+
+        path = self.preprocessed / "unigram_counts.npy"
+        if not path.is_file():
+            raise ArtifactError(f"head_init=unigram needs {path} (the training data's unigram counts); "
+                                "set head_init=zero to start from a uniform output")
+        counts = np.load(path, allow_pickle=False)
+        if counts.shape != (self.vocab_size,):
+            raise ArtifactError(f"{path} has shape {counts.shape}, expected ({self.vocab_size},)")
+        return torch.from_numpy(unigram_log_probs(counts)).float()
+
     def references(self) -> dict:
         """Absolute paths and manifest hashes, as recorded in exports and checkpoints."""
         refs = {"preprocessed": str(self.preprocessed.resolve()),

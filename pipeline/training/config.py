@@ -26,6 +26,7 @@ from pipeline.training.streams import DataSpec, parse_data
 from pipeline.training.wandb_logger import WANDB_MODES
 
 LR_SCHEDULES = ("constant", "cosine")
+HEAD_INITS = ("unigram", "zero")  # the output bias at step 0 of a new run (head_init)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -51,6 +52,10 @@ class TrainConfig:
     seq_len: int | None = None                # expected sequence length of the data (checked, None = any)
     init_from: str | None = None              # export or run dir whose weights start a new run (init_from.py)
     init_from_weights: str = "ema"            # init_from a run dir: its ema | raw weights
+    # unigram: the output layer's bias starts at the training data's log unigram, so step 0 predicts token
+    # frequencies (a kernel-aware model starts at the frequency floor) instead of a uniform 30k-way guess
+    # that a tiny model spends its first few hundred steps unlearning; zero: MDLM's init (docs/training.md)
+    head_init: str = "unigram"
     # -- batch and optimisation
     global_batch: int = 16                    # sequences per optimizer step, all ranks
     micro_batch: int = 8                      # sequences per rank per forward
@@ -128,6 +133,7 @@ class TrainConfig:
             problems.append(f"t_min must be in [0, 1), got {self.t_min}")
         for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS),
                               ("val_bound", BOUNDS), ("init_from_weights", ("ema", "raw")),
+                              ("head_init", HEAD_INITS),
                               ("adamw", ("fused", "foreach"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

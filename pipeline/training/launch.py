@@ -31,7 +31,8 @@ def check_runnable(cfg) -> None:
                          "or data.streams in the config (docs/training.md, Data)")
 
 
-def build_engine(cfg, model_cfg, ds_config: dict, env, compile_backend: str = "inductor", init=None):
+def build_engine(cfg, model_cfg, ds_config: dict, env, compile_backend: str = "inductor", init=None,
+                 log_prior=None):
     """(DeepSpeed engine, parameter counts): the model built from ``cfg.seed``, torch's fused AdamW
     unless the DeepSpeed JSON asks for its own (ZeRO-Offload), our LR schedule.
 
@@ -46,7 +47,7 @@ def build_engine(cfg, model_cfg, ds_config: dict, env, compile_backend: str = "i
     from pipeline.training.loop import lr_multiplier
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = build_model(model_cfg)
+    model = build_model(model_cfg, log_prior)
     if init is not None:  # init_from (pipeline/training/init_from.py): a new run from existing weights
         apply_init_weights(model, init)
         if env.rank == 0:
@@ -140,7 +141,8 @@ def build_trainer(cfg, ds_config_path: str, *, local_rank: int | None = None, un
     ds_config = patch_ds_config(ds_config, cfg, env.world_size, env.device.type == "cuda")
     if universal:
         ds_config.setdefault("checkpoint", {})["load_universal"] = True
-    engine, n_params = build_engine(cfg, model_cfg, ds_config, env, init=init)
+    log_prior = upstream.unigram_log_prior() if cfg.head_init == "unigram" and init is None else None
+    engine, n_params = build_engine(cfg, model_cfg, ds_config, env, init=init, log_prior=log_prior)
     kernel, objective, posterior = _objective(cfg, model_cfg, upstream, engine, env.device)
 
     check_indexes(upstream)  # a stale cache is refused before streaming reads it ...

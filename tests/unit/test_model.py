@@ -264,3 +264,22 @@ def test_flops_per_token_matches_torchs_flop_counter_on_small(batch, seq_len):
     assert counted == pytest.approx(flops_per_token(cfg, seq_len), rel=2e-3)
     attention = counter.get_flop_counts()["Global"][torch.ops.aten.bmm] / (batch * seq_len)
     assert attention == 12 * cfg.n_layer * cfg.d_model * seq_len
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_output_starts_at_the_given_prior(causal):
+    """head_init=unigram: with the head's zero weight, every position's first prediction is the prior."""
+    cfg = _tiny(causal=causal)
+    prior = torch.log_softmax(torch.randn(cfg.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
+    model = build_model(cfg, prior).eval()
+    x = torch.randint(0, cfg.vocab_size, (2, 8))
+    with torch.no_grad():
+        logits = model(x) if causal else model(x, torch.rand(2))
+    assert torch.allclose(torch.log_softmax(logits, -1), prior.expand_as(logits), atol=1e-6)
+    zero = build_model(cfg).eval()  # MDLM's zero head: uniform
+    with torch.no_grad():
+        flat = zero(x) if causal else zero(x, torch.rand(2))
+    assert torch.allclose(flat, torch.zeros_like(flat))
+    for bad in (prior[:-1], torch.full_like(prior, -torch.inf)):
+        with pytest.raises(ValueError, match="finite"):
+            build_model(cfg, bad)

@@ -50,6 +50,7 @@ def test_overrides_are_typed_and_nested():
     ("kernel_args.k_maxx=3", "unknown kernel_args ['k_maxx']"),
     ("model_args.n_head=5", "not divisible by n_head=5"),
     ("loss=mse", "loss must be one of"),
+    ("head_init=normal", "head_init must be one of"),
     ("notakeyvalue", "not of the form key=value"),
 ])
 def test_bad_config_values_fail_with_the_key_named(override, message):
