@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-demo_out}
 PY=${PY:-.venv/bin/python}
 CORPORA=${CORPORA:-../shared/corpora}
-STEPS=${DEMO_TRAIN_STEPS:-150}
+STEPS=${DEMO_TRAIN_STEPS:-300}
+TEST_SEQUENCES=${DEMO_TEST_SEQUENCES:-128}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
@@ -44,7 +45,7 @@ step "7/7 evaluate: test NELBO against the AR baseline on the same sequences, th
 "$PY" -m pipeline.evaluate --model "$OUT/export_semdlm_plus" --out "$OUT/eval" --judge "$JUDGE" \
     --baseline "$OUT/export_ar" \
     --steps 8,16,32 --lambda-freq 0,1 --lambda-sem 0.5 --num-samples 8 --batch-size 8 \
-    --max-test-sequences 32 --t-draws 4 --quiet
+    --max-test-sequences "$TEST_SEQUENCES" --t-draws 4 --quiet
 
 printf '\nDemo artifacts are under %s/ (each with a manifest.json).\n' "$OUT"
 printf 'Report: %s\n' "$OUT/eval/report.md"

@@ -16,7 +16,9 @@ small model, Arriola et al. 2025; the paper's Appendix E.1 "Model setup"):
   it: BD3-LM's small model always has adaLN (139.3 M parameters untied, as ``small`` here);
 * LayerNorm without bias computed in float32 (as MDLM), residual dropout, GELU(tanh) MLP;
 * output layer untied (MDLM: a zero-initialised Linear, so the initial prediction is uniform) or tied
-  to the token embedding (plus a zero-initialised bias);
+  to the token embedding (plus a zero-initialised bias); ``build_model(cfg, log_prior)`` starts the bias
+  at a prior instead (training's ``head_init: unigram``, the default: the first prediction is the data's
+  token frequencies);
 * ``activation_checkpointing``: in training, every block's activations are recomputed in the backward
   instead of stored (``torch.utils.checkpoint``, non-reentrant; dropout masks are replayed, so outputs and
   gradients are those of the plain model). It trades one more forward per block for memory: an

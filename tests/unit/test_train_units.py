@@ -290,3 +290,25 @@ def test_a_run_from_before_the_reading_record_resumes_only_as_it_was_read():
     check_identity(old, legacy.identity(64, 32, "x"), "runs/old")
     with pytest.raises(ValueError, match="posterior.parameterization: 'direct' -> 'kernel'"):
         check_identity(old, TrainConfig(kernel="uniform").identity(64, 32, "x"), "runs/old")
+
+
+def test_the_unigram_prior_comes_from_the_artifacts_counts_or_one_line(tmp_path):
+    """head_init=unigram reads the preprocessed artifact's counts (the evaluation's smoothed unigram)."""
+    import numpy as np
+
+    from pipeline.common.artifacts import ArtifactError
+    from pipeline.evaluation.baselines import unigram_log_probs
+    from pipeline.training.components import UpstreamArtifacts
+
+    upstream = UpstreamArtifacts(tmp_path, {"tokenizer": {"vocab_size": 5}}, None, None)
+    with pytest.raises(ArtifactError, match="head_init=unigram needs .*unigram_counts.npy.*set head_init=zero"):
+        upstream.unigram_log_prior()
+    counts = np.array([0, 3, 1, 0, 6], dtype=np.int64)
+    np.save(tmp_path / "unigram_counts.npy", counts)
+    prior = upstream.unigram_log_prior()
+    assert prior.dtype == torch.float32 and torch.allclose(prior.exp().sum(), torch.tensor(1.0))
+    assert torch.allclose(prior, torch.from_numpy(unigram_log_probs(counts)).float())
+    assert prior[4] > prior[1] > prior[2] > prior[0] == prior[3]  # finite where a token never occurred
+    np.save(tmp_path / "unigram_counts.npy", counts[:4])
+    with pytest.raises(ArtifactError, match=r"shape \(4,\), expected \(5,\)"):
+        upstream.unigram_log_prior()
