@@ -52,10 +52,10 @@ class TrainConfig:
     seq_len: int | None = None                # expected sequence length of the data (checked, None = any)
     init_from: str | None = None              # export or run dir whose weights start a new run (init_from.py)
     init_from_weights: str = "ema"            # init_from a run dir: its ema | raw weights
-    # unigram: the output layer's bias starts at the training data's log unigram, so step 0 predicts token
-    # frequencies (a kernel-aware model starts at the frequency floor) instead of a uniform 30k-way guess
-    # that a tiny model spends its first few hundred steps unlearning; zero: MDLM's init (docs/training.md)
-    head_init: str = "unigram"
+    # zero: MDLM's output layer (uniform first prediction); unigram: its bias starts at the training data's
+    # log unigram, so step 0 predicts token frequencies: better for short runs (make demo), worse for mask
+    # by 600 steps (docs/training.md, "Where the output starts")
+    head_init: str = "zero"
     # -- batch and optimisation
     global_batch: int = 16                    # sequences per optimizer step, all ranks
     micro_batch: int = 8                      # sequences per rank per forward

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pipeline.core.model import (
+    HEAD_WEIGHT_STD,
     AutoregressiveLM,
     DiffusionTransformer,
     ModelConfig,
@@ -268,12 +269,17 @@ def test_flops_per_token_matches_torchs_flop_counter_on_small(batch, seq_len):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_the_output_starts_at_the_given_prior(causal):
-    """head_init=unigram: with the head's zero weight, every position's first prediction is the prior."""
+    """head_init=unigram: the bias is the prior and the head's weight is small but not zero (a zero weight
+    with an optimal bias is a saddle: start_output_at); with weight_std=0 the first prediction is the prior."""
     cfg = _tiny(causal=causal)
     prior = torch.log_softmax(torch.randn(cfg.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
     model = build_model(cfg, prior).eval()
+    backbone = model.backbone if causal else model
+    assert torch.equal(backbone.head.bias, prior)
+    assert abs(backbone.head.weight.std().item() - HEAD_WEIGHT_STD) < 0.1 * HEAD_WEIGHT_STD
     x = torch.randint(0, cfg.vocab_size, (2, 8))
     with torch.no_grad():
+        backbone.start_output_at(prior, weight_std=0.0)
         logits = model(x) if causal else model(x, torch.rand(2))
     assert torch.allclose(torch.log_softmax(logits, -1), prior.expand_as(logits), atol=1e-6)
     zero = build_model(cfg).eval()  # MDLM's zero head: uniform
