@@ -63,16 +63,24 @@ class UpstreamArtifacts:
 
         if mode == "all":
             return None
-        path = self.preprocessed / "unigram_counts.npy"
-        counts = np.load(path, allow_pickle=False) if path.is_file() else None
+        counts = self.unigram_counts("clean_support=observed" if mode == "observed" else None)
         if counts is None:
-            if mode == "observed":
-                raise ArtifactError(f"clean_support=observed needs {path} (the training data's unigram counts)")
             counts = np.zeros(self.vocab_size, dtype=np.int64)
-        if counts.shape != (self.vocab_size,):
-            raise ArtifactError(f"{path} has shape {counts.shape}, expected ({self.vocab_size},)")
         special = [i for i in (self.mask_id, self.pad_id) if i is not None]
         return clean_support_mask(mode, counts, special, placeholder_ids(self.tokenizer.get("name_or_path")))
+
+    def unigram_counts(self, needed_by: str | None = None, hint: str = "") -> np.ndarray | None:
+        """Int [V] unigram counts of the primary stream's training split, shape-checked; when the artifact has
+        none: None, or one line naming ``needed_by`` (and ``hint``) when something needs them."""
+        path = self.preprocessed / "unigram_counts.npy"
+        if not path.is_file():
+            if needed_by is None:
+                return None
+            raise ArtifactError(f"{needed_by} needs {path} (the training data's unigram counts){hint}")
+        counts = np.load(path, allow_pickle=False)
+        if counts.shape != (self.vocab_size,):
+            raise ArtifactError(f"{path} has shape {counts.shape}, expected ({self.vocab_size},)")
+        return counts
 
     def unigram_log_prior(self):
         """Float[V] log p_unigram of the training data (the evaluation's smoothed reference, baselines.py):
@@ -81,13 +89,7 @@ class UpstreamArtifacts:
 
         from pipeline.evaluation.baselines import unigram_log_probs
 
-        path = self.preprocessed / "unigram_counts.npy"
-        if not path.is_file():
-            raise ArtifactError(f"head_init=unigram needs {path} (the training data's unigram counts); "
-                                "set head_init=zero to start from a uniform output")
-        counts = np.load(path, allow_pickle=False)
-        if counts.shape != (self.vocab_size,):
-            raise ArtifactError(f"{path} has shape {counts.shape}, expected ({self.vocab_size},)")
+        counts = self.unigram_counts("head_init=unigram", "; set head_init=zero to start from a uniform output")
         return torch.from_numpy(unigram_log_probs(counts)).float()
 
     def references(self) -> dict:

@@ -303,6 +303,8 @@ def test_the_unigram_prior_comes_from_the_artifacts_counts_or_one_line(tmp_path)
     upstream = UpstreamArtifacts(tmp_path, {"tokenizer": {"vocab_size": 5}}, None, None)
     with pytest.raises(ArtifactError, match="head_init=unigram needs .*unigram_counts.npy.*set head_init=zero"):
         upstream.unigram_log_prior()
+    with pytest.raises(ArtifactError, match="clean_support=observed needs .*unigram_counts.npy"):
+        upstream.clean_support("observed")  # the same reader, another caller's line
     counts = np.array([0, 3, 1, 0, 6], dtype=np.int64)
     np.save(tmp_path / "unigram_counts.npy", counts)
     prior = upstream.unigram_log_prior()
@@ -310,5 +312,6 @@ def test_the_unigram_prior_comes_from_the_artifacts_counts_or_one_line(tmp_path)
     assert torch.allclose(prior, torch.from_numpy(unigram_log_probs(counts)).float())
     assert prior[4] > prior[1] > prior[2] > prior[0] == prior[3]  # finite where a token never occurred
     np.save(tmp_path / "unigram_counts.npy", counts[:4])
-    with pytest.raises(ArtifactError, match=r"shape \(4,\), expected \(5,\)"):
-        upstream.unigram_log_prior()
+    for read in (upstream.unigram_log_prior, lambda: upstream.clean_support("observed")):
+        with pytest.raises(ArtifactError, match=r"shape \(4,\), expected \(5,\)"):
+            read()
