@@ -33,13 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parameterization", default="kernel", choices=("kernel", "direct"),
                     help="how Eq 120's exact optimum (tilted= corrected=) is given: as f or as the posterior")
     ap.add_argument("--no-tilted", action="store_true", help="skip the Eq 120 optimum (tilted= corrected=)")
+    ap.add_argument("--no-resampled", action="store_true",
+                    help="skip the resampling chain's bound (resampled= resampled_relaxed=; vocab <= 200 only)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: 1 when enumerating, where tensors are tiny)")
     a = ap.parse_args(argv)
     if a.threads or a.vocab <= a.exact_max:
         torch.set_num_threads(a.threads or 1)
     res = run(a.kernel, a.vocab, a.k_max, a.valid, a.seed, tuple(a.steps), a.exact_max, a.mc, a.tstep_n,
-              a.tstep_draws, a.table_ranks, a.parameterization, not a.no_tilted)
+              a.tstep_draws, a.table_ranks, a.parameterization, not a.no_tilted,
+              not a.no_resampled)
     print(format_report(res))
     return 0
 
