@@ -126,7 +126,8 @@ class KernelTraits:
     absorbs_missing_ranks: bool
     # the continuous-time bounds that apply (pipeline.core.likelihood computes them all on one draw of
     # x_t, the report keeps the tightest): MDLM's NELBO for an absorbing kernel (the conditional-path ELBO
-    # equals it there), else the conditional-path ELBO, plus UDLM's closed form for the uniform kernel
+    # equals it there), else the conditional-path ELBO, plus UDLM's closed form for the uniform kernel and
+    # the resampling chain's bound for SemDLM+ (pipeline/core/ct_resample.py)
     continuous_bounds: tuple[str, ...]
     # the sampler when none is asked for: MDLM's ancestral sampler for an absorbing kernel (ctmc reproduces
     # it there), else ctmc, tau-leaping + predictor-corrector on the reverse rates as the paper ran it (Sec 5.1)
@@ -148,7 +149,9 @@ TRAITS: dict[str, KernelTraits] = {
     "uniform": _GLOBAL,
     "semdlm": _LOCAL,
     "semdlm_softmax": replace(_LOCAL, rank_weights_per_token=True),
-    "semdlm_plus": replace(_LOCAL, global_weight="power", absorbs_missing_ranks=True),
+    # plus the resampling chain's path bound (docs/likelihood.md 6.7; kernel-aware readings only)
+    "semdlm_plus": replace(_LOCAL, global_weight="power", absorbs_missing_ranks=True,
+                           continuous_bounds=("ctelbo_continuous", "resampled_continuous")),
 }
 assert set(TRAITS) == set(KERNEL_NAMES)
 

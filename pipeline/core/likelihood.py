@@ -25,6 +25,7 @@ import torch
 
 # The continuous-time ELBO of the conditional path, every kernel (docs/likelihood.md Sec 6).
 from pipeline.core.ct_elbo import ctelbo_per_token
+from pipeline.core.ct_resample import resampled_per_token, resampling_applies
 from pipeline.core.kernels import Kernel, alpha_and_derivative
 from pipeline.core.posterior import PLAIN, Reading, posterior_probs
 from pipeline.core.softmax_rows import logsumexp_rows, sum_log_affine_probs
@@ -324,6 +325,9 @@ def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading, 
                 shift = udlm_self_shift(kernel, reading, xt, alpha)
                 per_token = udlm_integrand(logits, x0, xt, alpha, dalpha, lse=lse, self_shift=shift)
                 out["udlm_converted"] = (per_token * _positions(x0, mask)).sum(-1) + prior
+        elif name == "resampled_continuous":
+            if name in continuous_bound_names(kernel, reading, uncorrected=False):
+                out[name] = resampled_per_token(kernel, logits, x0, xt, t, mask, reading=reading).sum(-1) + prior
         else:
             out[name] = ctelbo_per_token(kernel, logits, x0, xt, t, mask, lse=lse, reading=reading).sum(-1) + prior
     return {name: out[name] for name in continuous_bound_names(kernel, reading, uncorrected=False)}, lse
@@ -331,10 +335,13 @@ def _bounds_of_logits(kernel, logits, x0, xt, t, mask, prior, reading: Reading, 
 
 def continuous_bound_names(kernel: Kernel, reading: Reading = PLAIN, uncorrected: bool = True) -> tuple[str, ...]:
     """The names :func:`continuous_bound_estimates` returns: the kernel's, plus for a ``direct`` uniform model
-    UDLM fed the converted posterior (``udlm_converted``), plus each ``_uncorrected`` under a correction."""
+    UDLM fed the converted posterior (``udlm_converted``), without the resampling chain's bound for a ``direct``
+    model (or a SemDLM+ configured without a global branch), plus each ``_uncorrected`` under a correction."""
     names = kernel.cfg.continuous_bounds
     if "udlm_continuous" in names and not reading.kernel_aware:
         names = names + ("udlm_converted",)
+    if "resampled_continuous" in names and not (reading.kernel_aware and resampling_applies(kernel)):
+        names = tuple(n for n in names if n != "resampled_continuous")  # its model reads f kernel-aware
     return names + tuple(f"{n}_uncorrected" for n in names) if reading.log_ratio and uncorrected else names
 
 

@@ -92,3 +92,81 @@ def integrand(kernel: Kernel, f: torch.Tensor, x0: torch.Tensor, z: torch.Tensor
         log_hat = torch.where(exact, log_hat, lower.clamp_min(1e-300).log())
     kl = torch.where(r_bar > 0, r_bar * (r_bar.clamp_min(1e-300).log() - log_hat), torch.zeros_like(r_bar))
     return (r_hat - r_bar).sum(-1) + kl.sum(-1)
+
+
+# --------------------------------------------------------------------------- the frequency floor on a real vocabulary
+def _branch_rows(kernel: Kernel, v: torch.Tensor, t: float, rho: float, consts: tuple):
+    """For clean tokens v [E]: (q_t(y | v), r_v(y)) at y = v and at N(v) by rank, [E, 1 + K] each (r_v = 0 on
+    every other y when rho = beta' / (1 - beta)), and S_v = sum_y [r_v(y)]_+, [E]."""
+    alpha, beta, dalpha, dbeta, loc, dloc, nu = consts
+    targets = torch.cat([v.unsqueeze(-1), kernel.neighbors[v]], -1)
+    nu_y = nu[targets]
+    p = beta * nu_y + torch.cat([torch.full_like(v, 0, dtype=nu.dtype).unsqueeze(-1) + alpha,
+                                 loc.expand(v.numel(), -1)], -1)
+    dp = dbeta * nu_y + torch.cat([torch.full_like(v, 0, dtype=nu.dtype).unsqueeze(-1) + dalpha,
+                                   dloc.expand(v.numel(), -1)], -1)
+    r = dp - rho * (nu_y - p)
+    return targets, p, r, r.clamp_min(0.0).sum(-1)
+
+
+def floor_integrand(kernel: Kernel, u: torch.Tensor, x0: torch.Tensor, z: torch.Tensor, t: float,
+                    chunk: int = 64, relaxed: bool = False) -> torch.Tensor:
+    """The resampling chain's integrand (rho_t = beta' / (1 - beta)) for the frequency denoiser f = u at every
+    position, [N] float64, at one t, on a real vocabulary: :func:`integrand` with f = u broadcast, without its
+    [V, V] tables. The model's marginal m(y) = sum_v u_v q_t(y | v) is one O(V K) scatter for all positions
+    (it does not depend on the position when f does not); each position then costs O(V) for the resampling
+    part of the rates over every y and O(|E_z| K) for the flux part, E_z = {z} u inv(z). kNN kernels only.
+    ``relaxed``: :func:`integrand`'s O(V) form.
+    """
+    if kernel.cfg.traits.rank_weights_per_token:
+        raise ValueError("floor_integrand: kNN kernels only (rank masses that depend on t alone)")
+    V, K, dev = kernel.vocab_size, kernel.num_ranks, z.device
+    (alpha, beta, _), (dalpha, dbeta, _) = kernel.branch_weights_and_derivatives(t)
+    alpha, beta, dalpha, dbeta = (float(x) for x in (alpha, beta, dalpha, dbeta))
+    rho = resample_rate(kernel, t)
+    nu = kernel.global_dist.to(torch.float64)
+    loc, dloc = (x.reshape(1, K) for x in kernel.local_mass_and_derivative(t)) if K else (
+        torch.zeros(1, 0, dtype=torch.float64, device=dev),) * 2
+    consts = (alpha, beta, dalpha, dbeta, loc, dloc, nu)
+    u = u.to(torch.float64)
+    m = alpha * u + beta * nu * u.sum()
+    if K:
+        m = m.index_add(0, kernel.neighbors.reshape(-1), (u.unsqueeze(-1) * loc).reshape(-1))
+    out = []
+    for lo in range(0, z.numel(), chunk):
+        zc, xc = z[lo:lo + chunk], x0[lo:lo + chunk]
+        n = torch.arange(zc.numel(), device=dev)
+        # the data's rates: Rbar^{x0}(z -> y) over every y
+        tg, p0, r0, s0 = _branch_rows(kernel, xc, t, rho, consts)
+        p_row = (beta * nu).expand(zc.numel(), V).clone().scatter_add_(1, tg, p0 - beta * nu[tg])
+        r_row = torch.zeros(zc.numel(), V, dtype=torch.float64, device=dev).scatter_add_(1, tg, r0)
+        p0z, r0z = p_row[n, zc], r_row[n, zc]
+        r_bar = rho * nu[zc].unsqueeze(-1) * p_row / p0z.unsqueeze(-1) + (
+            r0z.clamp_min(0.0) / (s0.clamp_min(1e-300) * p0z)).unsqueeze(-1) * (-r_row).clamp_min(0.0)
+        # the model's: resampling part over every y, flux part from the clean tokens v in E_z
+        r_hat = rho * nu[zc].unsqueeze(-1) * m / m[zc].unsqueeze(-1)
+        e_n, e_v, e_rank = n, zc, torch.full_like(zc, -1)
+        if K:
+            inv_n, inv_v, inv_r = kernel.inverse_entries(zc)
+            e_n, e_v, e_rank = torch.cat([e_n, inv_n]), torch.cat([e_v, inv_v]), torch.cat([e_rank, inv_r])
+        tg_e, p_e, r_e, s_e = _branch_rows(kernel, e_v, t, rho, consts)
+        col = (e_rank + 1).unsqueeze(-1)  # where z sits in v's row: 0 = v itself
+        pz_e, rz_e = p_e.gather(1, col).squeeze(-1), r_e.gather(1, col).squeeze(-1)
+        w_e = u[e_v] * pz_e / m[_g1(zc, e_n)]
+        coef = torch.where(pz_e > 0, w_e * rz_e.clamp_min(0.0) / (s_e.clamp_min(1e-300) * pz_e.clamp_min(1e-300)), 0.0)
+        r_hat = r_hat.index_put((e_n.unsqueeze(-1).expand_as(tg_e), tg_e), coef.unsqueeze(-1) * (-r_e).clamp_min(0.0),
+                                accumulate=True)
+        r_bar[n, zc] = 0.0
+        r_hat[n, zc] = 0.0
+        log_hat = r_hat.clamp_min(1e-300).log()
+        if relaxed:  # outside {x0} u N(x0): the lower bound rho nu(z) (alpha u_y + beta nu(y)) / m(z)
+            lower = rho * nu[zc].unsqueeze(-1) * (alpha * u + beta * nu * u.sum()) / m[zc].unsqueeze(-1)
+            exact = torch.zeros_like(r_bar, dtype=torch.bool).scatter_(1, tg, True)
+            log_hat = torch.where(exact, log_hat, lower.clamp_min(1e-300).log())
+        kl = torch.where(r_bar > 0, r_bar * (r_bar.clamp_min(1e-300).log() - log_hat), 0.0)
+        out.append((r_hat - r_bar).sum(-1) + kl.sum(-1))
+    return torch.cat(out)
+
+
+def _g1(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.index_select(0, idx)

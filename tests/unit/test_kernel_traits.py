@@ -104,7 +104,7 @@ def test_traits_keep_the_behaviour_the_names_had():
         "uniform": (False, "ctmc", False, False, ("ctelbo_continuous", "udlm_continuous")),
         "semdlm": (False, "ctmc", True, True, ("ctelbo_continuous",)),
         "semdlm_softmax": (False, "ctmc", True, True, ("ctelbo_continuous",)),
-        "semdlm_plus": (False, "ctmc", True, True, ("ctelbo_continuous",)),
+        "semdlm_plus": (False, "ctmc", True, True, ("ctelbo_continuous", "resampled_continuous")),
     }
     for name, (absorbing, sampler, penalty, neighbours, bounds) in expect.items():
         tr = traits_of(name)

@@ -121,3 +121,21 @@ def test_the_resampling_chain_is_tighter_on_the_toys():
 def test_no_global_branch_no_resampling():
     toy = bc.build_toy("semdlm", vocab=12, k_max=4, valid=10, seed=0)
     assert realisation.resample_rate(toy.kernel, 0.5) == 0.0
+
+
+@pytest.mark.parametrize("preset,table_ranks", [("semdlm_plus", None), ("semdlm_plus", 3), ("semdlm_plus_eq118", None),
+                                                ("uniform", None)])
+@pytest.mark.parametrize("t", [0.03, 0.3, 0.8])
+def test_the_sparse_frequency_floor_is_the_dense_integrand(preset, table_ranks, t):
+    """floor_integrand (real vocabularies: no [V, V] table) = integrand with f = u at every position."""
+    toy = bc.build_toy(preset, vocab=12, k_max=5, valid=10, seed=0, table_ranks=table_ranks)
+    x0, z = toy_pairs(toy, t)
+    g = torch.Generator().manual_seed(4)
+    u = torch.rand(12, generator=g, dtype=torch.float64)
+    u[0] = 0.0
+    u = u / u.sum()
+    rho = realisation.resample_rate(toy.kernel, t)
+    for relaxed in (False, True):
+        dense = realisation.integrand(toy.kernel, u.expand(z.numel(), -1), x0, z, t, rho, relaxed)
+        sparse = realisation.floor_integrand(toy.kernel, u, x0, z, t, chunk=7, relaxed=relaxed)
+        assert torch.allclose(sparse, dense, rtol=1e-9, atol=1e-9), (relaxed, (sparse - dense).abs().max())

@@ -1,0 +1,60 @@
+"""The sparse relaxed resampling-chain integrand (pipeline/core/ct_resample.py) against the dense reference
+(pipeline/research/realisation.py, relaxed=True): values and gradients, with and without the change-aware
+correction, on stored and folded tables."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.core.ct_resample import resampled_per_token, resampling_applies
+from pipeline.core.posterior import Reading
+from pipeline.research import bound_check as bc
+from pipeline.research import realisation
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pairs(toy, t):
+    x0, z = bc._pairs(toy, toy.valid_ids)
+    keep = toy.kernel.marginal_rows(toy.valid_ids, t).reshape(-1) > 0
+    return x0[keep], z[keep]
+
+
+@pytest.mark.parametrize("preset,table_ranks", [("semdlm_plus", None), ("semdlm_plus", 3), ("semdlm_plus_eq118", None)])
+@pytest.mark.parametrize("t", [0.002, 0.03, 0.3, 0.8, 0.99])
+@pytest.mark.parametrize("log_ratio", [0.0, math.log(10.0)])
+def test_sparse_relaxed_integrand_is_the_dense_one(preset, table_ranks, t, log_ratio):
+    toy = bc.build_toy(preset, vocab=12, k_max=5, valid=10, seed=0, table_ranks=table_ranks)
+    x0, z = pairs(toy, t)
+    g = torch.Generator().manual_seed(5)
+    logits = (2.0 * torch.randn(z.numel(), 12, generator=g, dtype=torch.float64)).requires_grad_()
+    bias = torch.zeros(12, dtype=torch.float64)
+    bias[0] = -math.inf  # [MASK] is never clean (the model's support bias)
+    lg = logits + bias
+    sparse = resampled_per_token(toy.kernel, lg.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), t,
+                                 reading=Reading(True, log_ratio)).squeeze(1)
+    shifted = lg + log_ratio * torch.nn.functional.one_hot(z, 12).to(torch.float64)
+    f = torch.softmax(shifted, -1)
+    dense = realisation.integrand(toy.kernel, f, x0, z, t, realisation.resample_rate(toy.kernel, t), relaxed=True)
+    assert torch.allclose(sparse, dense, rtol=1e-9, atol=1e-9), (sparse - dense).abs().max()
+    g_sparse, = torch.autograd.grad(sparse.sum(), logits)
+    g_dense, = torch.autograd.grad(dense.sum(), logits)
+    assert torch.allclose(g_sparse, g_dense, rtol=1e-7, atol=1e-9), (g_sparse - g_dense).abs().max()
+
+
+def test_applies_to_semdlm_plus_only():
+    for preset, applies in (("semdlm_plus", True), ("semdlm_plus_eq118", True), ("uniform", False), ("mask", False),
+                            ("semdlm", False), ("semdlm_softmax", False)):
+        assert resampling_applies(bc.build_toy(preset, vocab=12, k_max=4, valid=10).kernel) is applies, preset
+    toy = bc.build_toy("uniform", vocab=12, k_max=4, valid=10)
+    with pytest.raises(ValueError, match="kNN kernels with a global branch"):
+        resampled_per_token(toy.kernel, torch.zeros(1, 1, 12), torch.ones(1, 1, dtype=torch.long),
+                            torch.ones(1, 1, dtype=torch.long), 0.5)
