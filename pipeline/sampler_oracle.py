@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corrector-steps", type=int, default=None, help="ctmc / tau_leaping (default: the sampler's)")
     ap.add_argument("--corrector-step-size", type=float, default=None)
     ap.add_argument("--hazard", default=None)
+    ap.add_argument("--chain", default=None, help="ctmc: auto | flux | resampling (docs/likelihood.md 6.7)")
     ap.add_argument("--parameterization", default="kernel", choices=("kernel", "direct"),
                     help="how the Eq-120 optimum of the last line is given: as f (kernel) or as the posterior")
     ap.add_argument("--no-tilted", action="store_true", help="skip the ctmc runs with Eq 120's optimum")
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     toy = build_sequence_toy(args.kernel, args.vocab, args.k_max, args.length, args.seed)
     overrides = {k: v for k, v in (("corrector_steps", args.corrector_steps),
                                    ("corrector_step_size", args.corrector_step_size),
-                                   ("hazard", args.hazard)) if v is not None}
+                                   ("hazard", args.hazard), ("chain", args.chain)) if v is not None}
     floor = toy.noise_floor(args.samples, args.seed)
     print(f"kernel {args.kernel}: {toy.states.shape[0]} valid sequences of {toy.length} tokens, V = {args.vocab}, "
           f"{args.samples} samples per cell, exact posterior as the denoiser")

@@ -21,6 +21,7 @@ from .template import GenerationTemplate
 
 METHODS = ("ctmc", "blockwise", "tau_leaping", "mdlm")
 HAZARDS = ("integrated", "frozen")  # ctmc: how a leap turns the rates into a jump probability (ctmc.py)
+CHAINS = ("auto", "flux", "resampling")  # ctmc: auto = resampling where it applies (SemDLM+), else flux
 MDLM_SCHEDULES = ("ancestral", "fixed", "tc", "dtc")
 REMASK = ("none", "remdm_cap")
 
@@ -44,6 +45,7 @@ class SamplerConfig:
     corrector_step_size: float = 1.0  # ctmc: corrector move length, in units of the predictor's step dt
     corrector_frac: float = 0.1  # tau_leaping: share of positions a corrector move re-draws
     hazard: str = "integrated"  # ctmc: integrated | frozen (pipeline/sampling/ctmc.py)
+    chain: str = "auto"  # ctmc: auto | flux | resampling, the CTMC realising the marginals (docs/likelihood.md 6.7)
     final_argmax: bool = False  # ctmc: the last step takes argmax p_theta (noise removal, MDLM / DUO)
     cache: bool = True  # mdlm: reuse logits of rows where nothing changed (t-independent models)
     # Past the context (pipeline/sampling/generate.py): ``length`` tokens in all, the blocks after the first
@@ -72,6 +74,8 @@ class SamplerConfig:
                  f"({self.steps_per_block}) must be <= block length ({self.block_len})")
         if self.hazard not in HAZARDS:
             fail(f"hazard must be one of {HAZARDS}, got {self.hazard!r}")
+        if self.chain not in CHAINS:
+            fail(f"chain must be one of {CHAINS}, got {self.chain!r}")
         if not self.corrector_step_size > 0:
             fail(f"corrector_step_size must be > 0, got {self.corrector_step_size}")
         if self.remask not in REMASK:

@@ -30,6 +30,16 @@ q_s(. | v) stays exactly invariant, and h depends on v alone, so the mixture ove
 marginal (tested on the toy: a tau-leap with 1 - exp(-h rate) or a clipped probability does not).
 Forward destinations: the row entries with pdot_v(y) > 0 and, with the global branch's weight
 beta'_s nu(outside the row), a draw from nu outside the row (by rejection).
+
+``chain``: which CTMC realises the kernel's marginals (docs/likelihood.md Sec 6.7). ``flux`` is the
+chain above. ``resampling`` (SemDLM+, the default there through ``auto``: the chain whose bound the
+evaluation reports as ``resampled_continuous``): given v, a position leaves z by a resampling draw at
+rate rho nu(z) / q_t(z | v), rho = beta' / (1 - beta), landing on y ~ q_t(. | v) (possibly z itself: a
+no-op, which is the same law as the off-diagonal rates), or by the flux of the remainder
+r_v = (alpha' + rho alpha, Lambda' + rho Lambda) on v's row at rate [r_v(z)]_+ / q_t(z | v), landing on
+y with probability proportional to [-r_v(y)]_+. A leap uses the rates at its midpoint (``integrated``)
+or at t (``frozen``), P(jump) = 1 - exp(-dt rate). Its corrector adds the forward chain (a draw from nu
+at rate rho, the flux [-r_v(z)]_+ [r_v(y)]_+ / (S q_s(z | v))), again q_s(. | v)-reversible.
 All draws are float64.
 """
 from __future__ import annotations
@@ -37,9 +47,10 @@ from __future__ import annotations
 import torch
 
 from pipeline.core.ct_elbo import ConditionalRates, conditional_reverse_rates
+from pipeline.core.ct_resample import resampling_applies
 from pipeline.core.ct_tables import TimeTables, time_tables
 
-from .base import Denoiser, initial_block, time_grid
+from .base import CHAINS, Denoiser, initial_block, time_grid
 from .draws import categorical, truncate
 from .tau_leaping import restricted_weights
 
@@ -84,6 +95,89 @@ def _rates_at(kernel, t: float, z: torch.Tensor, v: torch.Tensor) -> Conditional
     return conditional_reverse_rates(kernel, _tables_at(kernel, t, z.device), torch.zeros_like(z), z, v)
 
 
+def resolve_chain(kernel, chain: str) -> str:
+    """``flux`` or ``resampling`` for ``kernel`` (``auto``: the resampling chain where it applies)."""
+    if chain not in CHAINS:
+        raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
+    if chain == "auto":
+        return "resampling" if resampling_applies(kernel) else "flux"
+    if chain == "resampling" and not resampling_applies(kernel):
+        raise ValueError(f"the resampling chain is for kNN kernels with a global branch (SemDLM+), not "
+                         f"{kernel.cfg.name!r}: use chain=flux")
+    return chain
+
+
+def _resampling_rates(kernel, t: float, z: torch.Tensor, v: torch.Tensor):
+    """(flux-chain rates of (z, v) for q and the row, rho, the remainder r on v's row [1 + K] (the same row for
+    every v), r_v(z) [N], the resampling hazard rho nu(z) / q_t(z | v) [N], the flux hazard [r_v(z)]_+ / q [N])."""
+    own = _rates_at(kernel, t, z, v)
+    (a, b, _), (da, db, _) = _branch_derivatives(kernel, t)
+    rho = float(db) / (1.0 - float(b)) if float(db) > 0 and float(b) < 1 else 0.0
+    tab = _tables_at(kernel, t, z.device)
+    r_row = torch.cat([(da + rho * a).reshape(1).to(torch.float64),
+                       (tab.dlocal[0, 0] + rho * tab.local[0, 0]).to(torch.float64)])
+    r_z = (r_row * (own.targets == z.unsqueeze(-1))).sum(-1)
+    q = own.q.clamp_min(1e-300)
+    return own, rho, r_row, r_z, rho * kernel.global_dist.index_select(0, z) / q, r_z.clamp_min(0.0) / q
+
+
+def _draw_from_marginal(kernel, v: torch.Tensor, t: float, generator) -> torch.Tensor:
+    """y ~ q_t(. | v) per entry of v."""
+    return kernel.sample_xt(v, torch.full(v.shape, float(t), dtype=torch.float64, device=v.device),
+                            generator=generator)[0]
+
+
+def _resampling_predictor(kernel, v, z, t: float, s: float, hazard: str, generator) -> torch.Tensor:
+    tm = 0.5 * (t + s) if hazard == "integrated" else min(t, 1.0 - _T_EDGE)
+    own, _, r_row, _, res, flux = _resampling_rates(kernel, tm, z, v)
+    u = torch.rand(z.shape, generator=generator, device=z.device, dtype=torch.float64)
+    jump = torch.nonzero(u < -torch.expm1(-(t - s) * (res + flux))).flatten()
+    out = z.clone()
+    if jump.numel():
+        by_res = torch.rand(jump.shape, generator=generator, device=z.device, dtype=torch.float64) * (
+            res[jump] + flux[jump]) < res[jump]
+        j_res, j_flux = jump[by_res], jump[~by_res]
+        if j_res.numel():
+            out[j_res] = _draw_from_marginal(kernel, v[j_res], tm, generator)
+        if j_flux.numel():
+            out[j_flux] = _pick(own.targets.index_select(0, j_flux),
+                                (-r_row).clamp_min(0.0).expand(j_flux.numel(), -1), generator)
+    return out
+
+
+def _resampling_corrector(kernel, v, z, s: float, step: float, generator) -> torch.Tensor:
+    """A uniformised move with the reverse and forward resampling chains' rates (q_s(. | v)-reversible)."""
+    s_eval = min(s, 1.0 - _T_EDGE)
+    own, rho, r_row, r_z, res, flux = _resampling_rates(kernel, s_eval, z, v)
+    q = own.q.clamp_min(1e-300)
+    rates = torch.stack([res, flux, torch.full_like(res, rho), (-r_z).clamp_min(0.0) / q], -1)  # [N, 4]
+    # the largest exit rate of v's chain: its row's states, and those only the global branch reaches
+    b = float(_branch_derivatives(kernel, s_eval)[0][1])
+    ok = own.target_q > 0
+    row = torch.where(ok, (rho * kernel.global_dist[own.targets] + r_row.abs()) / torch.where(ok, own.target_q, 1.0),
+                      0.0).amax(-1)
+    top = (row.clamp_min(rho / b if b > 0 else 0.0) + rho).clamp_min(1e-12)
+    step_v = torch.minimum(torch.full_like(top, step), 1.0 / top)
+    total = rates.sum(-1)
+    u = torch.rand(z.shape, generator=generator, device=z.device, dtype=torch.float64)
+    move = torch.nonzero(u < step_v * total).flatten()
+    out = z.clone()
+    if not move.numel():
+        return out
+    kind = categorical(rates.index_select(0, move), generator)
+    for k, idx in enumerate(move[kind == k] for k in range(4)):
+        if not idx.numel():
+            continue
+        if k == 0:  # reverse resampling: y ~ q_s(. | v)
+            out[idx] = _draw_from_marginal(kernel, v[idx], s_eval, generator)
+        elif k == 2:  # forward resampling: y ~ nu
+            out[idx] = kernel._sample_global(idx.numel(), generator)
+        else:  # the remainder's flux: into the losing states (reverse) or the gaining ones (forward)
+            w = (-r_row if k == 1 else r_row).clamp_min(0.0).expand(idx.numel(), -1)
+            out[idx] = _pick(own.targets.index_select(0, idx), w, generator)
+    return out
+
+
 def draw_clean_tokens(kernel, probs: torch.Tensor, z: torch.Tensor, t: float, generator=None,
                       greedy: bool = False) -> torch.Tensor:
     """v ~ p_theta(v | x_t) restricted to q_t(z | v) > 0 (argmax if ``greedy``), [N]; probs [N, V] float64.
@@ -110,11 +204,15 @@ def _pick(targets: torch.Tensor, weights: torch.Tensor, generator) -> torch.Tens
 
 
 def predictor_step(kernel, probs: torch.Tensor, z: torch.Tensor, t: float, s: float, hazard: str = "integrated",
-                   generator=None, greedy: bool = False) -> torch.Tensor:
+                   generator=None, greedy: bool = False, chain: str = "flux") -> torch.Tensor:
     """One leap t -> s of N positions z [N] given p_theta ``probs`` [N, V] (float64); returns the new z."""
     v = draw_clean_tokens(kernel, probs, z, t, generator, greedy)
     if s <= 0.0:  # q_0(. | v) = delta_v: the conditional path ends at v
         return v
+    if resolve_chain(kernel, chain) == "resampling":
+        if hazard not in HAZARDS:
+            raise ValueError(f"hazard must be one of {HAZARDS}, got {hazard!r}")
+        return _resampling_predictor(kernel, v, z, t, s, hazard, generator)
     if hazard == "integrated":  # jump probability exact; destinations from the rates at the leap's midpoint
         own = _rates_at(kernel, 0.5 * (t + s), z, v)
         q_t, q_s = _rates_at(kernel, t, z, v).q, _rates_at(kernel, s, z, v).q
@@ -155,10 +253,12 @@ def _max_exit_rate(kernel, own: ConditionalRates, s: float) -> torch.Tensor:
     return rows.clamp_min(generic).clamp_min(1e-12)
 
 
-def corrector_step(kernel, probs: torch.Tensor, z: torch.Tensor, s: float, step: float, generator=None
-                   ) -> torch.Tensor:
+def corrector_step(kernel, probs: torch.Tensor, z: torch.Tensor, s: float, step: float, generator=None,
+                   chain: str = "flux") -> torch.Tensor:
     """One corrector move of length ``step`` at the fixed time s with rates Rbar^v + F^v (see the module)."""
     v = draw_clean_tokens(kernel, probs, z, s, generator)
+    if resolve_chain(kernel, chain) == "resampling":
+        return _resampling_corrector(kernel, v, z, s, step, generator)
     s_eval = min(s, 1.0 - _T_EDGE)
     own = _rates_at(kernel, s_eval, z, v)
     rate = own.qdot.abs() / own.q.clamp_min(1e-300)
@@ -204,12 +304,14 @@ def denoise_block_ctmc(den: Denoiser, prefix: torch.Tensor, block_len: int, step
             out[keep] = step_fn(kernel, p.index_select(0, keep), z.index_select(0, keep), *args, **kwargs)
         return out.reshape(B, block_len)
 
+    chain = resolve_chain(kernel, cfg.chain)
     grid = time_grid(steps)
     for j, (t, s) in enumerate(grid):
         probs = truncate(den.probs(torch.cat([prefix, block], 1), t, start=P), cfg.top_k, cfg.top_p)
         last = j == len(grid) - 1
-        block = move(predictor_step, block, probs, t, s, cfg.hazard, generator, greedy=last and cfg.final_argmax)
+        block = move(predictor_step, block, probs, t, s, cfg.hazard, generator, greedy=last and cfg.final_argmax,
+                     chain=chain)
         for _ in range(cfg.corrector_steps if s > 0 else 0):
             probs = truncate(den.probs(torch.cat([prefix, block], 1), s, start=P), cfg.top_k, cfg.top_p)
-            block = move(corrector_step, block, probs, s, cfg.corrector_step_size * (t - s), generator)
+            block = move(corrector_step, block, probs, s, cfg.corrector_step_size * (t - s), generator, chain=chain)
     return block

@@ -19,7 +19,7 @@ from pipeline.common.cli_fields import check_choices, cli_field
 from pipeline.common.devices import check_device_available, check_device_name, default_device
 from pipeline.core.kernel_config import traits_of
 
-from .base import HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
+from .base import CHAINS, HAZARDS, MDLM_SCHEDULES, METHODS, REMASK, SamplerConfig
 from .conditioning import Conditioning, load_conditioning, prompt_texts, stop_token_id
 from .penalty import WINDOW_SIDES, PenaltyConfig, SemanticAssociation, association_by_columns
 from .runner import dist_info, draw_samples, gather_parts, write_part
@@ -89,6 +89,8 @@ class SamplerOptions:
     corrector_step_size: float = cli_field(1.0, help="ctmc: corrector move length in units of the predictor step")
     corrector_frac: float = cli_field(0.1, help="tau_leaping: share of positions re-drawn")
     hazard: str = cli_field("integrated", choices=HAZARDS, help="ctmc: jump probability of a leap")
+    chain: str = cli_field("auto", choices=CHAINS, help="ctmc: the CTMC realising the kernel's marginals "
+                           "(auto: the resampling chain for SemDLM+, docs/likelihood.md 6.7)")
     final_argmax: bool = cli_field(False, help="ctmc: last step takes argmax p_theta")
     cache: bool = cli_field(True, flag="--no-cache", help="mdlm: never reuse logits")
     window: int = cli_field(16, help="Eq 23 window W")  # also the window of the evaluation's repetition metrics

@@ -125,3 +125,45 @@ def test_ctmc_fed_the_corrected_eq120_optimum_samples_the_data(parameterization)
     tv = {w: sampler_oracle.oracle_tv(toy, "ctmc", 32, n, model=m)[0] for w, m in denoisers.items()}
     assert tv["posterior"] <= floor + 0.02 and tv["corrected"] <= floor + 0.02, (tv, floor)
     assert tv["tilted"] > floor + 0.05, (tv, floor)
+
+
+@pytest.mark.parametrize("chain", ["flux", "resampling"])
+def test_both_chains_reach_the_noise_floor_on_semdlm_plus(chain):
+    """The resampling chain (docs/likelihood.md 6.7; the default for SemDLM+ through chain=auto) samples the data
+    with the exact posterior as well as the flux chain: predictor alone and with its corrector."""
+    toy = build_sequence_toy("semdlm_plus", vocab=5, k_max=2, length=2, seed=0)
+    floor = toy.noise_floor(N, 0)
+    fine, _ = oracle_tv(toy, "ctmc", 64, N, seed=1, corrector_steps=0, chain=chain)
+    pc, _ = oracle_tv(toy, "ctmc", 32, N, seed=2, corrector_steps=1, chain=chain)
+    coarse, _ = oracle_tv(toy, "ctmc", 2, N, seed=1, corrector_steps=0, chain=chain)
+    assert coarse > 2 * floor, (coarse, floor)
+    assert fine < 1.6 * floor and pc < 1.6 * floor, (fine, pc, floor)
+
+
+def test_the_resampling_corrector_leaves_the_marginal_invariant():
+    toy = build_sequence_toy("semdlm_plus", vocab=6, k_max=2, length=1, seed=3)
+    V, s, n = toy.kernel.vocab_size, 0.4, 200_000
+    g = torch.Generator().manual_seed(0)
+    x0 = toy.states[torch.multinomial(toy.p_data, n, replacement=True, generator=g)]
+    xs, _ = toy.kernel.sample_xt(x0, torch.full((n,), s), generator=g)
+    exact = toy.p_data @ toy.kernel.marginal_rows(toy.states[:, 0], s)
+
+    def tv(x):
+        return 0.5 * float((torch.bincount(x.reshape(-1), minlength=V).double() / n - exact).abs().sum())
+
+    before, x = tv(xs), xs.reshape(-1)
+    for _ in range(3):
+        probs = torch.softmax(toy(x.reshape(n, 1), torch.full((n,), s)).double(), -1).reshape(-1, V)
+        x = corrector_step(toy.kernel, probs, x, s, step=1.0, generator=g, chain="resampling")
+    assert (x != xs.reshape(-1)).float().mean() > 0.05
+    assert tv(x) < before + 0.004, (before, tv(x))
+
+
+def test_chain_auto_is_resampling_for_semdlm_plus_only():
+    from pipeline.sampling.ctmc import resolve_chain
+    for kernel, chain in (("semdlm_plus", "resampling"), ("uniform", "flux"), ("mask", "flux")):
+        assert resolve_chain(build_sequence_toy(kernel, vocab=5, k_max=2, length=1).kernel, "auto") == chain
+    with pytest.raises(ValueError, match="use chain=flux"):
+        resolve_chain(build_sequence_toy("uniform", vocab=5, k_max=2, length=1).kernel, "resampling")
+    with pytest.raises(ValueError, match="chain must be one of"):
+        SamplerConfig(chain="markov")
