@@ -32,8 +32,8 @@ Forward destinations: the row entries with pdot_v(y) > 0 and, with the global br
 beta'_s nu(outside the row), a draw from nu outside the row (by rejection).
 
 ``chain``: which CTMC realises the kernel's marginals (docs/likelihood.md Sec 6.7). ``flux`` is the
-chain above. ``resampling`` (SemDLM+, the default there through ``auto``: the chain whose bound the
-evaluation reports as ``resampled_continuous``): given v, a position leaves z by a resampling draw at
+chain above. ``resampling`` (SemDLM+ and uniform, the default there through ``auto``: the chain whose bound
+the evaluation reports, ``resampled_continuous`` / UDLM's): given v, a position leaves z by a resampling draw at
 rate rho nu(z) / q_t(z | v), rho = beta' / (1 - beta), landing on y ~ q_t(. | v) (possibly z itself: a
 no-op, which is the same law as the off-diagonal rates), or by the flux of the remainder
 r_v = (alpha' + rho alpha, Lambda' + rho Lambda) on v's row at rate [r_v(z)]_+ / q_t(z | v), landing on
@@ -96,14 +96,16 @@ def _rates_at(kernel, t: float, z: torch.Tensor, v: torch.Tensor) -> Conditional
 
 
 def resolve_chain(kernel, chain: str) -> str:
-    """``flux`` or ``resampling`` for ``kernel`` (``auto``: the resampling chain where it applies)."""
+    """``flux`` or ``resampling`` for ``kernel`` (``auto``: the resampling chain where it applies: SemDLM+, and
+    uniform, where it is UDLM's chain, the one its reported bound is of; mask keeps MDLM's, the same chain)."""
     if chain not in CHAINS:
         raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
+    applies = resampling_applies(kernel) or kernel.cfg.name == "uniform"  # uniform: UDLM's own chain
     if chain == "auto":
-        return "resampling" if resampling_applies(kernel) else "flux"
-    if chain == "resampling" and not resampling_applies(kernel):
-        raise ValueError(f"the resampling chain is for kNN kernels with a global branch (SemDLM+), not "
-                         f"{kernel.cfg.name!r}: use chain=flux")
+        return "resampling" if applies else "flux"
+    if chain == "resampling" and not applies:
+        raise ValueError(f"the resampling chain is for uniform and for kNN kernels with a global branch (SemDLM+), "
+                         f"not {kernel.cfg.name!r}: use chain=flux")
     return chain
 
 

@@ -127,11 +127,12 @@ def test_ctmc_fed_the_corrected_eq120_optimum_samples_the_data(parameterization)
     assert tv["tilted"] > floor + 0.05, (tv, floor)
 
 
+@pytest.mark.parametrize("kernel", ["semdlm_plus", "uniform"])
 @pytest.mark.parametrize("chain", ["flux", "resampling"])
-def test_both_chains_reach_the_noise_floor_on_semdlm_plus(chain):
-    """The resampling chain (docs/likelihood.md 6.7; the default for SemDLM+ through chain=auto) samples the data
-    with the exact posterior as well as the flux chain: predictor alone and with its corrector."""
-    toy = build_sequence_toy("semdlm_plus", vocab=5, k_max=2, length=2, seed=0)
+def test_both_chains_reach_the_noise_floor(kernel, chain):
+    """The resampling chain (docs/likelihood.md 6.7; the default for SemDLM+ and uniform through chain=auto)
+    samples the data with the exact posterior as well as the flux chain: predictor alone and with its corrector."""
+    toy = build_sequence_toy(kernel, vocab=5, k_max=2, length=2, seed=0)
     floor = toy.noise_floor(N, 0)
     fine, _ = oracle_tv(toy, "ctmc", 64, N, seed=1, corrector_steps=0, chain=chain)
     pc, _ = oracle_tv(toy, "ctmc", 32, N, seed=2, corrector_steps=1, chain=chain)
@@ -159,11 +160,12 @@ def test_the_resampling_corrector_leaves_the_marginal_invariant():
     assert tv(x) < before + 0.004, (before, tv(x))
 
 
-def test_chain_auto_is_resampling_for_semdlm_plus_only():
+def test_chain_auto_is_resampling_for_semdlm_plus_and_uniform():
     from pipeline.sampling.ctmc import resolve_chain
-    for kernel, chain in (("semdlm_plus", "resampling"), ("uniform", "flux"), ("mask", "flux")):
+    for kernel, chain in (("semdlm_plus", "resampling"), ("uniform", "resampling"), ("mask", "flux"),
+                          ("semdlm", "flux")):
         assert resolve_chain(build_sequence_toy(kernel, vocab=5, k_max=2, length=1).kernel, "auto") == chain
     with pytest.raises(ValueError, match="use chain=flux"):
-        resolve_chain(build_sequence_toy("uniform", vocab=5, k_max=2, length=1).kernel, "resampling")
+        resolve_chain(build_sequence_toy("semdlm", vocab=5, k_max=2, length=1).kernel, "resampling")
     with pytest.raises(ValueError, match="chain must be one of"):
         SamplerConfig(chain="markov")
