@@ -7,8 +7,9 @@ reported on held-out data. Two exist:
   Eq 120's change-aware cross-entropy (``loss="change_aware"``, the paper's objective) or the
   kernel's own ELBO (``loss="elbo"``): for ``mask`` exactly MDLM's objective (cross-entropy of the
   masked positions weighted by -alpha'_t / (1 - alpha_t), SUBS), for every other kernel the per-token
-  integrand of the conditional-path ELBO (``pipeline.core.ct_elbo``). The reported bounds are the
-  kernel's (``pipeline.core.likelihood.bound_estimates``).
+  integrand of the conditional-path ELBO (``pipeline.core.ct_elbo``), or for SemDLM+ with
+  ``elbo_chain="resampling"`` the resampling chain's (``pipeline.core.ct_resample``). The reported bounds
+  are the kernel's (``pipeline.core.likelihood.bound_estimates``).
 * :class:`AutoregressiveObjective` - no corruption, next-token cross-entropy; the bound is the exact NLL.
 
 A loss is ``numerator / denominator`` with ``numerator = sum_i w_i l_i`` (:func:`weighted_sum`)
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from pipeline.core import likelihood
 from pipeline.core.ct_elbo import ctelbo_per_token, posterior_nll_per_token
+from pipeline.core.ct_resample import resampled_per_token, resampling_applies
 from pipeline.core.kernels import Kernel, alpha_and_derivative
 from pipeline.core.posterior import PLAIN, Reading
 
@@ -109,10 +111,13 @@ class DiffusionObjective:
     autoregressive = False
 
     def __init__(self, kernel: Kernel, loss: str = "change_aware", loss_cfg: LossConfig | None = None,
-                 reading: Reading = PLAIN):
+                 reading: Reading = PLAIN, elbo_chain: str = "flux"):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        self.kernel, self.loss, self.loss_cfg = kernel, loss, loss_cfg or LossConfig()
+        if elbo_chain == "resampling" and not (loss == "elbo" and reading.kernel_aware and resampling_applies(kernel)):
+            raise ValueError(f"elbo_chain=resampling needs loss=elbo, the kernel-aware reading and a kNN kernel with a "
+                             f"global branch (SemDLM+), got loss={loss!r}, kernel {kernel.cfg.name!r}")
+        self.kernel, self.loss, self.loss_cfg, self.elbo_chain = kernel, loss, loss_cfg or LossConfig(), elbo_chain
         # ``reading``: how bounds read the output (with the change-aware correction); the loss reads it without
         self.reading, self.train_reading = reading, reading.uncorrected()
 
@@ -144,8 +149,9 @@ class DiffusionObjective:
 
     def token_losses(self, logits: torch.Tensor, batch: ObjectiveBatch) -> torch.Tensor:
         if self.loss == "elbo" and not self._mdlm:
-            return ctelbo_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
-                                    mask=batch.weights > 0, reading=self.train_reading).float()
+            integrand = resampled_per_token if self.elbo_chain == "resampling" else ctelbo_per_token
+            return integrand(self.kernel, logits, batch.targets, batch.inputs, batch.t,
+                             mask=batch.weights > 0, reading=self.train_reading).float()
         if self.loss == "change_aware" and not self.train_reading.is_plain:  # Eq 120 on p ∝ f q_t(x_t | v)
             return posterior_nll_per_token(self.kernel, logits, batch.targets, batch.inputs, batch.t,
                                            mask=batch.weights > 0, reading=self.train_reading).float()
@@ -218,6 +224,8 @@ Objective = DiffusionObjective | AutoregressiveObjective
 
 
 def build_objective(kernel: Kernel | None, loss: str = "change_aware", loss_cfg: LossConfig | None = None,
-                    reading: Reading = PLAIN) -> Objective:
+                    reading: Reading = PLAIN, elbo_chain: str = "flux") -> Objective:
     """The AR objective when there is no kernel (model.causal), else the diffusion objective."""
-    return AutoregressiveObjective() if kernel is None else DiffusionObjective(kernel, loss, loss_cfg, reading)
+    if kernel is None:
+        return AutoregressiveObjective()
+    return DiffusionObjective(kernel, loss, loss_cfg, reading, elbo_chain)

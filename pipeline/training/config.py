@@ -27,6 +27,7 @@ from pipeline.training.wandb_logger import WANDB_MODES
 
 LR_SCHEDULES = ("constant", "cosine")
 HEAD_INITS = ("unigram", "zero")  # the output bias at step 0 of a new run (head_init)
+ELBO_CHAINS = ("flux", "resampling")  # the chain whose path bound loss=elbo trains (docs/likelihood.md 6.7)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -38,6 +39,9 @@ class TrainConfig:
     kernel: str = "mask"                      # KernelConfig preset
     kernel_args: dict = field(default_factory=dict)
     loss: str = "change_aware"                # change_aware (Eq 120) | elbo (NELBO-weighted CE)
+    # loss=elbo on SemDLM+: the path bound of the flux chain (the conditional-path ELBO) or of the resampling
+    # chain (its O(V) relaxed form, docs/likelihood.md 6.7; kernel-aware parameterisation only)
+    elbo_chain: str = "flux"
     lambda_chg: float = 1.0
     lambda_same: float = 0.1
     t_min: float = T_MIN                      # the one t_min (pipeline.core.time_sampling.T_MIN)
@@ -133,10 +137,13 @@ class TrainConfig:
             problems.append(f"t_min must be in [0, 1), got {self.t_min}")
         for name, allowed in (("loss", LOSSES), ("lr_schedule", LR_SCHEDULES), ("precision", PRECISIONS),
                               ("val_bound", BOUNDS), ("init_from_weights", ("ema", "raw")),
-                              ("head_init", HEAD_INITS),
+                              ("head_init", HEAD_INITS), ("elbo_chain", ELBO_CHAINS),
                               ("adamw", ("fused", "foreach"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.elbo_chain == "resampling" and (self.loss != "elbo" or self.parameterization != "kernel"):
+            problems.append("elbo_chain=resampling trains the resampling chain's bound: it needs loss=elbo and "
+                            "parameterization=kernel")
         if self.global_batch % max(self.micro_batch, 1):
             problems.append(f"global_batch={self.global_batch} is not a multiple of micro_batch={self.micro_batch}")
         if not self.lr > 0 or min(self.warmup_steps, self.val_every, self.probe_every, self.ckpt_every,
@@ -207,10 +214,13 @@ class TrainConfig:
     def identity(self, vocab_size: int, seq_len: int, tokenizer_identity: str) -> dict:
         """What a checkpoint must agree on to be resumed: the model, kernel, objective and data format."""
         # activation checkpointing (an execution choice) may change between a run and its resume
-        return {"model": self.model_config(vocab_size).architecture_dict(),
-                "kernel": self.kernel_config().to_dict(), "loss": self.loss,
-                "loss_config": asdict(self.loss_config()), "t_min": self.t_min, "seq_len": seq_len,
-                "tokenizer_identity": tokenizer_identity, "posterior": self.posterior_config().to_dict()}
+        identity = {"model": self.model_config(vocab_size).architecture_dict(),
+                    "kernel": self.kernel_config().to_dict(), "loss": self.loss,
+                    "loss_config": asdict(self.loss_config()), "t_min": self.t_min, "seq_len": seq_len,
+                    "tokenizer_identity": tokenizer_identity, "posterior": self.posterior_config().to_dict()}
+        if self.elbo_chain != "flux":  # only when set: runs made before the option keep their identity
+            identity["elbo_chain"] = self.elbo_chain
+        return identity
 
     def to_dict(self) -> dict:
         d = asdict(self)

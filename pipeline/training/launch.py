@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.common.artifacts import canonical_json, hash_object
+from pipeline.common.artifacts import ConfigError, canonical_json, hash_object
 
 from .distributed import init_distributed, lock_run_dir
 
@@ -100,7 +100,10 @@ def _objective(cfg, model_cfg, upstream, engine, device):
     mask_out = upstream.mask_id if support is None or (upstream.mask_id is not None and
                                                        support[upstream.mask_id]) else None
     reading = cfg.reading(mask_out)
-    objective = build_objective(kernel, cfg.loss, cfg.loss_config(), reading)
+    try:
+        objective = build_objective(kernel, cfg.loss, cfg.loss_config(), reading, cfg.elbo_chain)
+    except ValueError as e:  # elbo_chain=resampling on a kernel without its chain: the user's config
+        raise ConfigError(str(e)) from None
     return kernel, objective, posterior_record(cfg.posterior_config(), reading, support)
 
 

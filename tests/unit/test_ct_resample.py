@@ -58,3 +58,27 @@ def test_applies_to_semdlm_plus_only():
     with pytest.raises(ValueError, match="kNN kernels with a global branch"):
         resampled_per_token(toy.kernel, torch.zeros(1, 1, 12), torch.ones(1, 1, dtype=torch.long),
                             torch.ones(1, 1, dtype=torch.long), 0.5)
+
+
+def test_the_elbo_objective_trains_the_chain_it_is_given():
+    """loss=elbo with elbo_chain=resampling: the loss is the resampling chain's integrand, per real token."""
+    from pipeline.core.objectives import DiffusionObjective
+
+    toy = bc.build_toy("semdlm_plus", vocab=12, k_max=5, valid=10, seed=0)
+    g = torch.Generator().manual_seed(6)
+    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (3, 4), generator=g)]
+    t = torch.tensor([0.2, 0.5, 0.9])
+    logits = torch.randn(3, 4, 12, generator=g, dtype=torch.float64)
+    logits[..., 0] = -math.inf
+    for chain, ref in (("flux", None), ("resampling", resampled_per_token)):
+        obj = DiffusionObjective(toy.kernel, "elbo", reading=Reading(True), elbo_chain=chain)
+        batch = obj.prepare(x0, torch.ones_like(x0, dtype=torch.bool), t, generator=torch.Generator().manual_seed(0))
+        losses = obj.token_losses(logits, batch)
+        if ref is not None:
+            expect = ref(toy.kernel, logits, x0, batch.inputs, t, reading=Reading(True)).float()
+            assert torch.allclose(losses, expect)
+    with pytest.raises(ValueError, match="elbo_chain=resampling needs loss=elbo"):
+        DiffusionObjective(toy.kernel, "change_aware", reading=Reading(True), elbo_chain="resampling")
+    with pytest.raises(ValueError, match="elbo_chain=resampling needs"):
+        DiffusionObjective(bc.build_toy("uniform", vocab=12, k_max=4, valid=10).kernel, "elbo", reading=Reading(True),
+                           elbo_chain="resampling")

@@ -51,6 +51,8 @@ def test_overrides_are_typed_and_nested():
     ("model_args.n_head=5", "not divisible by n_head=5"),
     ("loss=mse", "loss must be one of"),
     ("head_init=normal", "head_init must be one of"),
+    ("elbo_chain=markov", "elbo_chain must be one of"),
+    ("elbo_chain=resampling", "elbo_chain=resampling trains the resampling chain's bound: it needs loss=elbo"),
     ("notakeyvalue", "not of the form key=value"),
 ])
 def test_bad_config_values_fail_with_the_key_named(override, message):
