@@ -21,7 +21,7 @@ from .template import GenerationTemplate
 
 METHODS = ("ctmc", "blockwise", "tau_leaping", "mdlm")
 HAZARDS = ("integrated", "frozen")  # ctmc: how a leap turns the rates into a jump probability (ctmc.py)
-CHAINS = ("auto", "flux", "resampling")  # ctmc: auto = resampling where it applies (SemDLM+), else flux
+CHAINS = ("auto", "flux", "resampling")  # ctmc: auto = resampling for SemDLM+ and uniform, else flux
 MDLM_SCHEDULES = ("ancestral", "fixed", "tc", "dtc")
 REMASK = ("none", "remdm_cap")
 

@@ -90,7 +90,7 @@ class SamplerOptions:
     corrector_frac: float = cli_field(0.1, help="tau_leaping: share of positions re-drawn")
     hazard: str = cli_field("integrated", choices=HAZARDS, help="ctmc: jump probability of a leap")
     chain: str = cli_field("auto", choices=CHAINS, help="ctmc: the CTMC realising the kernel's marginals "
-                           "(auto: the resampling chain for SemDLM+, docs/likelihood.md 6.7)")
+                           "(auto: the resampling chain for SemDLM+ and uniform, docs/likelihood.md 6.7)")
     final_argmax: bool = cli_field(False, help="ctmc: last step takes argmax p_theta")
     cache: bool = cli_field(True, flag="--no-cache", help="mdlm: never reuse logits")
     window: int = cli_field(16, help="Eq 23 window W")  # also the window of the evaluation's repetition metrics
