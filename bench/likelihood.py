@@ -121,7 +121,7 @@ def bench_model(preset: str, batch: int, seq_len: int, kernels, tables, reps: in
                      "ratio": ratio})
         print(f"  {name:<12} continuous {cost * 1e3:9.1f} ms  {cost / tokens * 1e6:8.1f} us/token  "
               f"x{ratio:.2f} forward", flush=True)
-        if len(kernel.cfg.continuous_bounds) > 1:  # two bounds per draw: what each costs alone (model call incl.)
+        if "udlm_continuous" in kernel.cfg.continuous_bounds:  # uniform: what each of its two bounds costs alone
             rows += _each_uniform_bound(kernel, model, x0, xt, t, g, reps, preset, forward, tokens)
     if tstep:
         kernel = build("semdlm_plus", tables, cfg.vocab_size, device)
