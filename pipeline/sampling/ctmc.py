@@ -100,7 +100,9 @@ def resolve_chain(kernel, chain: str) -> str:
     uniform, where it is UDLM's chain, the one its reported bound is of; mask keeps MDLM's, the same chain)."""
     if chain not in CHAINS:
         raise ValueError(f"chain must be one of {CHAINS}, got {chain!r}")
-    applies = resampling_applies(kernel) or kernel.cfg.name == "uniform"  # uniform: UDLM's own chain
+    # uniform (the kernel whose bound is UDLM's closed form): the resampling chain is UDLM's own
+    applies = resampling_applies(kernel) or (not kernel.cfg.absorbing
+                                             and "udlm_continuous" in kernel.cfg.continuous_bounds)
     if chain == "auto":
         return "resampling" if applies else "flux"
     if chain == "resampling" and not applies:
