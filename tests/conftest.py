@@ -46,3 +46,15 @@ def tokenizer():
     from pipeline.common.hf_assets import load_tokenizer
 
     return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add overhead (10x on a busy 2-core machine). A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -146,6 +146,13 @@ def _pairs(toy: Toy, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.repeat_interleave(V), torch.arange(V).repeat(ids.numel())
 
 
+def supported_pairs(toy: Toy, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (x0, z) with x0 valid and q_t(z | x0) > 0: [P] each."""
+    x0, z = _pairs(toy, toy.valid_ids)
+    keep = toy.kernel.marginal_rows(toy.valid_ids, t).reshape(-1) > 0
+    return x0[keep], z[keep]
+
+
 def ctelbo_expected_integrand(toy: Toy, t: float, ids: torch.Tensor | None = None, model=None,
                               reading: Reading = PLAIN) -> torch.Tensor:
     """E_{z ~ q_t(.|x0)} integrand for each x0 in ids (default: all valid), enumerated, [n_ids].

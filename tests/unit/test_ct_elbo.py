@@ -15,14 +15,7 @@ from pipeline.research import bound_check as bc
 
 from neighbor_tables import make_test_kernel, random_tables
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (10x on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 PRESETS = ["mask", "uniform", "semdlm", "semdlm_softmax", "semdlm_plus", "semdlm_plus_eq118"]

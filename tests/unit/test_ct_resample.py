@@ -13,19 +13,7 @@ from pipeline.core.posterior import Reading
 from pipeline.research import bound_check as bc
 from pipeline.research import realisation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def pairs(toy, t):
-    x0, z = bc._pairs(toy, toy.valid_ids)
-    keep = toy.kernel.marginal_rows(toy.valid_ids, t).reshape(-1) > 0
-    return x0[keep], z[keep]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("preset,table_ranks", [("semdlm_plus", None), ("semdlm_plus", 3), ("semdlm_plus_eq118", None)])
@@ -33,7 +21,7 @@ def pairs(toy, t):
 @pytest.mark.parametrize("log_ratio", [0.0, math.log(10.0)])
 def test_sparse_relaxed_integrand_is_the_dense_one(preset, table_ranks, t, log_ratio):
     toy = bc.build_toy(preset, vocab=12, k_max=5, valid=10, seed=0, table_ranks=table_ranks)
-    x0, z = pairs(toy, t)
+    x0, z = bc.supported_pairs(toy, t)
     g = torch.Generator().manual_seed(5)
     logits = (2.0 * torch.randn(z.numel(), 12, generator=g, dtype=torch.float64)).requires_grad_()
     bias = torch.zeros(12, dtype=torch.float64)

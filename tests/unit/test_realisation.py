@@ -14,20 +14,7 @@ from pipeline.core.posterior import Reading
 from pipeline.research import bound_check as bc
 from pipeline.research import realisation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def toy_pairs(toy, t):
-    """Every (x0, z) with x0 valid and q_t(z | x0) > 0."""
-    x0, z = bc._pairs(toy, toy.valid_ids)
-    keep = toy.kernel.marginal_rows(toy.valid_ids, t).reshape(-1) > 0
-    return x0[keep], z[keep]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_scores(n, vocab, seed, invalid=(0,)):
@@ -42,7 +29,7 @@ def random_scores(n, vocab, seed, invalid=(0,)):
 @pytest.mark.parametrize("t", [0.03, 0.3, 0.8])
 def test_rho_zero_is_the_conditional_path_elbo(preset, t):
     toy = bc.build_toy(preset, vocab=12, k_max=4, valid=10, seed=0)
-    x0, z = toy_pairs(toy, t)
+    x0, z = bc.supported_pairs(toy, t)
     logits, f = random_scores(z.numel(), 12, seed=1)
     ours = realisation.integrand(toy.kernel, f, x0, z, t, rho=0.0)
     ref = ctelbo_per_token(toy.kernel, logits.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), t,
@@ -54,7 +41,7 @@ def test_rho_zero_is_the_conditional_path_elbo(preset, t):
 def test_uniform_resampling_chain_is_udlm(t):
     """rho_t = beta' / (1 - beta) leaves uniform no flux: the chain is UDLM's, and so is the integrand."""
     toy = bc.build_toy("uniform", vocab=12, k_max=4, valid=10, seed=0)
-    x0, z = toy_pairs(toy, t)
+    x0, z = bc.supported_pairs(toy, t)
     logits, f = random_scores(z.numel(), 12, seed=2, invalid=())  # UDLM's p_theta lives on all of V
     rho = realisation.resample_rate(toy.kernel, t)
     (alpha, _, _), (dalpha, _, _) = toy.kernel.branch_weights_and_derivatives(t)
@@ -129,7 +116,7 @@ def test_no_global_branch_no_resampling():
 def test_the_sparse_frequency_floor_is_the_dense_integrand(preset, table_ranks, t):
     """floor_integrand (real vocabularies: no [V, V] table) = integrand with f = u at every position."""
     toy = bc.build_toy(preset, vocab=12, k_max=5, valid=10, seed=0, table_ranks=table_ranks)
-    x0, z = toy_pairs(toy, t)
+    x0, z = bc.supported_pairs(toy, t)
     g = torch.Generator().manual_seed(4)
     u = torch.rand(12, generator=g, dtype=torch.float64)
     u[0] = 0.0
