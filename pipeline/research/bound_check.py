@@ -123,6 +123,15 @@ def _kinks(kernel: Kernel) -> list[float]:
     return [((j - 1) / (cfg.k_max - 1)) ** (1.0 / cfg.k_power) for j in range(2, cfg.k_max)]
 
 
+def master_equation_grid(kernel: Kernel, t_end: float, steps: int = 40) -> list[float]:
+    """Times from 1 down to t_end for integrating a toy's generative master equation: geometric towards t_end
+    and towards each kink of k_t from above (where a newly entered rank's rate ~ 1 / (t - kink))."""
+    grid = set(torch.logspace(0.0, math.log10(t_end), steps + 1, dtype=torch.float64).tolist())
+    for kink in _kinks(kernel):
+        grid |= {kink + 10.0 ** -e for e in torch.linspace(1.0, 7.0, 13).tolist()} | {kink}
+    return sorted((t for t in grid if t_end <= t <= 1.0), reverse=True)
+
+
 def quadrature(kernel: Kernel, nodes: int = 4, t_min: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Composite Gauss-Legendre on [t_min, 1], split at the kinks and geometrically towards both ends
     (4 nodes per piece: within 1e-4 nats of the converged value on the toys)."""

@@ -106,10 +106,7 @@ def master_equations(toy, models, t_end=2e-3, steps=40):
     """
     kern = toy.kernel
     z = torch.arange(kern.vocab_size)
-    grid = set(torch.logspace(0.0, math.log10(t_end), steps + 1, dtype=torch.float64).tolist())
-    for kink in bc._kinks(kern):
-        grid |= {kink + 10.0 ** -e for e in torch.linspace(1.0, 7.0, 13).tolist()} | {kink}
-    ts = sorted((t for t in grid if t_end <= t <= 1.0), reverse=True)
+    ts = bc.master_equation_grid(kern, t_end, steps)
     ps = [kern.prior_probs().clone() for _ in models]
     for t0, t1 in zip(ts[:-1], ts[1:]):
         tm = 0.5 * (t0 + t1)

@@ -56,10 +56,7 @@ def resampling_master_equation(toy, model, t_end, steps=40):
     """The marginal at t_end of the resampling chain's generative CTMC (model_rates), started at pi."""
     kern = toy.kernel
     z = torch.arange(kern.vocab_size)
-    grid = set(torch.logspace(0.0, math.log10(t_end), steps + 1, dtype=torch.float64).tolist())
-    for kink in bc._kinks(kern):
-        grid |= {kink + 10.0 ** -e for e in torch.linspace(1.0, 7.0, 13).tolist()} | {kink}
-    ts = sorted((t for t in grid if t_end <= t <= 1.0), reverse=True)
+    ts = bc.master_equation_grid(kern, t_end, steps)
     p = kern.prior_probs().clone()
     for t0, t1 in zip(ts[:-1], ts[1:]):
         tm = 0.5 * (t0 + t1)
