@@ -62,8 +62,15 @@ def resampled_per_token(kernel: Kernel, logits: torch.Tensor, x0: torch.Tensor, 
     return _per_position(kernel, logits, x0, xt, t, mask, chunk, None, reading, _positions)
 
 
-def _rows_r(tab: TimeTables, kernel: Kernel, u: torch.Tensor, rho: torch.Tensor):
-    """(q, r) of a clean token's own row at times u: [M, 1 + K] each, minus the global part of q; S [M]."""
+def resampling_rate(beta: torch.Tensor, dbeta: torch.Tensor) -> torch.Tensor:
+    """rho_t = beta'_t / (1 - beta_t) (0 where beta' = 0): the rate at which every position redraws from nu."""
+    return torch.where(dbeta > 0, dbeta / (1.0 - beta).clamp_min(1e-300), torch.zeros_like(dbeta))
+
+
+def remainder_rows(tab: TimeTables, kernel: Kernel, u: torch.Tensor, rho: torch.Tensor):
+    """(q, r) of a clean token's own row (v, then N(v) by rank) at times tab[u]: [M, 1 + K] each, q without its
+    global part, r = (alpha' + rho alpha, Lambda' + rho Lambda) the remainder the flux realises (the same row
+    for every v of a kNN kernel); and S = sum [r]_+, [M]. The sampler's rates read the same rows."""
     K = kernel.num_ranks
     a, da = _g(tab.alpha, u), _g(tab.dalpha, u)
     loc, dloc = local_at(tab, kernel, u.unsqueeze(-1), torch.zeros_like(u).unsqueeze(-1),
@@ -79,7 +86,7 @@ def _positions(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tenso
     u, nu = tab.u, kernel.global_dist
     b, db = _g(tab.beta, u), _g(tab.dbeta, u)
     alpha = _g(tab.alpha, u)
-    rho = torch.where(db > 0, db / (1.0 - b).clamp_min(1e-300), torch.zeros_like(db))
+    rho = resampling_rate(b, db)
     nu_z = _g(nu, z)
     res = rho * nu_z  # the resampling rate into z's state, scaled: rho nu(z)
     post = position_posterior(kernel, tab, lg, z, lse_dense, reading)
@@ -92,7 +99,7 @@ def _positions(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tenso
         log_f = torch.logaddexp(lse_dense, lg_z + math.log(math.expm1(reading.log_ratio)))
     use_res = (res > 0) & alive & torch.isfinite(log_f)
     f_over_z = torch.where(use_res, (log_f - log_z).exp(), torch.zeros_like(log_z))  # F' / Z'
-    q_row, r_row, s = _rows_r(tab, kernel, u, rho)  # [N, 1 + K]; S the same for every clean token
+    q_row, r_row, s = remainder_rows(tab, kernel, u, rho)  # [N, 1 + K]; S the same for every clean token
     s_safe = s.clamp_min(1e-300)
     # the data's row: targets x0 and N(x0), q_t(y | x0) there, r_x0 there
     targets = torch.cat([x.unsqueeze(-1), kernel.neighbors.index_select(0, x)], -1)

@@ -95,16 +95,14 @@ def integrand(kernel: Kernel, f: torch.Tensor, x0: torch.Tensor, z: torch.Tensor
 
 
 # --------------------------------------------------------------------------- the frequency floor on a real vocabulary
-def _branch_rows(kernel: Kernel, v: torch.Tensor, t: float, rho: float, consts: tuple):
+def _branch_rows(kernel: Kernel, v: torch.Tensor, rho: float, consts: tuple):
     """For clean tokens v [E]: (q_t(y | v), r_v(y)) at y = v and at N(v) by rank, [E, 1 + K] each (r_v = 0 on
     every other y when rho = beta' / (1 - beta)), and S_v = sum_y [r_v(y)]_+, [E]."""
     alpha, beta, dalpha, dbeta, loc, dloc, nu = consts
     targets = torch.cat([v.unsqueeze(-1), kernel.neighbors[v]], -1)
     nu_y = nu[targets]
-    p = beta * nu_y + torch.cat([torch.full_like(v, 0, dtype=nu.dtype).unsqueeze(-1) + alpha,
-                                 loc.expand(v.numel(), -1)], -1)
-    dp = dbeta * nu_y + torch.cat([torch.full_like(v, 0, dtype=nu.dtype).unsqueeze(-1) + dalpha,
-                                   dloc.expand(v.numel(), -1)], -1)
+    p = beta * nu_y + torch.cat([torch.full((v.numel(), 1), alpha, dtype=nu.dtype), loc.expand(v.numel(), -1)], -1)
+    dp = dbeta * nu_y + torch.cat([torch.full((v.numel(), 1), dalpha, dtype=nu.dtype), dloc.expand(v.numel(), -1)], -1)
     r = dp - rho * (nu_y - p)
     return targets, p, r, r.clamp_min(0.0).sum(-1)
 
@@ -137,7 +135,7 @@ def floor_integrand(kernel: Kernel, u: torch.Tensor, x0: torch.Tensor, z: torch.
         zc, xc = z[lo:lo + chunk], x0[lo:lo + chunk]
         n = torch.arange(zc.numel(), device=dev)
         # the data's rates: Rbar^{x0}(z -> y) over every y
-        tg, p0, r0, s0 = _branch_rows(kernel, xc, t, rho, consts)
+        tg, p0, r0, s0 = _branch_rows(kernel, xc, rho, consts)
         p_row = (beta * nu).expand(zc.numel(), V).clone().scatter_add_(1, tg, p0 - beta * nu[tg])
         r_row = torch.zeros(zc.numel(), V, dtype=torch.float64, device=dev).scatter_add_(1, tg, r0)
         p0z, r0z = p_row[n, zc], r_row[n, zc]
@@ -149,10 +147,10 @@ def floor_integrand(kernel: Kernel, u: torch.Tensor, x0: torch.Tensor, z: torch.
         if K:
             inv_n, inv_v, inv_r = kernel.inverse_entries(zc)
             e_n, e_v, e_rank = torch.cat([e_n, inv_n]), torch.cat([e_v, inv_v]), torch.cat([e_rank, inv_r])
-        tg_e, p_e, r_e, s_e = _branch_rows(kernel, e_v, t, rho, consts)
+        tg_e, p_e, r_e, s_e = _branch_rows(kernel, e_v, rho, consts)
         col = (e_rank + 1).unsqueeze(-1)  # where z sits in v's row: 0 = v itself
         pz_e, rz_e = p_e.gather(1, col).squeeze(-1), r_e.gather(1, col).squeeze(-1)
-        w_e = u[e_v] * pz_e / m[_g1(zc, e_n)]
+        w_e = u[e_v] * pz_e / m[zc[e_n]]
         coef = torch.where(pz_e > 0, w_e * rz_e.clamp_min(0.0) / (s_e.clamp_min(1e-300) * pz_e.clamp_min(1e-300)), 0.0)
         r_hat = r_hat.index_put((e_n.unsqueeze(-1).expand_as(tg_e), tg_e), coef.unsqueeze(-1) * (-r_e).clamp_min(0.0),
                                 accumulate=True)
@@ -167,6 +165,3 @@ def floor_integrand(kernel: Kernel, u: torch.Tensor, x0: torch.Tensor, z: torch.
         out.append((r_hat - r_bar).sum(-1) + kl.sum(-1))
     return torch.cat(out)
 
-
-def _g1(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return x.index_select(0, idx)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.core.ct_elbo import ConditionalRates, conditional_reverse_rates
-from pipeline.core.ct_resample import resampling_applies
+from pipeline.core.ct_resample import remainder_rows, resampling_applies, resampling_rate
 from pipeline.core.ct_tables import TimeTables, time_tables
 
 from .base import CHAINS, Denoiser, initial_block, time_grid
@@ -115,11 +115,10 @@ def _resampling_rates(kernel, t: float, z: torch.Tensor, v: torch.Tensor):
     """(flux-chain rates of (z, v) for q and the row, rho, the remainder r on v's row [1 + K] (the same row for
     every v), r_v(z) [N], the resampling hazard rho nu(z) / q_t(z | v) [N], the flux hazard [r_v(z)]_+ / q [N])."""
     own = _rates_at(kernel, t, z, v)
-    (a, b, _), (da, db, _) = _branch_derivatives(kernel, t)
-    rho = float(db) / (1.0 - float(b)) if float(db) > 0 and float(b) < 1 else 0.0
     tab = _tables_at(kernel, t, z.device)
-    r_row = torch.cat([(da + rho * a).reshape(1).to(torch.float64),
-                       (tab.dlocal[0, 0] + rho * tab.local[0, 0]).to(torch.float64)])
+    rho_t = resampling_rate(tab.beta, tab.dbeta)  # [1]: one t
+    _, r_row, _ = remainder_rows(tab, kernel, torch.zeros(1, dtype=torch.long, device=z.device), rho_t)
+    r_row, rho = r_row[0], float(rho_t)
     r_z = (r_row * (own.targets == z.unsqueeze(-1))).sum(-1)
     q = own.q.clamp_min(1e-300)
     return own, rho, r_row, r_z, rho * kernel.global_dist.index_select(0, z) / q, r_z.clamp_min(0.0) / q
