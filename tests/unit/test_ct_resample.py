@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from pipeline.core.ct_elbo import ctelbo_per_token
 from pipeline.core.ct_resample import resampled_per_token, resampling_applies
 from pipeline.core.posterior import Reading
 from pipeline.research import bound_check as bc
@@ -58,13 +59,15 @@ def test_the_elbo_objective_trains_the_chain_it_is_given():
     t = torch.tensor([0.2, 0.5, 0.9])
     logits = torch.randn(3, 4, 12, generator=g, dtype=torch.float64)
     logits[..., 0] = -math.inf
-    for chain, ref in (("flux", None), ("resampling", resampled_per_token)):
+    for chain, ref in (("flux", ctelbo_per_token), ("resampling", resampled_per_token)):
         obj = DiffusionObjective(toy.kernel, "elbo", reading=Reading(True), elbo_chain=chain)
         batch = obj.prepare(x0, torch.ones_like(x0, dtype=torch.bool), t, generator=torch.Generator().manual_seed(0))
         losses = obj.token_losses(logits, batch)
-        if ref is not None:
-            expect = ref(toy.kernel, logits, x0, batch.inputs, t, reading=Reading(True)).float()
-            assert torch.allclose(losses, expect)
+        expect = ref(toy.kernel, logits, x0, batch.inputs, t, reading=Reading(True)).float()
+        assert torch.allclose(losses, expect), chain
+    # and the two chains' losses differ: the option is not a no-op
+    flux = DiffusionObjective(toy.kernel, "elbo", reading=Reading(True)).token_losses(logits, batch)
+    assert not torch.allclose(flux, losses)
     with pytest.raises(ValueError, match="elbo_chain=resampling needs loss=elbo"):
         DiffusionObjective(toy.kernel, "change_aware", reading=Reading(True), elbo_chain="resampling")
     with pytest.raises(ValueError, match="elbo_chain=resampling needs"):
