@@ -40,7 +40,7 @@ class TrainConfig:
     kernel_args: dict = field(default_factory=dict)
     loss: str = "change_aware"                # change_aware (Eq 120) | elbo (NELBO-weighted CE)
     # loss=elbo on SemDLM+: the path bound of the flux chain (the conditional-path ELBO) or of the resampling
-    # chain (its O(V) relaxed form, docs/likelihood.md 6.7; kernel-aware parameterisation only)
+    # chain (docs/likelihood.md 6.7; kernel-aware parameterisation only)
     elbo_chain: str = "flux"
     lambda_chg: float = 1.0
     lambda_same: float = 0.1

@@ -1,5 +1,5 @@
-"""The sparse relaxed resampling-chain integrand (pipeline/core/ct_resample.py) against the dense reference
-(pipeline/research/realisation.py, relaxed=True): values and gradients, with and without the change-aware
+"""The sparse resampling-chain integrand (pipeline/core/ct_resample.py), relaxed and exact, against the dense
+reference (pipeline/research/realisation.py): values and gradients, with and without the change-aware
 correction, on stored and folded tables."""
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("preset,table_ranks", [("semdlm_plus", None), ("semdlm_plus", 3), ("semdlm_plus_eq118", None)])
 @pytest.mark.parametrize("t", [0.002, 0.03, 0.3, 0.8, 0.99])
 @pytest.mark.parametrize("log_ratio", [0.0, math.log(10.0)])
-def test_sparse_relaxed_integrand_is_the_dense_one(preset, table_ranks, t, log_ratio):
+@pytest.mark.parametrize("exact", [False, True])
+def test_sparse_integrand_is_the_dense_one(preset, table_ranks, t, log_ratio, exact):
     toy = bc.build_toy(preset, vocab=12, k_max=5, valid=10, seed=0, table_ranks=table_ranks)
     x0, z = bc.supported_pairs(toy, t)
     g = torch.Generator().manual_seed(5)
@@ -29,10 +30,11 @@ def test_sparse_relaxed_integrand_is_the_dense_one(preset, table_ranks, t, log_r
     bias[0] = -math.inf  # [MASK] is never clean (the model's support bias)
     lg = logits + bias
     sparse = resampled_per_token(toy.kernel, lg.unsqueeze(1), x0.unsqueeze(1), z.unsqueeze(1), t,
-                                 reading=Reading(True, log_ratio)).squeeze(1)
+                                 reading=Reading(True, log_ratio), exact=exact).squeeze(1)
     shifted = lg + log_ratio * torch.nn.functional.one_hot(z, 12).to(torch.float64)
     f = torch.softmax(shifted, -1)
-    dense = realisation.integrand(toy.kernel, f, x0, z, t, realisation.resample_rate(toy.kernel, t), relaxed=True)
+    dense = realisation.integrand(toy.kernel, f, x0, z, t, realisation.resample_rate(toy.kernel, t),
+                                  relaxed=not exact)
     assert torch.allclose(sparse, dense, rtol=1e-9, atol=1e-9), (sparse - dense).abs().max()
     g_sparse, = torch.autograd.grad(sparse.sum(), logits)
     g_dense, = torch.autograd.grad(dense.sum(), logits)
