@@ -1,7 +1,8 @@
 """Where does a model's bound come from in t? The per-token integrand of its continuous-time bound on a t grid.
 
     python -m pipeline.t_profile --model EXPORT [--split DIR] [--sequences 64]
-        [--t 1e-4,1e-3,1e-2,0.2,0.99] [--reading recorded|direct|kernel] [--seed 0] [--out FILE.json]
+        [--t 1e-4,1e-3,1e-2,0.2,0.99] [--reading recorded|direct|kernel] [--bound auto|ctelbo|resampled]
+        [--seed 0] [--out FILE.json]
 
 Printed per t: the mean, median and max over tokens, in nats per token per unit time; last line
 ``t=<t>:<mean> ...``. Library and what the columns mean: pipeline/research/t_profile.py; docs/likelihood.md 7.
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.common.artifacts import StageError, stage_errors
-from pipeline.research.t_profile import DEFAULT_TIMES, integrand_profile, reading_as
+from pipeline.research.t_profile import BOUNDS, DEFAULT_TIMES, integrand_profile, profile_bound, reading_as
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t", default=",".join(map(str, DEFAULT_TIMES)), help="comma-separated times in (0, 1]")
     ap.add_argument("--reading", default="recorded", choices=("recorded", "direct", "kernel"),
                     help="how the output is read (default: as the export records; the others to compare)")
+    ap.add_argument("--bound", default="auto", choices=BOUNDS,
+                    help="whose integrand: the conditional-path ELBO (ctelbo) or the resampling chain's bound "
+                         "(resampled; kernel-aware SemDLM+); auto (default): resampled where it applies")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the profile as JSON here")
@@ -49,12 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         seqs = read_split_sequences(split, args.sequences)
         pad_id = exported.tokenizer_info.get("special_ids", {}).get("pad")
         reading = reading_as(exported, args.reading)
+        try:
+            bound = profile_bound(exported.kernel, reading, args.bound)
+        except ValueError as e:
+            raise StageError(str(e)) from None
         columns = {"as read": reading}
         if reading.log_ratio:
             columns["uncorrected"] = reading.uncorrected()
         profiles = {name: integrand_profile(exported.model, exported.kernel, seqs, pad_id, times, r,
-                                            args.batch_size, args.seed) for name, r in columns.items()}
-    print(f"{exported.kernel.cfg.name}, reading {reading}; {seqs.shape[0]} sequences; nats per token per unit time")
+                                            args.batch_size, args.seed, bound) for name, r in columns.items()}
+    print(f"{exported.kernel.cfg.name}, reading {reading}, bound {bound}; {seqs.shape[0]} sequences; nats per token "
+          "per unit time")
     print("| t | " + " | ".join(f"{c} mean | median | max" for c in columns) + " |")
     print("|---|" + "---|---|---|" * len(columns))
     for i, t in enumerate(times):
@@ -62,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {t:g} | " + " | ".join(cells) + " |")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": str(Path(args.model).resolve()), "reading": str(reading),
-                                              "profiles": profiles}, indent=2) + "\n")
+                                              "bound": bound, "profiles": profiles}, indent=2) + "\n")
     print(" ".join(f"t={p['t']:g}:{p['mean']:.4g}" for p in profiles["as read"]))
     return 0
 
