@@ -212,7 +212,7 @@ class _ExactTerms:
         self.local = tab.local[:, 0, :]  # [U, K]: Lambda_rank(t) (kNN: the same for every v)
         cache = _kernel_cache(kernel)
         self.crow, self.col, self.rank = cache["inv_ptr"][::K].contiguous(), cache["inv_src"], cache["inv_rank"]
-        self.V, self.K = V, K
+        self.V = V
         # Phi's entries: (gen row, y, value) for y in {v} u N(v) of each v in E_z with [-r_v(y)]_+ > 0
         row_of = torch.full((z.numel(),), -1, dtype=torch.long, device=z.device)
         row_of[gen] = torch.arange(gen.numel(), device=z.device)
