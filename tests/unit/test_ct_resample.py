@@ -75,3 +75,22 @@ def test_the_elbo_objective_trains_the_chain_it_is_given():
     with pytest.raises(ValueError, match="elbo_chain=resampling needs"):
         DiffusionObjective(bc.build_toy("uniform", vocab=12, k_max=4, valid=10).kernel, "elbo", reading=Reading(True),
                            elbo_chain="resampling")
+
+
+def test_exact_integrand_with_a_t_per_sequence():
+    """The exact form groups positions by t (one sparse product per distinct t, chunks of rows spanning several):
+    a batch of sequences at different t equals the dense integrand of each sequence at its own t."""
+    toy = bc.build_toy("semdlm_plus", vocab=12, k_max=5, valid=10, seed=0)
+    g = torch.Generator().manual_seed(7)
+    B, L = 6, 9  # 54 positions: the V-sized pass's 32-row chunks hold rows of several t
+    x0 = toy.valid_ids[torch.randint(toy.valid_ids.numel(), (B, L), generator=g)]
+    t = torch.tensor([0.05, 0.3, 0.3, 0.6, 0.85, 0.97], dtype=torch.float64)
+    xt, _ = toy.kernel.sample_xt(x0, t, generator=g)
+    logits = 2.0 * torch.randn(B, L, 12, generator=g, dtype=torch.float64)
+    logits[..., 0] = -math.inf
+    got = resampled_per_token(toy.kernel, logits, x0, xt, t, reading=Reading(True, math.log(10.0)))
+    for b in range(B):
+        shifted = logits[b] + math.log(10.0) * torch.nn.functional.one_hot(xt[b], 12).to(torch.float64)
+        dense = realisation.integrand(toy.kernel, torch.softmax(shifted, -1), x0[b], xt[b], float(t[b]),
+                                      realisation.resample_rate(toy.kernel, float(t[b])))
+        assert torch.allclose(got[b], dense, rtol=1e-9, atol=1e-9), (b, (got[b] - dense).abs().max())
