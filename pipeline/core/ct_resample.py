@@ -90,7 +90,7 @@ def remainder_rows(tab: TimeTables, kernel: Kernel, u: torch.Tensor, rho: torch.
 
 
 def _positions(kernel: Kernel, tab: TimeTables, lg: torch.Tensor, z: torch.Tensor, x: torch.Tensor,
-               lse_dense: torch.Tensor, reading: Reading, exact: bool = False) -> torch.Tensor:
+               lse_dense: torch.Tensor, reading: Reading, exact: bool) -> torch.Tensor:
     dev, N, V, K = z.device, z.numel(), kernel.vocab_size, kernel.num_ranks
     u, nu = tab.u, kernel.global_dist
     b, db = _g(tab.beta, u), _g(tab.dbeta, u)
