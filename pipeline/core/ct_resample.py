@@ -213,6 +213,7 @@ class _ExactTerms:
         cache = _kernel_cache(kernel)
         self.crow, self.col, self.rank = cache["inv_ptr"][::K].contiguous(), cache["inv_src"], cache["inv_rank"]
         self.V = V
+        self._last = (None, None)  # (u, its CSR matrix): a sequence's rows span consecutive chunks
         # Phi's entries: (gen row, y, value) for y in {v} u N(v) of each v in E_z with [-r_v(y)]_+ > 0
         row_of = torch.full((z.numel(),), -1, dtype=torch.long, device=z.device)
         row_of[gen] = torch.arange(gen.numel(), device=z.device)
@@ -225,6 +226,16 @@ class _ExactTerms:
         self.phi_row = _g(row_of, e_n).unsqueeze(-1).expand_as(ys)[nz]
         self.phi_y, self.phi_val = ys[nz], val[nz]
 
+    def _matrix(self, uu: int) -> torch.Tensor:
+        """The transposed neighbour table as a [V, V] CSR matrix with values Lambda_rank at the u-th t."""
+        if self._last[0] != uu:
+            with warnings.catch_warnings():  # "CSR support is in beta": the product is checked (tests)
+                warnings.simplefilter("ignore", UserWarning)
+                w = torch.sparse_csr_tensor(self.crow, self.col, self.local[uu].index_select(0, self.rank),
+                                            (self.V, self.V), check_invariants=False)
+            self._last = (uu, w)
+        return self._last[1]
+
     def __call__(self, lo: int, hi: int) -> torch.Tensor:
         rows = torch.arange(lo, hi, device=self.lg.device)
         n = self.gen[lo:hi]
@@ -236,11 +247,7 @@ class _ExactTerms:
         u = self.u_gen[lo:hi]
         for uu in torch.unique(u).tolist():
             sel = torch.nonzero(u == uu).flatten()
-            with warnings.catch_warnings():  # "CSR support is in beta": the product is checked (tests)
-                warnings.simplefilter("ignore", UserWarning)
-                w = torch.sparse_csr_tensor(self.crow, self.col, self.local[uu].index_select(0, self.rank),
-                                            (self.V, self.V), check_invariants=False)
-            out = out.index_copy(0, sel, (w @ e.index_select(0, sel).T).T)
+            out = out.index_copy(0, sel, (self._matrix(uu) @ e.index_select(0, sel).T).T)
         pick = (self.phi_row >= lo) & (self.phi_row < hi)
         out = out.index_put((self.phi_row[pick] - lo, self.phi_y[pick]), self.phi_val[pick], accumulate=True)
         out = out / self.beta[lo:hi].unsqueeze(-1)
